@@ -1,6 +1,7 @@
 #pragma once
 // Non-owning, strided views of tensors: the library's API boundary. A view never allocates and never
 // owns; a default-constructed view is "absent" (used for optional arguments).
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -27,6 +28,7 @@ public:
     template <class... Extents>
         requires(sizeof...(Extents) == Rank && (std::is_integral_v<Extents> && ...))
     tensor_view(T* data, Extents... extents) : data_(data), extents_{index_t(extents)...} {
+        static_assert(Rank > 0);
         index_t stride = 1;
         for (int r = Rank - 1; r >= 0; --r) {
             strides_[r] = stride;
@@ -35,21 +37,23 @@ public:
     }
 
     // Arbitrary strides, counted in elements.
-    tensor_view(T* data, std::array<index_t, Rank> extents, std::array<index_t, Rank> strides)
-        : data_(data), extents_(extents), strides_(strides) {}
+    tensor_view(T* data, const std::array<index_t, Rank>& extents, const std::array<index_t, Rank>& strides)
+        : data_(data) {
+        std::copy(extents.begin(), extents.end(), extents_);
+        std::copy(strides.begin(), strides.end(), strides_);
+    }
 
     // A view of T converts to a view of const T.
     template <class U>
         requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
-    tensor_view(const tensor_view<U, Rank>& other)
-        : data_(other.data()), extents_(other.extents()), strides_(other.strides()) {}
+    tensor_view(const tensor_view<U, Rank>& other) : tensor_view(other.data(), other.extents(), other.strides()) {}
 
     SSM_HOST_DEVICE T* data() const { return data_; }
     SSM_HOST_DEVICE index_t extent(int r) const { return extents_[r]; }
     SSM_HOST_DEVICE index_t stride(int r) const { return strides_[r]; }
-    const std::array<index_t, Rank>& extents() const { return extents_; }
-    const std::array<index_t, Rank>& strides() const { return strides_; }
-    bool empty() const { return data_ == nullptr; }
+    std::array<index_t, Rank> extents() const { return std::to_array(extents_); }
+    std::array<index_t, Rank> strides() const { return std::to_array(strides_); }
+    SSM_HOST_DEVICE bool empty() const { return data_ == nullptr; }
     index_t size() const {
         index_t n = 1;
         for (index_t e : extents_) n *= e;
@@ -69,8 +73,9 @@ private:
     }
 
     T* data_ = nullptr;
-    std::array<index_t, Rank> extents_{};
-    std::array<index_t, Rank> strides_{};
+    // Plain arrays: std::array's accessors are host-only functions under nvcc.
+    index_t extents_[Rank] = {};
+    index_t strides_[Rank] = {};
 };
 
 // One-dimensional view over a span, for parameters like D or per-channel factors.
