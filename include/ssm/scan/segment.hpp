@@ -132,12 +132,16 @@ SSM_HOST_DEVICE discretized<V> discretize(const discretized<V>& shared, V lambda
 
 template <bool UniformGroup, bool TrackDecay, int Lanes, class Ssm, class T>
 SSM_HOST_DEVICE void scan_tokens(const Ssm& model, const scan_problem<T>& p, const lane_block<Lanes>& blk,
-                                 index_t b, index_t t0, index_t t1,
-                                 const typename Ssm::value_type (*lambda)[Lanes],
-                                 typename Ssm::value_type (*h)[Lanes],
+                                 index_t b, index_t t0, index_t t1, typename Ssm::value_type (*state)[Lanes],
                                  typename Ssm::value_type (*decay_product)[Lanes], bool write_y) {
     using V = typename Ssm::value_type;
     const float scale = model.transition.output_scale();
+    // Local copies: the compiler then knows nothing aliases them and keeps the lane loop vectorized
+    // without run-time overlap checks.
+    V lambda[max_state][Lanes], h[max_state][Lanes];
+    modulated_eigenvalues(model, p, blk, lambda);
+    for (index_t n = 0; n < p.shape.state; ++n)
+        for (int lane = 0; lane < Lanes; ++lane) h[n][lane] = state[n][lane];
     for (index_t t = t0; t < t1; ++t) {
         float delta[Lanes], x[Lanes], acc[Lanes] = {};
         token_inputs(model, p, blk, b, t, delta, x);
@@ -158,6 +162,8 @@ SSM_HOST_DEVICE void scan_tokens(const Ssm& model, const scan_problem<T>& p, con
         }
         if (write_y) write_output(p, blk, b, t, scale, acc, x);
     }
+    for (index_t n = 0; n < p.shape.state; ++n)
+        for (int lane = 0; lane < Lanes; ++lane) state[n][lane] = h[n][lane];
 }
 
 // Advances channels [d0, d0 + Lanes) of batch row b over tokens [t0, t1). `state` holds the state on
@@ -167,16 +173,13 @@ template <int Lanes, class Ssm, class T>
 SSM_HOST_DEVICE void scan_segment(const Ssm& model, const scan_problem<T>& p, index_t b, index_t d0,
                                   index_t t0, index_t t1, typename Ssm::value_type (*state)[Lanes],
                                   typename Ssm::value_type (*decay_product)[Lanes], bool write_y) {
-    using V = typename Ssm::value_type;
     const auto blk = make_lane_block<Lanes>(model, p, d0);
-    V lambda[max_state][Lanes];
-    modulated_eigenvalues(model, p, blk, lambda);
     if (blk.uniform_group) {
-        if (decay_product) scan_tokens<true, true>(model, p, blk, b, t0, t1, lambda, state, decay_product, write_y);
-        else scan_tokens<true, false>(model, p, blk, b, t0, t1, lambda, state, decay_product, write_y);
+        if (decay_product) scan_tokens<true, true>(model, p, blk, b, t0, t1, state, decay_product, write_y);
+        else scan_tokens<true, false>(model, p, blk, b, t0, t1, state, decay_product, write_y);
     } else {
-        if (decay_product) scan_tokens<false, true>(model, p, blk, b, t0, t1, lambda, state, decay_product, write_y);
-        else scan_tokens<false, false>(model, p, blk, b, t0, t1, lambda, state, decay_product, write_y);
+        if (decay_product) scan_tokens<false, true>(model, p, blk, b, t0, t1, state, decay_product, write_y);
+        else scan_tokens<false, false>(model, p, blk, b, t0, t1, state, decay_product, write_y);
     }
 }
 

@@ -18,8 +18,9 @@
 
 namespace ssm {
 
-// Channels per host lane block: one 512-bit vector of floats.
-inline constexpr int host_lanes = 16;
+// Channels per host lane block: two 512-bit vectors of floats. Wider blocks read longer runs of each
+// token-major row, which the strided walk over tokens needs more than it needs fine-grained tasks.
+inline constexpr int host_lanes = 32;
 
 namespace detail {
 template <class V>
