@@ -3,9 +3,7 @@
 // (scan/segment.hpp), instantiated for the device. Views must point to device memory.
 #include <cuda_runtime.h>
 
-#include "../scan/host/strategies.hpp"
-#include "../scan/problem.hpp"
-#include "../scan/segment.hpp"
+#include "../scan/selective_scan.hpp"
 
 namespace ssm {
 
@@ -33,6 +31,142 @@ __global__ void sequential_scan_kernel(Ssm model, scan_problem<T> p) {
     detail::scan_segment<1>(model, p, b, d, 0, p.shape.length, state, nullptr, true);
     detail::store_final_state<1>(p, b, d, state);
 }
+// Chunked device scan. Each channel's N states are spread over `slices` threads (a power of two
+// <= 32, so a channel's threads sit in one warp and reduce y with shuffles), S states per thread in
+// registers; time is cut into chunks handled by separate threads. With one chunk this is a single
+// pass. With several: a summary pass scans every chunk but the last from a zero state and records
+// its end state and decay product, a carry pass chains them into each chunk's true starting state,
+// and the output pass rescans every chunk from there, writing y.
+template <class V>
+struct chunk_workspace {
+    V* start;        // [batch][channel][chunk][state]: state entering each chunk
+    V* decay;        // [batch][channel][chunk][state]: product of Ā over the chunk before
+    index_t chunks;
+    index_t chunk;
+
+    SSM_HOST_DEVICE index_t slot(const scan_shape& s, index_t b, index_t d, index_t k, index_t n) const {
+        return ((b * s.channels + d) * chunks + k) * s.state + n;
+    }
+};
+
+template <int S, bool Summary, class Ssm, class T>
+__global__ void chunk_kernel(Ssm model, scan_problem<T> p, int slices, chunk_workspace<typename Ssm::value_type> w) {
+    using V = typename Ssm::value_type;
+    const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    const index_t per_chunk = p.shape.batch * p.shape.channels * slices;
+    if (i >= per_chunk * w.chunks) return;  // whole channel groups only: per_chunk is a multiple of slices
+    const index_t k = i / per_chunk, rest = i % per_chunk;
+    const int s = int(rest % slices);
+    const index_t d = (rest / slices) % p.shape.channels, b = rest / slices / p.shape.channels;
+    if (Summary && k + 1 == w.chunks) return;
+    const unsigned lane = threadIdx.x % 32u;
+    const unsigned group = (slices == 32 ? 0xffffffffu : ((1u << slices) - 1u)) << (lane & ~unsigned(slices - 1));
+
+    const auto blk = ssm::detail::make_lane_block<1>(model, p, d);
+    V lambda[S], h[S], product[S];
+#pragma unroll
+    for (int j = 0; j < S; ++j) {
+        const index_t n = s * S + j;
+        const bool real_state = n < p.shape.state;
+        lambda[j] = real_state ? model.modulation.eigenvalue(model.transition.eigenvalue(d, n), blk.delta_channel[0]) : V{};
+        product[j] = ssm::detail::lift<V>(1.0f);
+        h[j] = V{};
+        if (!real_state) continue;
+        if (k == 0) {
+            const auto& v = p.in.initial_state;
+            if (!v.data()) h[j] = V{};
+            else if constexpr (std::same_as<V, cfloat>) h[j] = {v(b, d, 2 * n), v(b, d, 2 * n + 1)};
+            else h[j] = v(b, d, n);
+        } else if (!Summary) {
+            h[j] = w.start[w.slot(p.shape, b, d, k, n)];
+        }
+    }
+    const float scale = model.transition.output_scale();
+    const index_t t1 = k * w.chunk + w.chunk < p.shape.length ? k * w.chunk + w.chunk : p.shape.length;
+    for (index_t t = k * w.chunk; t < t1; ++t) {
+        float delta[1], x[1];
+        ssm::detail::token_inputs(model, p, blk, b, t, delta, x);
+        discretized<V> shared{};
+        if constexpr (Ssm::structure_type::state_invariant_decay)
+            shared = Ssm::discretization_type::apply(lambda[0], delta[0]);
+        float acc[1] = {0.0f};
+#pragma unroll
+        for (int j = 0; j < S; ++j) {
+            const index_t n = s * S + j;
+            if (n >= p.shape.state) continue;
+            const auto q = ssm::detail::discretize<Ssm>(shared, lambda[j], delta[0]);
+            const V bn = ssm::detail::load_value<V>(p.in.B, b, t, blk.group[0], n);
+            h[j] = q.decay * h[j] + q.input * bn * x[0];
+            if constexpr (Summary) product[j] = product[j] * q.decay;
+            else acc[0] += ssm::detail::real_product(ssm::detail::load_value<V>(p.in.C, b, t, blk.group[0], n), h[j]);
+        }
+        if constexpr (!Summary) {
+            for (int offset = slices / 2; offset > 0; offset /= 2) acc[0] += __shfl_xor_sync(group, acc[0], offset);
+            if (s == 0) ssm::detail::write_output(p, blk, b, t, scale, acc, x);
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < S; ++j) {
+        const index_t n = s * S + j;
+        if (n >= p.shape.state) continue;
+        if constexpr (Summary) {
+            w.start[w.slot(p.shape, b, d, k + 1, n)] = h[j];
+            w.decay[w.slot(p.shape, b, d, k + 1, n)] = product[j];
+        } else if (k + 1 == w.chunks && p.out.final_state.data()) {
+            const auto& v = p.out.final_state;
+            if constexpr (std::same_as<V, cfloat>) {
+                v(b, d, 2 * n) = h[j].re;
+                v(b, d, 2 * n + 1) = h[j].im;
+            } else {
+                v(b, d, n) = h[j];
+            }
+        }
+    }
+}
+
+// start[k] = decay[k] · start[k-1] + start[k] for k >= 2, one thread per (batch, channel, state).
+template <class V>
+__global__ void chunk_carry_kernel(scan_shape shape, chunk_workspace<V> w) {
+    const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= shape.batch * shape.channels * shape.state) return;
+    const index_t n = i % shape.state, d = i / shape.state % shape.channels, b = i / shape.state / shape.channels;
+    for (index_t k = 2; k < w.chunks; ++k) {
+        const index_t here = w.slot(shape, b, d, k, n);
+        w.start[here] = w.decay[here] * w.start[w.slot(shape, b, d, k - 1, n)] + w.start[here];
+    }
+}
+
+inline unsigned blocks_for(index_t threads, int block) { return unsigned((threads + block - 1) / block); }
+
+template <int S, class Ssm, class T>
+void run_chunked_with(const cuda_exec& exec, const chunked& strategy, const Ssm& model, const scan_problem<T>& p) {
+    using V = typename Ssm::value_type;
+    int slices = 1;
+    while (slices * S < p.shape.state) slices *= 2;
+    chunk_workspace<V> w{nullptr, nullptr, (p.shape.length + strategy.chunk - 1) / strategy.chunk, strategy.chunk};
+    const index_t threads = p.shape.batch * p.shape.channels * slices * w.chunks;
+    constexpr int block = 256;
+    if (w.chunks > 1) {
+        const auto bytes = std::size_t(p.shape.batch * p.shape.channels * w.chunks * p.shape.state) * sizeof(V);
+        check(cudaMallocAsync(&w.start, 2 * bytes, exec.stream), "selective_scan: chunk workspace");
+        w.decay = w.start + bytes / sizeof(V);
+        chunk_kernel<S, true><<<blocks_for(threads, block), block, 0, exec.stream>>>(model, p, slices, w);
+        check(cudaGetLastError(), "selective_scan: chunk summary launch");
+        chunk_carry_kernel<<<blocks_for(p.shape.batch * p.shape.channels * p.shape.state, block), block, 0,
+                             exec.stream>>>(p.shape, w);
+        check(cudaGetLastError(), "selective_scan: chunk carry launch");
+    }
+    chunk_kernel<S, false><<<blocks_for(threads, block), block, 0, exec.stream>>>(model, p, slices, w);
+    check(cudaGetLastError(), "selective_scan: chunk output launch");
+    if (w.start) check(cudaFreeAsync(w.start, exec.stream), "selective_scan: chunk workspace");
+}
+
+// Four states per thread up to 128 states (32 threads a channel), eight above.
+template <class Ssm, class T>
+void run_chunked(const cuda_exec& exec, const chunked& strategy, const Ssm& model, const scan_problem<T>& p) {
+    if (p.shape.state <= 4 * 32) run_chunked_with<4>(exec, strategy, model, p);
+    else run_chunked_with<8>(exec, strategy, model, p);
+}
 }  // namespace cuda
 
 // Runs the selective scan on the device, asynchronously on exec.stream; launch errors throw.
@@ -44,6 +178,25 @@ void selective_scan(const cuda_exec& exec, const sequential&, const Ssm& model, 
     constexpr int block = 128;
     cuda::sequential_scan_kernel<<<unsigned((threads + block - 1) / block), block, 0, exec.stream>>>(model, problem);
     cuda::check(cudaGetLastError(), "selective_scan: kernel launch");
+}
+
+// Chunked scan on the device; see cuda::chunk_kernel. strategy.chunk is the tokens per chunk: one
+// chunk (>= length) gives a single pass, shorter chunks spread long sequences over more threads.
+template <selective_ssm_type Ssm, storage_type T>
+void selective_scan(const cuda_exec& exec, const chunked& strategy, const Ssm& model, const scan_inputs<T>& in,
+                    const scan_outputs<T>& out) {
+    detail::require(strategy.chunk > 0, "selective_scan: chunked chunk length must be positive, got ", strategy.chunk);
+    const auto problem = make_problem("selective_scan", model, in, out);
+    cuda::run_chunked(exec, strategy, model, problem);
+}
+
+// One decoding step for a batch on the device (see the host ssm::step): a single-pass chunked scan
+// of one token whose threads each read their states before writing them, so state is in and out.
+template <selective_ssm_type Ssm, storage_type T>
+void step(const cuda_exec& exec, const Ssm& model, const step_inputs<T>& in, tensor_view<float, 3> state,
+          tensor_view<T, 2> y) {
+    const auto [scan_in, scan_out] = detail::step_as_scan(in, state, y);
+    cuda::run_chunked(exec, chunked{.chunk = 1}, model, make_problem("step", model, scan_in, scan_out));
 }
 
 }  // namespace ssm

@@ -133,7 +133,7 @@ SSM_HOST_DEVICE discretized<V> discretize(const discretized<V>& shared, V lambda
 template <bool UniformGroup, bool TrackDecay, int Lanes, class Ssm, class T>
 SSM_HOST_DEVICE void scan_tokens(const Ssm& model, const scan_problem<T>& p, const lane_block<Lanes>& blk,
                                  index_t b, index_t t0, index_t t1, typename Ssm::value_type (*state)[Lanes],
-                                 typename Ssm::value_type (*decay_product)[Lanes], bool write_y) {
+                                 typename Ssm::value_type (*decay_complement)[Lanes], bool write_y) {
     using V = typename Ssm::value_type;
     const float scale = model.transition.output_scale();
     // Local copies: the compiler then knows nothing aliases them and keeps the lane loop vectorized
@@ -157,7 +157,12 @@ SSM_HOST_DEVICE void scan_tokens(const Ssm& model, const scan_problem<T>& p, con
                 const V next = q.decay * h[n][lane] + q.input * bn[lane] * x[lane];
                 h[n][lane] = next;
                 acc[lane] += real_product(cn[lane], next);
-                if constexpr (TrackDecay) decay_product[n][lane] = decay_product[n][lane] * q.decay;
+                if constexpr (TrackDecay) {
+                    // 1 - Π Ā, as c + (1 - c)(1 - Ā): a float product of factors near 1 stays near 1,
+                    // where each multiplication rounds the same way and the error builds up.
+                    const V c = decay_complement[n][lane], one = lift<V>(1.0f);
+                    decay_complement[n][lane] = c + (one - c) * (one - q.decay);
+                }
             }
         }
         if (write_y) write_output(p, blk, b, t, scale, acc, x);
@@ -167,19 +172,20 @@ SSM_HOST_DEVICE void scan_tokens(const Ssm& model, const scan_problem<T>& p, con
 }
 
 // Advances channels [d0, d0 + Lanes) of batch row b over tokens [t0, t1). `state` holds the state on
-// entry and on exit ([n][lane] order); when `decay_product` is non-null it is multiplied by every Ā
-// (the chunked strategy's carry factor). Outputs y are written only when `write_y`.
+// entry and on exit ([n][lane] order); when `decay_complement` is non-null it holds 1 - P on entry and
+// 1 - P·Π Ā on exit, Π over the tokens (the chunked strategy's carry factor P, kept as its distance
+// from 1). Outputs y are written only when `write_y`.
 template <int Lanes, class Ssm, class T>
 SSM_HOST_DEVICE void scan_segment(const Ssm& model, const scan_problem<T>& p, index_t b, index_t d0,
                                   index_t t0, index_t t1, typename Ssm::value_type (*state)[Lanes],
-                                  typename Ssm::value_type (*decay_product)[Lanes], bool write_y) {
+                                  typename Ssm::value_type (*decay_complement)[Lanes], bool write_y) {
     const auto blk = make_lane_block<Lanes>(model, p, d0);
     if (blk.uniform_group) {
-        if (decay_product) scan_tokens<true, true>(model, p, blk, b, t0, t1, state, decay_product, write_y);
-        else scan_tokens<true, false>(model, p, blk, b, t0, t1, state, decay_product, write_y);
+        if (decay_complement) scan_tokens<true, true>(model, p, blk, b, t0, t1, state, decay_complement, write_y);
+        else scan_tokens<true, false>(model, p, blk, b, t0, t1, state, decay_complement, write_y);
     } else {
-        if (decay_product) scan_tokens<false, true>(model, p, blk, b, t0, t1, state, decay_product, write_y);
-        else scan_tokens<false, false>(model, p, blk, b, t0, t1, state, decay_product, write_y);
+        if (decay_complement) scan_tokens<false, true>(model, p, blk, b, t0, t1, state, decay_complement, write_y);
+        else scan_tokens<false, false>(model, p, blk, b, t0, t1, state, decay_complement, write_y);
     }
 }
 

@@ -1,5 +1,7 @@
 #pragma once
 // The host entry points: a whole-sequence scan and the one-token recurrent step.
+#include <utility>
+
 #include "host/strategies.hpp"
 #include "problem.hpp"
 
@@ -43,6 +45,16 @@ tensor_view<E, Rank + 1> with_length_axis(const tensor_view<E, Rank>& v) {
     for (int r = 1; r < Rank; ++r) extents[r + 1] = v.extent(r), strides[r + 1] = v.stride(r);
     return {v.data(), extents, strides};
 }
+
+// One token's inputs as a scan of length 1 whose initial and final state are both `state`.
+template <storage_type T>
+std::pair<scan_inputs<T>, scan_outputs<T>> step_as_scan(const step_inputs<T>& in, tensor_view<float, 3> state,
+                                                        tensor_view<T, 2> y) {
+    require(!state.empty(), "step: state is missing");
+    return {{with_length_axis(in.u), with_length_axis(in.delta), with_length_axis(in.B), with_length_axis(in.C),
+             with_length_axis(in.z), in.D, in.delta_bias, in.delta_softplus, state},
+            {with_length_axis(y), state}};
+}
 }  // namespace detail
 
 // Advances `state` (batch, channels, state·components) by one token and writes y (batch, channels):
@@ -50,13 +62,9 @@ tensor_view<E, Rank + 1> with_length_axis(const tensor_view<E, Rank>& v) {
 template <selective_ssm_type Ssm, storage_type T>
 void step(const host_exec& exec, const Ssm& model, const step_inputs<T>& in, tensor_view<float, 3> state,
           tensor_view<T, 2> y) {
-    detail::require(!state.empty(), "step: state is missing");
-    using detail::with_length_axis;
-    const scan_inputs<T> scan_in{with_length_axis(in.u), with_length_axis(in.delta), with_length_axis(in.B),
-                                 with_length_axis(in.C), with_length_axis(in.z), in.D, in.delta_bias,
-                                 in.delta_softplus, state};
+    const auto [scan_in, scan_out] = detail::step_as_scan(in, state, y);
     // Each channel block reads its state before writing it, so state may be both input and output.
-    sequential{}.run(exec, model, make_problem("step", model, scan_in, scan_outputs<T>{with_length_axis(y), state}));
+    sequential{}.run(exec, model, make_problem("step", model, scan_in, scan_out));
 }
 
 }  // namespace ssm

@@ -56,7 +56,8 @@ struct chunked {
         const index_t chunks = (p.shape.length + chunk - 1) / chunk;
         const index_t per_state = p.shape.state * host_lanes;
         // start[task][k]: state entering chunk k; pass 1 leaves there the state chunk k-1 reaches
-        // from zero (from the initial state for k-1 = 0), and decay[task][k] the product of its Ā.
+        // from zero (from the initial state for k-1 = 0), and decay[task][k] 1 minus the product of
+        // its Ā (see scan_segment).
         const auto rows = std::size_t(tasks * chunks * p.shape.state);
         const auto start = std::make_unique<V[][host_lanes]>(rows);
         const auto decay = std::make_unique<V[][host_lanes]>(rows);
@@ -72,21 +73,21 @@ struct chunked {
             locate(item, task, k, b, d0);
             if (k + 1 == chunks) return;
             auto state = slot(start, task, k + 1);
-            auto product = slot(decay, task, k + 1);
+            auto complement = slot(decay, task, k + 1);
             if (k == 0) detail::load_initial_state<host_lanes>(p, b, d0, state);
             else std::fill_n(&state[0][0], per_state, V{});
-            std::fill_n(&product[0][0], per_state, detail::lift<V>(1.0f));
+            std::fill_n(&complement[0][0], per_state, V{});
             detail::scan_segment<host_lanes>(model, p, b, d0, k * chunk, (k + 1) * chunk, state,
-                                             k == 0 ? nullptr : product, false);
+                                             k == 0 ? nullptr : complement, false);
         });
         detail::parallel_for(exec, tasks, [&](index_t task) {  // pass 2: carries across chunks
             for (index_t k = 2; k < chunks; ++k) {
                 auto carry = slot(start, task, k - 1);
                 auto state = slot(start, task, k);
-                auto product = slot(decay, task, k);
+                auto complement = slot(decay, task, k);
                 for (index_t n = 0; n < p.shape.state; ++n)
                     for (int lane = 0; lane < host_lanes; ++lane)
-                        state[n][lane] = product[n][lane] * carry[n][lane] + state[n][lane];
+                        state[n][lane] = (carry[n][lane] - complement[n][lane] * carry[n][lane]) + state[n][lane];
             }
         });
         detail::parallel_for(exec, tasks * chunks, [&](index_t item) {  // pass 3: outputs

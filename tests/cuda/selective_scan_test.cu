@@ -1,0 +1,242 @@
+// The device instantiation of the selective scan against the float64 reference, on fresh random
+// inputs, with outputs poisoned before every call.
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <string>
+#include <variant>
+#include <ssm/cuda/selective_scan.cuh>
+
+#include "reference.hpp"
+
+namespace {
+
+
+
+void cuda_require(cudaError_t status, const char* what) {
+    INFO(what << ": " << cudaGetErrorString(status));
+    REQUIRE(status == cudaSuccess);
+}
+
+// Device memory holding a copy of a host vector (absent when the vector is empty).
+template <class E>
+class device_buffer {
+public:
+    explicit device_buffer(const std::vector<E>& host) : size_(host.size()) {
+        if (host.empty()) return;
+        cuda_require(cudaMalloc(&data_, bytes()), "cudaMalloc");
+        cuda_require(cudaMemcpy(data_, host.data(), bytes(), cudaMemcpyHostToDevice), "cudaMemcpy to device");
+    }
+    device_buffer(const device_buffer&) = delete;
+    device_buffer& operator=(const device_buffer&) = delete;
+    ~device_buffer() { cudaFree(data_); }
+
+    E* data() const { return data_; }
+    bool empty() const { return data_ == nullptr; }
+    std::vector<E> to_host() const {
+        std::vector<E> host(size_);
+        cuda_require(cudaMemcpy(host.data(), data_, bytes(), cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+        return host;
+    }
+
+private:
+    std::size_t bytes() const { return size_ * sizeof(E); }
+    E* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+template <class E>
+std::vector<E> stored(const std::vector<double>& values) {
+    std::vector<E> out(values.size());
+    std::transform(values.begin(), values.end(), out.begin(), [](double x) { return ref::store<E>(x); });
+    return out;
+}
+
+template <class E, class... Extents>
+ssm::tensor_view<const E, int(sizeof...(Extents))> view(const device_buffer<E>& b, Extents... extents) {
+    if (b.empty()) return {};
+    return {b.data(), extents...};
+}
+
+// Every element written (finite: the poison is NaN), in float64.
+template <class E>
+std::vector<double> written(const device_buffer<E>& b, const char* what) {
+    std::vector<double> out;
+    for (const E& e : b.to_host()) out.push_back(ref::load(e));
+    const auto bad = std::find_if(out.begin(), out.end(), [](double v) { return !std::isfinite(v); });
+    INFO(what << ": element " << (bad - out.begin()) << " was not written or is not finite");
+    REQUIRE(bad == out.end());
+    return out;
+}
+
+using device_strategy = std::variant<ssm::sequential, ssm::chunked>;
+
+// The device strategies every test runs: one thread per channel, and the chunked scan as one pass
+// and with chunks of 1, 7 and 64 tokens.
+std::vector<device_strategy> device_strategies() {
+    return {ssm::sequential{}, ssm::chunked{.chunk = ref::index(1) << 40}, ssm::chunked{.chunk = 1},
+            ssm::chunked{.chunk = 7}, ssm::chunked{.chunk = 64}};
+}
+
+std::string describe(const device_strategy& s) {
+    if (const auto* c = std::get_if<ssm::chunked>(&s)) return "chunked{" + std::to_string(c->chunk) + "}";
+    return "sequential";
+}
+
+template <class Structure>
+Structure device_structure(const ref::problem& p, const device_buffer<float>& A) {
+    if constexpr (std::is_same_v<Structure, ssm::diagonal_real>) return {view(A, p.channels, p.state)};
+    else if constexpr (std::is_same_v<Structure, ssm::scalar_identity>)
+        return {view(A, p.delta_channels()), p.head_dim, p.state};
+    else return {view(A, p.channels, p.state, ref::index(2)), p.conjugate_pairs};
+}
+
+template <class Structure, class Rule, class T>
+void check_device_scan(ref::problem p, const std::vector<device_strategy>& strategies = device_strategies()) {
+    INFO("storage " << ssm::storage_name<T>);
+    ref::round_to_storage<T>(p);
+    const ref::result want = ref::scan(p);
+    for (const auto& how : strategies) {
+    INFO("strategy " << describe(how));
+    const device_buffer<float> A(stored<float>(p.A)), D(stored<float>(p.D)), bias(stored<float>(p.delta_bias)),
+        initial(stored<float>(p.initial_state));
+    const device_buffer<T> u(stored<T>(p.u)), delta(stored<T>(p.delta)), B(stored<T>(p.B)), C(stored<T>(p.C)),
+        z(stored<T>(p.z));
+    const device_buffer<T> y(std::vector<T>(std::size_t(p.batch * p.length * p.channels), ref::poison<T>()));
+    const device_buffer<float> final_state(
+        std::vector<float>(std::size_t(p.batch * p.channels * p.width()), ref::poison<float>()));
+
+    const ssm::selective_ssm<Structure, Rule> model{device_structure<Structure>(p, A)};
+
+    const ssm::scan_inputs<T> in{.u = view(u, p.batch, p.length, p.channels),
+                                 .delta = view(delta, p.batch, p.length, p.delta_channels()),
+                                 .B = view(B, p.batch, p.length, p.groups, p.width()),
+                                 .C = view(C, p.batch, p.length, p.groups, p.width()),
+                                 .z = view(z, p.batch, p.length, p.channels),
+                                 .D = view(D, p.channels),
+                                 .delta_bias = view(bias, p.delta_channels()),
+                                 .delta_softplus = p.delta_softplus,
+                                 .initial_state = view(initial, p.batch, p.channels, p.width())};
+    const ssm::scan_outputs<T> out{.y = {y.data(), p.batch, p.length, p.channels},
+                                   .final_state = {final_state.data(), p.batch, p.channels, p.width()}};
+    std::visit([&](const auto& strategy) { ssm::selective_scan(ssm::cuda_exec{}, strategy, model, in, out); }, how);
+    cuda_require(cudaDeviceSynchronize(), "selective_scan kernel");
+
+    ref::require_close(written(y, "y"), want.y, ref::scan_tolerance<T>(), "y");
+    ref::require_close(written(final_state, "final_state"), want.final_state, 1e-4, "final_state");
+    }
+}
+
+template <class Structure, class Rule>
+void check_storage_types(const ref::problem& p) {
+    check_device_scan<Structure, Rule, float>(p);
+    check_device_scan<Structure, Rule, ssm::bfloat16>(p);
+    check_device_scan<Structure, Rule, ssm::float16>(p);
+}
+
+template <class Structure>
+void check_structure(ref::random_source& rng, const ref::shape& s) {
+    ref::for_each_rule([&]<class Rule>(std::type_identity<Rule>) {
+        const auto p = ref::random_problem(rng, ref::structure_of<Structure>, ref::rule_of<Rule>, s);
+        INFO(ref::name(p.kind) << " / " << ref::name(p.discretization) << " / " << s);
+        check_storage_types<Structure, Rule>(p);
+    });
+}
+
+}  // namespace
+
+TEST_CASE("device scans match the float64 reference", "[cuda]") {
+    SSM_SEEDED_RANDOM(rng);
+    for (const ref::index length : {1, 2, 97, 1000}) {
+        for (const ref::index channels : {1, 5, 130}) {
+            const ref::shape s{.batch = 2, .length = length, .channels = channels, .state = 5, .groups = 1,
+                               .z = true, .D = true, .delta_bias = true, .softplus = true, .initial_state = true};
+            check_structure<ssm::diagonal_real>(rng, s);
+            check_structure<ssm::diagonal_complex>(rng, s);
+        }
+        // Mamba-2 shape: 6 heads of 8 channels, 3 groups, state 64.
+        check_structure<ssm::scalar_identity>(rng, {.batch = 2, .length = length, .channels = 48, .head_dim = 8,
+                                                    .state = 64, .groups = 3, .z = true, .D = true,
+                                                    .delta_bias = true, .softplus = true, .initial_state = true});
+    }
+}
+
+TEST_CASE("device scans carry state over a million tokens", "[cuda]") {
+    SSM_SEEDED_RANDOM(rng);
+    auto p = ref::random_problem(rng, ref::structure::diagonal_real, ref::rule::zoh_euler,
+                                 {.batch = 1, .length = ref::index(1) << 20, .channels = 3, .state = 16,
+                                  .z = true, .D = true, .softplus = true});
+    for (auto& a : p.A) a *= 0.01;  // slow decay: the state remembers across the whole sequence
+    check_device_scan<ssm::diagonal_real, ssm::zoh_euler, float>(p, {ssm::sequential{}, ssm::chunked{.chunk = 4096}});
+    check_device_scan<ssm::diagonal_real, ssm::zoh_euler, ssm::bfloat16>(p, {ssm::chunked{.chunk = 1000}});
+}
+
+// Decoding token by token with ssm::step on the device, state in place, equals the reference scan.
+template <class Structure, class Rule>
+void check_device_step(ref::random_source& rng, const ref::shape& s) {
+    ref::problem p = ref::random_problem(rng, ref::structure_of<Structure>, ref::rule_of<Rule>, s);
+    INFO(ref::name(p.kind) << " / " << ref::name(p.discretization) << " / " << s);
+    ref::round_to_storage<float>(p);
+    const device_buffer<float> A(stored<float>(p.A)), D(stored<float>(p.D)), bias(stored<float>(p.delta_bias)),
+        u(stored<float>(p.u)), delta(stored<float>(p.delta)), B(stored<float>(p.B)), C(stored<float>(p.C)),
+        z(stored<float>(p.z)), state(stored<float>(p.initial_state));
+    const device_buffer<float> y(std::vector<float>(std::size_t(p.batch * p.length * p.channels), ref::poison<float>()));
+    const ssm::selective_ssm<Structure, Rule> model{device_structure<Structure>(p, A)};
+    // Token t of every batch row: views with the length axis fixed at t.
+    auto at = [&](const device_buffer<float>& b, ref::index width, ref::index t) -> ssm::tensor_view<const float, 2> {
+        if (b.empty()) return {};
+        return {b.data() + t * width, {p.batch, width}, {p.length * width, 1}};
+    };
+    const ref::index gw = p.groups * p.width();
+    for (ref::index t = 0; t < p.length; ++t) {
+        const ssm::step_inputs<float> token{
+            .u = at(u, p.channels, t), .delta = at(delta, p.delta_channels(), t),
+            .B = {B.data() + t * gw, {p.batch, p.groups, p.width()}, {p.length * gw, p.width(), 1}},
+            .C = {C.data() + t * gw, {p.batch, p.groups, p.width()}, {p.length * gw, p.width(), 1}},
+            .z = at(z, p.channels, t), .D = view(D, p.channels), .delta_bias = view(bias, p.delta_channels()),
+            .delta_softplus = p.delta_softplus};
+        ssm::step(ssm::cuda_exec{}, model, token, {state.data(), p.batch, p.channels, p.width()},
+                  {y.data() + t * p.channels, {p.batch, p.channels}, {p.length * p.channels, 1}});
+    }
+    cuda_require(cudaDeviceSynchronize(), "step kernels");
+    const ref::result want = ref::scan(p);
+    ref::require_close(written(y, "y"), want.y, 1e-4, "y");
+    ref::require_close(written(state, "state"), want.final_state, 1e-4, "state");
+}
+
+TEST_CASE("device step decodes like the scan", "[cuda]") {
+    SSM_SEEDED_RANDOM(rng);
+    const ref::shape mamba1{.batch = 3, .length = 40, .channels = 37, .state = 16, .z = true, .D = true,
+                            .delta_bias = true, .softplus = true, .initial_state = true};
+    check_device_step<ssm::diagonal_real, ssm::zoh_euler>(rng, mamba1);
+    check_device_step<ssm::diagonal_complex, ssm::zoh>(rng, mamba1);
+    check_device_step<ssm::scalar_identity, ssm::zoh_euler>(
+        rng, {.batch = 3, .length = 40, .channels = 64, .head_dim = 16, .state = 128, .groups = 2, .z = true,
+              .D = true, .delta_bias = true, .softplus = true, .initial_state = true});
+}
+
+TEST_CASE("device scans reject bad shapes before launching", "[cuda]") {
+    std::vector<float> host(64, 1.0f);
+    const device_buffer<float> buffer(host);
+    const ssm::selective_ssm<ssm::diagonal_real> model{{ssm::tensor_view<const float, 2>(buffer.data(), 4, 2)}};
+    const ssm::scan_inputs<float> in{.u = {buffer.data(), 1, 3, 4},
+                                     .delta = {buffer.data(), 1, 3, 4},
+                                     .B = {buffer.data(), 1, 3, 1, 2},
+                                     .C = {buffer.data(), 1, 2, 1, 2}};
+    REQUIRE_THROWS_WITH(ssm::selective_scan(ssm::cuda_exec{}, ssm::sequential{}, model, in,
+                                            ssm::scan_outputs<float>{.y = {buffer.data(), 1, 3, 4}}),
+                        Catch::Contains("C has extent 2 in dimension 1 (length), expected 3"));
+}
+
+int main(int argc, char** argv) {
+    int devices = 0;
+    const cudaError_t status = cudaGetDeviceCount(&devices);
+    if (status != cudaSuccess || devices == 0) {
+        std::printf("SKIPPED: no CUDA device (%s); the device tests did not run\n",
+                    status != cudaSuccess ? cudaGetErrorString(status) : "device count is 0");
+        return 77;
+    }
+    return Catch::Session().run(argc, argv);
+}
