@@ -6,3 +6,11 @@
 #else
 #define SSM_HOST_DEVICE inline
 #endif
+
+// For the small elementwise functions called per state element inside lane loops: GCC's inliner
+// sometimes leaves them out of line, and a call in the loop body stops it from vectorizing.
+#if defined(__GNUC__)
+#define SSM_ALWAYS_INLINE [[gnu::always_inline]]
+#else
+#define SSM_ALWAYS_INLINE
+#endif

@@ -21,14 +21,14 @@ struct float16 {
 };
 
 namespace detail {
-SSM_HOST_DEVICE std::uint32_t float_bits(float x) {
+SSM_ALWAYS_INLINE SSM_HOST_DEVICE std::uint32_t float_bits(float x) {
 #if defined(__CUDA_ARCH__)
     return __float_as_uint(x);
 #else
     return std::bit_cast<std::uint32_t>(x);
 #endif
 }
-SSM_HOST_DEVICE float bits_float(std::uint32_t b) {
+SSM_ALWAYS_INLINE SSM_HOST_DEVICE float bits_float(std::uint32_t b) {
 #if defined(__CUDA_ARCH__)
     return __uint_as_float(b);
 #else
@@ -39,7 +39,7 @@ SSM_HOST_DEVICE float bits_float(std::uint32_t b) {
 
 SSM_HOST_DEVICE float to_float(float x) { return x; }
 SSM_HOST_DEVICE float to_float(double x) { return static_cast<float>(x); }
-SSM_HOST_DEVICE float to_float(bfloat16 x) { return detail::bits_float(std::uint32_t(x.bits) << 16); }
+SSM_ALWAYS_INLINE SSM_HOST_DEVICE float to_float(bfloat16 x) { return detail::bits_float(std::uint32_t(x.bits) << 16); }
 SSM_HOST_DEVICE float to_float(float16 x) {
     const std::uint32_t sign = std::uint32_t(x.bits & 0x8000u) << 16;
     const std::uint32_t exponent = (x.bits >> 10) & 0x1fu;

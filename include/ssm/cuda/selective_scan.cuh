@@ -49,6 +49,13 @@ struct chunk_workspace {
     }
 };
 
+// What one thread reads for a token: the channel's Δ (raw), x and gate, and B and C at its states.
+template <int S, class V>
+struct token_values {
+    float delta, x, z;
+    V b[S], c[S];
+};
+
 template <int S, bool Summary, class Ssm, class T>
 __global__ void chunk_kernel(Ssm model, scan_problem<T> p, int slices, chunk_workspace<typename Ssm::value_type> w) {
     using V = typename Ssm::value_type;
@@ -62,18 +69,33 @@ __global__ void chunk_kernel(Ssm model, scan_problem<T> p, int slices, chunk_wor
     const unsigned lane = threadIdx.x % 32u;
     const unsigned group = (slices == 32 ? 0xffffffffu : ((1u << slices) - 1u)) << (lane & ~unsigned(slices - 1));
 
-    const auto blk = ssm::detail::make_lane_block<1>(model, p, d);
+    // Per-thread bases and per-token strides, so that the token loop does no index multiplications.
+    const auto& in = p.in;
+    const index_t dc = model.transition.delta_channel(d), g = d / (p.shape.channels / p.shape.groups);
+    const T* u = &in.u(b, 0, d);
+    const T* delta = &in.delta(b, 0, dc);
+    const T* z = in.z.data() ? &in.z(b, 0, d) : nullptr;
+    const T* B = &in.B(b, 0, g, 0);
+    const T* C = &in.C(b, 0, g, 0);
+    T* y = &p.out.y(b, 0, d);
+    const float bias = in.delta_bias.data() ? in.delta_bias(dc) : 0.0f;
+    const float skip = in.D.data() ? in.D(d) : 0.0f;
+    const float scale = model.transition.output_scale();
+    index_t state_offset[S];  // of state s·S + j within a token's B or C row
+    bool real_state[S];
+
     V lambda[S], h[S], product[S];
 #pragma unroll
     for (int j = 0; j < S; ++j) {
         const index_t n = s * S + j;
-        const bool real_state = n < p.shape.state;
-        lambda[j] = real_state ? model.modulation.eigenvalue(model.transition.eigenvalue(d, n), blk.delta_channel[0]) : V{};
+        real_state[j] = n < p.shape.state;
+        state_offset[j] = real_state[j] ? n * p.shape.components * in.B.stride(3) : 0;
+        lambda[j] = real_state[j] ? model.modulation.eigenvalue(model.transition.eigenvalue(d, n), dc) : V{};
         product[j] = ssm::detail::lift<V>(1.0f);
         h[j] = V{};
-        if (!real_state) continue;
+        if (!real_state[j]) continue;
         if (k == 0) {
-            const auto& v = p.in.initial_state;
+            const auto& v = in.initial_state;
             if (!v.data()) h[j] = V{};
             else if constexpr (std::same_as<V, cfloat>) h[j] = {v(b, d, 2 * n), v(b, d, 2 * n + 1)};
             else h[j] = v(b, d, n);
@@ -81,34 +103,55 @@ __global__ void chunk_kernel(Ssm model, scan_problem<T> p, int slices, chunk_wor
             h[j] = w.start[w.slot(p.shape, b, d, k, n)];
         }
     }
-    const float scale = model.transition.output_scale();
-    const index_t t1 = k * w.chunk + w.chunk < p.shape.length ? k * w.chunk + w.chunk : p.shape.length;
-    for (index_t t = k * w.chunk; t < t1; ++t) {
-        float delta[1], x[1];
-        ssm::detail::token_inputs(model, p, blk, b, t, delta, x);
-        discretized<V> shared{};
-        if constexpr (Ssm::structure_type::state_invariant_decay)
-            shared = Ssm::discretization_type::apply(lambda[0], delta[0]);
-        float acc[1] = {0.0f};
+    auto read = [&](const T* row, index_t j, index_t component_stride) -> V {
+        if constexpr (std::same_as<V, cfloat>) return {to_float(row[state_offset[j]]), to_float(row[state_offset[j] + component_stride])};
+        else return to_float(row[state_offset[j]]);
+    };
+    auto load = [&](index_t t) {
+        token_values<S, V> v;
+        v.delta = to_float(delta[t * in.delta.stride(1)]);
+        v.x = to_float(u[t * in.u.stride(1)]);
+        v.z = !Summary && z ? to_float(z[t * in.z.stride(1)]) : 0.0f;
 #pragma unroll
         for (int j = 0; j < S; ++j) {
-            const index_t n = s * S + j;
-            if (n >= p.shape.state) continue;
-            const auto q = ssm::detail::discretize<Ssm>(shared, lambda[j], delta[0]);
-            const V bn = ssm::detail::load_value<V>(p.in.B, b, t, blk.group[0], n);
-            h[j] = q.decay * h[j] + q.input * bn * x[0];
+            v.b[j] = real_state[j] ? read(B + t * in.B.stride(1), j, in.B.stride(3)) : V{};
+            v.c[j] = !Summary && real_state[j] ? read(C + t * in.C.stride(1), j, in.C.stride(3)) : V{};
+        }
+        return v;
+    };
+
+    const index_t t0 = k * w.chunk, t1 = t0 + w.chunk < p.shape.length ? t0 + w.chunk : p.shape.length;
+    token_values<S, V> next = load(t0);
+    for (index_t t = t0; t < t1; ++t) {
+        const token_values<S, V> now = next;
+        if (t + 1 < t1) next = load(t + 1);  // in flight while this token computes
+        float dt = now.delta + bias;
+        dt = in.delta_softplus ? math::softplus(dt) : dt;
+        dt = model.modulation.delta(dt, dc);
+        discretized<V> shared{};
+        if constexpr (Ssm::structure_type::state_invariant_decay)
+            shared = Ssm::discretization_type::apply(lambda[0], dt);
+        float acc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < S; ++j) {
+            const auto q = ssm::detail::discretize<Ssm>(shared, lambda[j], dt);
+            h[j] = q.decay * h[j] + q.input * now.b[j] * now.x;
             if constexpr (Summary) product[j] = product[j] * q.decay;
-            else acc[0] += ssm::detail::real_product(ssm::detail::load_value<V>(p.in.C, b, t, blk.group[0], n), h[j]);
+            else acc += ssm::detail::real_product(now.c[j], h[j]);
         }
         if constexpr (!Summary) {
-            for (int offset = slices / 2; offset > 0; offset /= 2) acc[0] += __shfl_xor_sync(group, acc[0], offset);
-            if (s == 0) ssm::detail::write_output(p, blk, b, t, scale, acc, x);
+            for (int offset = slices / 2; offset > 0; offset /= 2) acc += __shfl_xor_sync(group, acc, offset);
+            if (s == 0) {
+                float out = scale * acc + skip * now.x;
+                if (z) out *= math::silu(now.z);
+                y[t * p.out.y.stride(1)] = from_float<T>(out);
+            }
         }
     }
 #pragma unroll
     for (int j = 0; j < S; ++j) {
         const index_t n = s * S + j;
-        if (n >= p.shape.state) continue;
+        if (!real_state[j]) continue;
         if constexpr (Summary) {
             w.start[w.slot(p.shape, b, d, k + 1, n)] = h[j];
             w.decay[w.slot(p.shape, b, d, k + 1, n)] = product[j];

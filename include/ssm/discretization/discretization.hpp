@@ -30,8 +30,8 @@ SSM_HOST_DEVICE V lift(float x) {
     if constexpr (std::same_as<V, float>) return x;
     else return V{x, 0.0f};
 }
-SSM_HOST_DEVICE bool is_zero(float x) { return x == 0.0f; }
-SSM_HOST_DEVICE bool is_zero(cfloat z) { return z.re == 0.0f && z.im == 0.0f; }
+SSM_HOST_DEVICE bool is_small(float x) { return magnitude(x) < 1e-3f; }
+SSM_HOST_DEVICE bool is_small(cfloat z) { return magnitude(z.re) + magnitude(z.im) < 1e-3f; }
 }  // namespace detail
 
 // Zero-order hold: Ā = e^{Δλ}, B̄ = (e^{Δλ} - 1)/λ · B  (→ Δ·B as λ → 0).
@@ -39,7 +39,10 @@ struct zoh {
     template <class V>
     SSM_HOST_DEVICE static discretized<V> apply(V lambda, float delta) {
         const V z = lambda * delta;
-        const V input = detail::is_zero(lambda) ? detail::lift<V>(delta) : math::expm1(z) / lambda;
+        // For small |Δλ| (λ = 0 included) the series Δ(1 + z/2 + z²/6) instead of dividing by λ,
+        // which for complex λ divides by |λ|²: that underflows, to NaN, long before λ reaches 0.
+        const V series = detail::lift<V>(delta) * (detail::lift<V>(1.0f) + z * 0.5f + z * z * (1.0f / 6.0f));
+        const V input = detail::is_small(z) ? series : math::expm1(z) / lambda;
         return {math::exp(z), input};
     }
 };
