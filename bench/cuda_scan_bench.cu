@@ -120,7 +120,7 @@ void bench_scan(benchmark::State& state, Strategy strategy) {
     const double bytes = double(tokens) * double(sizeof(T)) * double(3 * channels + delta_channels + 2 * N);
     state.SetBytesProcessed(int64_t(bytes) * state.iterations());
     state.SetItemsProcessed(int64_t(tokens * channels * N) * state.iterations());
-    state.counters["copy_bw_share"] = benchmark::Counter(bytes / copy_bandwidth(), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+    state.counters["copy_bw_share"] = benchmark::Counter(bytes / copy_bandwidth(), benchmark::Counter::kIsIterationInvariantRate);
     for (void* p : {(void*)A, (void*)D, (void*)bias, (void*)u, (void*)z, (void*)delta, (void*)B, (void*)C, (void*)y})
         cudaFree(p);
 }

@@ -31,9 +31,10 @@ __global__ void sequential_scan_kernel(Ssm model, scan_problem<T> p) {
     detail::scan_segment<1>(model, p, b, d, 0, p.shape.length, state, nullptr, true);
     detail::store_final_state<1>(p, b, d, state);
 }
+
 // Chunked device scan. Each channel's N states are spread over `slices` threads (a power of two
-// <= 32, so a channel's threads sit in one warp and reduce y with shuffles), S states per thread in
-// registers; time is cut into chunks handled by separate threads. With one chunk this is a single
+// <= 32), S states per thread in registers; the slices' shares of y meet in shared memory. Time is
+// cut into chunks handled by separate blocks. With one chunk this is a single
 // pass. With several: a summary pass scans every chunk but the last from a zero state and records
 // its end state and decay product, a carry pass chains them into each chunk's true starting state,
 // and the output pass rescans every chunk from there, writing y.
@@ -49,47 +50,124 @@ struct chunk_workspace {
     }
 };
 
-// What one thread reads for a token: the channel's Δ (raw), x and gate, and B and C at its states.
-template <int S, class V>
-struct token_values {
-    float delta, x, z;
-    V b[S], c[S];
+// Geometry of one block of chunk_kernel: `channels` channels of one group, one batch row and one
+// chunk, each channel's states spread over `slices` consecutive threads. Tokens pass through shared
+// memory `tokens` at a time, so that global reads are coalesced across channels and a whole tile of
+// them is in flight at once; `width` is the floats of B (or C) per token.
+struct tile_shape {
+    int slices, channels, tokens, width;
+    SSM_HOST_DEVICE int threads() const { return slices * channels; }
+    SSM_HOST_DEVICE int floats() const { return tokens * (3 * channels + 2 * width + channels * slices); }
+};
+
+// Tile elements each thread carries from global memory into shared memory, per array.
+inline constexpr int tile_loads = 8;
+inline constexpr int block_threads = 128;
+
+// A thread's share of the next tile, held in registers while the current tile computes.
+struct tile_registers {
+    float x[tile_loads], delta[tile_loads], z[tile_loads], b[tile_loads], c[tile_loads];
 };
 
 template <int S, bool Summary, class Ssm, class T>
-__global__ void chunk_kernel(Ssm model, scan_problem<T> p, int slices, chunk_workspace<typename Ssm::value_type> w) {
+__global__ void __launch_bounds__(block_threads, 4)
+chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<typename Ssm::value_type> w) {
     using V = typename Ssm::value_type;
-    const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    const index_t per_chunk = p.shape.batch * p.shape.channels * slices;
-    if (i >= per_chunk * w.chunks) return;  // whole channel groups only: per_chunk is a multiple of slices
-    const index_t k = i / per_chunk, rest = i % per_chunk;
-    const int s = int(rest % slices);
-    const index_t d = (rest / slices) % p.shape.channels, b = rest / slices / p.shape.channels;
+    extern __shared__ float shared[];
+    const int W = tile.channels, TT = tile.tokens, slices = tile.slices;
+    float* const xs = shared;                 // [token][channel]: x
+    float* const dts = xs + TT * W;           // [token][channel]: Δ after bias, softplus and modulation
+    float* const zs = dts + TT * W;           // [token][channel]: gate
+    float* const bs = zs + TT * W;            // [token][state·components]
+    float* const cs = bs + TT * tile.width;
+    float* const partial = cs + TT * tile.width;  // [token][channel][slice]: C·h over a slice's states
+
+    // Which block: (chunk, group, channel tile) flattened over x, the batch row over y.
+    const index_t per_group = p.shape.channels / p.shape.groups;
+    const index_t tiles_per_group = (per_group + W - 1) / W;
+    const index_t k = blockIdx.x / (p.shape.groups * tiles_per_group);
+    const index_t g = blockIdx.x / tiles_per_group % p.shape.groups;
+    const index_t d0 = g * per_group + blockIdx.x % tiles_per_group * W;
+    const index_t b = blockIdx.y;
+    const int valid = int(per_group - (d0 - g * per_group) < W ? per_group - (d0 - g * per_group) : W);
     if (Summary && k + 1 == w.chunks) return;
-    const unsigned lane = threadIdx.x % 32u;
-    const unsigned group = (slices == 32 ? 0xffffffffu : ((1u << slices) - 1u)) << (lane & ~unsigned(slices - 1));
-
-    // Per-thread bases and per-token strides, so that the token loop does no index multiplications.
+    const index_t t0 = k * w.chunk, t1 = t0 + w.chunk < p.shape.length ? t0 + w.chunk : p.shape.length;
     const auto& in = p.in;
-    const index_t dc = model.transition.delta_channel(d), g = d / (p.shape.channels / p.shape.groups);
-    const T* u = &in.u(b, 0, d);
-    const T* delta = &in.delta(b, 0, dc);
-    const T* z = in.z.data() ? &in.z(b, 0, d) : nullptr;
-    const T* B = &in.B(b, 0, g, 0);
-    const T* C = &in.C(b, 0, g, 0);
-    T* y = &p.out.y(b, 0, d);
-    const float bias = in.delta_bias.data() ? in.delta_bias(dc) : 0.0f;
-    const float skip = in.D.data() ? in.D(d) : 0.0f;
-    const float scale = model.transition.output_scale();
-    index_t state_offset[S];  // of state s·S + j within a token's B or C row
-    bool real_state[S];
+    const bool gated = !Summary && in.z.data();
 
+    // Loader role: thread `tid` loads (and later stores y of) channel tid % W of tokens
+    // tid / W + j·slices, and the B and C tile elements tid + j·threads.
+    const int tid = threadIdx.x;
+    const int load_channel = tid % W;
+    const index_t load_d = d0 + (load_channel < valid ? load_channel : 0);
+    const index_t load_dc = model.transition.delta_channel(load_d);
+    const float load_bias = in.delta_bias.data() ? in.delta_bias(load_dc) : 0.0f;
+    const float skip = in.D.data() ? in.D(load_d) : 0.0f;
+    const float scale = model.transition.output_scale();
+    auto fetch = [&](index_t first, tile_registers& r) {
+        const index_t count = t1 - first < TT ? t1 - first : TT;
+#pragma unroll
+        for (int j = 0; j < tile_loads; ++j) {
+            const int t = tid / W + j * slices;
+            const bool ok = t < count && load_channel < valid;
+            r.x[j] = ok ? to_float(in.u(b, first + t, load_d)) : 0.0f;
+            r.delta[j] = ok ? to_float(in.delta(b, first + t, load_dc)) : 0.0f;
+            r.z[j] = ok && gated ? to_float(in.z(b, first + t, load_d)) : 0.0f;
+            const int e = tid + j * tile.threads(), te = e / tile.width, col = e % tile.width;
+            const bool bc = te < count;
+            r.b[j] = bc ? to_float(in.B.data()[b * in.B.stride(0) + (first + te) * in.B.stride(1) +
+                                                g * in.B.stride(2) + col * in.B.stride(3)])
+                        : 0.0f;
+            r.c[j] = bc && !Summary ? to_float(in.C.data()[b * in.C.stride(0) + (first + te) * in.C.stride(1) +
+                                                           g * in.C.stride(2) + col * in.C.stride(3)])
+                                    : 0.0f;
+        }
+    };
+    auto stage = [&](const tile_registers& r) {
+#pragma unroll
+        for (int j = 0; j < tile_loads; ++j) {
+            const int t = tid / W + j * slices;
+            if (t < TT) {
+                float dt = r.delta[j] + load_bias;
+                dt = in.delta_softplus ? math::softplus(dt) : dt;
+                xs[t * W + load_channel] = r.x[j];
+                dts[t * W + load_channel] = model.modulation.delta(dt, load_dc);
+                zs[t * W + load_channel] = r.z[j];
+            }
+            const int e = tid + j * tile.threads();
+            if (e < TT * tile.width) {
+                bs[e] = r.b[j];
+                cs[e] = r.c[j];
+            }
+        }
+    };
+    // y = (scale·Σ_slices C·h + D·x)·SiLU(z), from the slices' partial sums of the tile.
+    auto store_outputs = [&](index_t first) {
+        const index_t count = t1 - first < TT ? t1 - first : TT;
+#pragma unroll
+        for (int j = 0; j < tile_loads; ++j) {
+            const int t = tid / W + j * slices, e = t * W + load_channel;
+            if (t >= count || load_channel >= valid) continue;
+            float acc = 0.0f;
+            for (int s = 0; s < slices; ++s) acc += partial[e * slices + s];
+            float out = scale * acc + skip * xs[e];
+            if (gated) out *= math::silu(zs[e]);
+            p.out.y(b, first + t, load_d) = from_float<T>(out);
+        }
+    };
+
+    // Compute role: thread `tid` holds states s·S .. s·S + S - 1 of channel c.
+    const int c = tid / slices, s = tid % slices;
+    const bool computes = c < valid;
+    const index_t d = d0 + (computes ? c : 0);
+    const index_t dc = model.transition.delta_channel(d);
+    constexpr int comps = components<V>;
+    bool real_state[S];
     V lambda[S], h[S], product[S];
 #pragma unroll
     for (int j = 0; j < S; ++j) {
         const index_t n = s * S + j;
-        real_state[j] = n < p.shape.state;
-        state_offset[j] = real_state[j] ? n * p.shape.components * in.B.stride(3) : 0;
+        real_state[j] = computes && n < p.shape.state;
         lambda[j] = real_state[j] ? model.modulation.eigenvalue(model.transition.eigenvalue(d, n), dc) : V{};
         product[j] = ssm::detail::lift<V>(1.0f);
         h[j] = V{};
@@ -103,51 +181,45 @@ __global__ void chunk_kernel(Ssm model, scan_problem<T> p, int slices, chunk_wor
             h[j] = w.start[w.slot(p.shape, b, d, k, n)];
         }
     }
-    auto read = [&](const T* row, index_t j, index_t component_stride) -> V {
-        if constexpr (std::same_as<V, cfloat>) return {to_float(row[state_offset[j]]), to_float(row[state_offset[j] + component_stride])};
-        else return to_float(row[state_offset[j]]);
-    };
-    auto load = [&](index_t t) {
-        token_values<S, V> v;
-        v.delta = to_float(delta[t * in.delta.stride(1)]);
-        v.x = to_float(u[t * in.u.stride(1)]);
-        v.z = !Summary && z ? to_float(z[t * in.z.stride(1)]) : 0.0f;
-#pragma unroll
-        for (int j = 0; j < S; ++j) {
-            v.b[j] = real_state[j] ? read(B + t * in.B.stride(1), j, in.B.stride(3)) : V{};
-            v.c[j] = !Summary && real_state[j] ? read(C + t * in.C.stride(1), j, in.C.stride(3)) : V{};
-        }
-        return v;
+    auto state_value = [&](const float* row, int j) -> V {
+        const int col = (s * S + j) * comps;
+        if (!real_state[j]) return V{};
+        if constexpr (std::same_as<V, cfloat>) return {row[col], row[col + 1]};
+        else return row[col];
     };
 
-    const index_t t0 = k * w.chunk, t1 = t0 + w.chunk < p.shape.length ? t0 + w.chunk : p.shape.length;
-    token_values<S, V> next = load(t0);
-    for (index_t t = t0; t < t1; ++t) {
-        const token_values<S, V> now = next;
-        if (t + 1 < t1) next = load(t + 1);  // in flight while this token computes
-        float dt = now.delta + bias;
-        dt = in.delta_softplus ? math::softplus(dt) : dt;
-        dt = model.modulation.delta(dt, dc);
-        discretized<V> shared{};
-        if constexpr (Ssm::structure_type::state_invariant_decay)
-            shared = Ssm::discretization_type::apply(lambda[0], dt);
-        float acc = 0.0f;
+    // The token loop carries only h from token to token: the reduction over slices, the skip and the
+    // gate wait for the tile's end, so that the loads and exps of successive tokens overlap.
+    tile_registers next;
+    fetch(t0, next);
+    for (index_t first = t0; first < t1; first += TT) {
+        __syncthreads();  // the previous tile's outputs are stored: its buffers may be overwritten
+        stage(next);
+        __syncthreads();
+        if (first + TT < t1) fetch(first + TT, next);  // in flight while this tile computes
+        const int count = int(t1 - first < TT ? t1 - first : TT);
+#pragma unroll 4
+        for (int t = 0; t < (computes ? count : 0); ++t) {
+            const float dt = dts[t * W + c], x = xs[t * W + c];
+            discretized<V> shared_q{};
+            if constexpr (Ssm::structure_type::state_invariant_decay)
+                shared_q = Ssm::discretization_type::apply(lambda[0], dt);
+            float acc = 0.0f;
 #pragma unroll
-        for (int j = 0; j < S; ++j) {
-            const auto q = ssm::detail::discretize<Ssm>(shared, lambda[j], dt);
-            h[j] = q.decay * h[j] + q.input * now.b[j] * now.x;
-            if constexpr (Summary) product[j] = product[j] * q.decay;
-            else acc += ssm::detail::real_product(now.c[j], h[j]);
+            for (int j = 0; j < S; ++j) {
+                const auto q = ssm::detail::discretize<Ssm>(shared_q, lambda[j], dt);
+                h[j] = q.decay * h[j] + q.input * state_value(bs + t * tile.width, j) * x;
+                if constexpr (Summary) product[j] = product[j] * q.decay;
+                else acc += ssm::detail::real_product(state_value(cs + t * tile.width, j), h[j]);
+            }
+            if constexpr (!Summary) partial[(t * W + c) * slices + s] = acc;
         }
         if constexpr (!Summary) {
-            for (int offset = slices / 2; offset > 0; offset /= 2) acc += __shfl_xor_sync(group, acc, offset);
-            if (s == 0) {
-                float out = scale * acc + skip * now.x;
-                if (z) out *= math::silu(now.z);
-                y[t * p.out.y.stride(1)] = from_float<T>(out);
-            }
+            __syncthreads();
+            store_outputs(first);
         }
     }
+    if (!computes) return;
 #pragma unroll
     for (int j = 0; j < S; ++j) {
         const index_t n = s * S + j;
@@ -181,25 +253,42 @@ __global__ void chunk_carry_kernel(scan_shape shape, chunk_workspace<V> w) {
 
 inline unsigned blocks_for(index_t threads, int block) { return unsigned((threads + block - 1) / block); }
 
+// The block geometry for a problem: up to 32 channels a block (block_threads threads), and as many
+// tokens a tile as keep each thread's share of a tile within tile_loads elements per array.
+template <int S>
+tile_shape tile_for(const scan_shape& shape) {
+    tile_shape tile{1, 0, 0, int(shape.state * shape.components)};
+    while (tile.slices * S < shape.state) tile.slices *= 2;
+    tile.channels = block_threads / tile.slices < 32 ? block_threads / tile.slices : 32;
+    tile.tokens = 32;
+    while (tile.tokens > tile_loads * tile.slices || tile.tokens * tile.width > tile_loads * tile.threads())
+        tile.tokens /= 2;
+    return tile;
+}
+
 template <int S, class Ssm, class T>
 void run_chunked_with(const cuda_exec& exec, const chunked& strategy, const Ssm& model, const scan_problem<T>& p) {
     using V = typename Ssm::value_type;
-    int slices = 1;
-    while (slices * S < p.shape.state) slices *= 2;
+    const tile_shape tile = tile_for<S>(p.shape);
     chunk_workspace<V> w{nullptr, nullptr, (p.shape.length + strategy.chunk - 1) / strategy.chunk, strategy.chunk};
-    const index_t threads = p.shape.batch * p.shape.channels * slices * w.chunks;
-    constexpr int block = 256;
+    const index_t per_group = p.shape.channels / p.shape.groups;
+    const index_t blocks = w.chunks * p.shape.groups * ((per_group + tile.channels - 1) / tile.channels);
+    detail::require(blocks < (index_t(1) << 31) && p.shape.batch <= 65535, "selective_scan: ", p.shape.batch,
+                    " batch rows of ", blocks, " blocks exceed the CUDA grid; use longer chunks or smaller batches");
+    const dim3 grid(unsigned(blocks), unsigned(p.shape.batch));
+    const std::size_t shared_bytes = std::size_t(tile.floats()) * sizeof(float);
     if (w.chunks > 1) {
         const auto bytes = std::size_t(p.shape.batch * p.shape.channels * w.chunks * p.shape.state) * sizeof(V);
         check(cudaMallocAsync(&w.start, 2 * bytes, exec.stream), "selective_scan: chunk workspace");
         w.decay = w.start + bytes / sizeof(V);
-        chunk_kernel<S, true><<<blocks_for(threads, block), block, 0, exec.stream>>>(model, p, slices, w);
+        chunk_kernel<S, true><<<grid, tile.threads(), shared_bytes, exec.stream>>>(model, p, tile, w);
         check(cudaGetLastError(), "selective_scan: chunk summary launch");
+        constexpr int block = 256;
         chunk_carry_kernel<<<blocks_for(p.shape.batch * p.shape.channels * p.shape.state, block), block, 0,
                              exec.stream>>>(p.shape, w);
         check(cudaGetLastError(), "selective_scan: chunk carry launch");
     }
-    chunk_kernel<S, false><<<blocks_for(threads, block), block, 0, exec.stream>>>(model, p, slices, w);
+    chunk_kernel<S, false><<<grid, tile.threads(), shared_bytes, exec.stream>>>(model, p, tile, w);
     check(cudaGetLastError(), "selective_scan: chunk output launch");
     if (w.start) check(cudaFreeAsync(w.start, exec.stream), "selective_scan: chunk workspace");
 }
