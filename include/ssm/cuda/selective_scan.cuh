@@ -53,11 +53,12 @@ struct chunk_workspace {
 // Geometry of one block of chunk_kernel: `channels` channels of one group, one batch row and one
 // chunk, each channel's states spread over `slices` consecutive threads. Tokens pass through shared
 // memory `tokens` at a time, so that global reads are coalesced across channels and a whole tile of
-// them is in flight at once; `width` is the floats of B (or C) per token.
+// them is in flight at once. `width` is the floats of B (or C) per token; in shared memory their
+// rows are `row` floats, zero-padded to whole slices, so that the token loop reads without branches.
 struct tile_shape {
-    int slices, channels, tokens, width;
+    int slices, channels, tokens, width, row;
     SSM_HOST_DEVICE int threads() const { return slices * channels; }
-    SSM_HOST_DEVICE int floats() const { return tokens * (3 * channels + 2 * width + channels * slices); }
+    SSM_HOST_DEVICE int floats() const { return tokens * (3 * channels + 2 * row + channels * slices); }
 };
 
 // Tile elements each thread carries from global memory into shared memory, per array.
@@ -79,8 +80,8 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
     float* const dts = xs + TT * W;           // [token][channel]: Δ after bias, softplus and modulation
     float* const zs = dts + TT * W;           // [token][channel]: gate
     float* const bs = zs + TT * W;            // [token][state·components]
-    float* const cs = bs + TT * tile.width;
-    float* const partial = cs + TT * tile.width;  // [token][channel][slice]: C·h over a slice's states
+    float* const cs = bs + TT * tile.row;
+    float* const partial = cs + TT * tile.row;  // [token][channel][slice]: C·h over a slice's states
 
     // Which block: (chunk, group, channel tile) flattened over x, the batch row over y.
     const index_t per_group = p.shape.channels / p.shape.groups;
@@ -136,8 +137,9 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
             }
             const int e = tid + j * tile.threads();
             if (e < TT * tile.width) {
-                bs[e] = r.b[j];
-                cs[e] = r.c[j];
+                const int at = e / tile.width * tile.row + e % tile.width;
+                bs[at] = r.b[j];
+                cs[at] = r.c[j];
             }
         }
     };
@@ -183,7 +185,6 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
     }
     auto state_value = [&](const float* row, int j) -> V {
         const int col = (s * S + j) * comps;
-        if (!real_state[j]) return V{};
         if constexpr (std::same_as<V, cfloat>) return {row[col], row[col + 1]};
         else return row[col];
     };
@@ -192,14 +193,17 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
     // gate wait for the tile's end, so that the loads and exps of successive tokens overlap.
     tile_registers next;
     fetch(t0, next);
+    for (int i = tid; i < TT * tile.row; i += tile.threads()) bs[i] = cs[i] = 0.0f;  // the padding stays 0
     for (index_t first = t0; first < t1; first += TT) {
         __syncthreads();  // the previous tile's outputs are stored: its buffers may be overwritten
         stage(next);
         __syncthreads();
         if (first + TT < t1) fetch(first + TT, next);  // in flight while this tile computes
         const int count = int(t1 - first < TT ? t1 - first : TT);
-#pragma unroll 4
-        for (int t = 0; t < (computes ? count : 0); ++t) {
+        // Tokens in groups of `group` whose partial sums are stored after the group: a store between
+        // tokens would keep the next token's shared-memory loads from being issued early.
+        constexpr int group = 4;
+        auto advance = [&](int t) {
             const float dt = dts[t * W + c], x = xs[t * W + c];
             discretized<V> shared_q{};
             if constexpr (Ssm::structure_type::state_invariant_decay)
@@ -208,10 +212,24 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
 #pragma unroll
             for (int j = 0; j < S; ++j) {
                 const auto q = ssm::detail::discretize<Ssm>(shared_q, lambda[j], dt);
-                h[j] = q.decay * h[j] + q.input * state_value(bs + t * tile.width, j) * x;
+                h[j] = q.decay * h[j] + q.input * state_value(bs + t * tile.row, j) * x;
                 if constexpr (Summary) product[j] = product[j] * q.decay;
-                else acc += ssm::detail::real_product(state_value(cs + t * tile.width, j), h[j]);
+                else acc += ssm::detail::real_product(state_value(cs + t * tile.row, j), h[j]);
             }
+            return acc;
+        };
+        const int computed = computes ? count : 0;
+        int t = 0;
+        for (; t + group <= computed; t += group) {
+            float acc[group];
+#pragma unroll
+            for (int i = 0; i < group; ++i) acc[i] = advance(t + i);
+            if constexpr (!Summary)
+#pragma unroll
+                for (int i = 0; i < group; ++i) partial[((t + i) * W + c) * slices + s] = acc[i];
+        }
+        for (; t < computed; ++t) {
+            const float acc = advance(t);
             if constexpr (!Summary) partial[(t * W + c) * slices + s] = acc;
         }
         if constexpr (!Summary) {
@@ -257,8 +275,9 @@ inline unsigned blocks_for(index_t threads, int block) { return unsigned((thread
 // tokens a tile as keep each thread's share of a tile within tile_loads elements per array.
 template <int S>
 tile_shape tile_for(const scan_shape& shape) {
-    tile_shape tile{1, 0, 0, int(shape.state * shape.components)};
+    tile_shape tile{1, 0, 0, int(shape.state * shape.components), 0};
     while (tile.slices * S < shape.state) tile.slices *= 2;
+    tile.row = int(tile.slices * S * shape.components);
     tile.channels = block_threads / tile.slices < 32 ? block_threads / tile.slices : 32;
     tile.tokens = 32;
     while (tile.tokens > tile_loads * tile.slices || tile.tokens * tile.width > tile_loads * tile.threads())
