@@ -9,6 +9,8 @@
 #include "core/storage.hpp"
 #include "core/tensor_view.hpp"
 #include "discretization/discretization.hpp"
+#include "layers/conv1d.hpp"
+#include "layers/norm.hpp"
 #include "modulation/decimator.hpp"
 #include "modulation/modulation.hpp"
 #include "scan/problem.hpp"
