@@ -59,6 +59,8 @@ public:
     const std::string& source() const { return source_; }
     bool contains(std::string_view name) const { return tensors_.find(name) != tensors_.end(); }
     const tensor_info& tensor(std::string_view name) const;
+    // The tensor converted to float32, after checking that its shape is `shape`.
+    std::vector<float> load(std::string_view name, std::span<const index_t> shape) const;
     const std::map<std::string, std::string>& metadata() const { return metadata_; }
     std::vector<std::string> names() const;
 
@@ -104,6 +106,7 @@ public:
 
     const std::filesystem::path& folder() const { return folder_; }
     bool contains(std::string_view name) const { return where_.find(name) != where_.end(); }
+    std::vector<std::string> names() const;  // sorted
     const tensor_info& tensor(std::string_view name) const;
     // Where a tensor lives, for messages: "path/model-00001-of-00002.safetensors".
     const std::string& source_of(std::string_view name) const;
@@ -118,6 +121,16 @@ private:
 
 // Reads a whole JSON file, naming it in errors.
 nlohmann::json read_json(const std::filesystem::path& path);
+
+// A float32 tensor to write: its shape and row-major values.
+struct float_tensor {
+    std::vector<index_t> shape;
+    std::vector<float> values;
+};
+
+// Writes tensors as one F32 safetensors file (names sorted, data in that order); throws ssm::error
+// when a tensor's values disagree with its shape or the file cannot be written completely.
+void save_safetensors(const std::filesystem::path& path, const std::map<std::string, float_tensor>& tensors);
 
 // ---------------------------------------------------------------------------------------------
 // Implementation.
@@ -309,14 +322,25 @@ inline const std::string& checkpoint::source_of(std::string_view name) const {
     return it->second->source();
 }
 
+inline std::vector<std::string> checkpoint::names() const {
+    std::vector<std::string> out;
+    for (const auto& entry : where_) out.push_back(entry.first);
+    return out;
+}
+
 inline const tensor_info& checkpoint::tensor(std::string_view name) const {
     source_of(name);  // names the checkpoint when the tensor is missing
     return where_.find(name)->second->tensor(name);
 }
 
 inline std::vector<float> checkpoint::load(std::string_view name, std::span<const index_t> shape) const {
+    source_of(name);  // names the checkpoint when the tensor is missing
+    return where_.find(name)->second->load(name, shape);
+}
+
+inline std::vector<float> safetensors_view::load(std::string_view name, std::span<const index_t> shape) const {
     const tensor_info& t = tensor(name);
-    ssm::detail::require(std::equal(t.shape.begin(), t.shape.end(), shape.begin(), shape.end()), source_of(name),
+    ssm::detail::require(std::equal(t.shape.begin(), t.shape.end(), shape.begin(), shape.end()), source_,
                          ": tensor '", name, "' has shape ", shape_string(t.shape), ", expected ", shape_string(shape));
     std::vector<float> out(std::size_t(t.elements()));
     // Little-endian element bytes, copied out (the mapping gives no alignment guarantee).
@@ -331,6 +355,32 @@ inline std::vector<float> checkpoint::load(std::string_view name, std::span<cons
         }
     }
     return out;
+}
+
+inline void save_safetensors(const std::filesystem::path& path, const std::map<std::string, float_tensor>& tensors) {
+    nlohmann::json header = nlohmann::json::object();
+    std::uint64_t offset = 0;
+    for (const auto& [name, t] : tensors) {
+        index_t n = 1;
+        for (const index_t e : t.shape) n *= e;
+        ssm::detail::require(n == index_t(t.values.size()), path.string(), ": tensor '", name, "' has ",
+                             t.values.size(), " values for shape ", shape_string(t.shape));
+        const std::uint64_t bytes = std::uint64_t(n) * 4;
+        header[name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+        offset += bytes;
+    }
+    std::string text = header.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned, as writers do
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    ssm::detail::require(bool(out), path.string(), ": cannot open for writing");
+    const std::uint64_t length = text.size();
+    for (int i = 0; i < 8; ++i) out.put(char((length >> (8 * i)) & 0xff));
+    out.write(text.data(), std::streamsize(text.size()));
+    for (const auto& entry : tensors)  // little-endian hosts: the floats' bytes as they are in memory
+        out.write(reinterpret_cast<const char*>(entry.second.values.data()),
+                  std::streamsize(entry.second.values.size() * 4));
+    out.close();
+    ssm::detail::require(bool(out), path.string(), ": writing failed");
 }
 
 }  // namespace ssm::io

@@ -1,0 +1,377 @@
+// ssm-run: runs Hugging Face Mamba / Mamba-2 checkpoints.
+//
+//   ssm-run info     MODEL [--json]
+//   ssm-run ppl      MODEL FILE [--window 2048] [--max-windows N] [--batch 4] [--bin-width N] [--json]
+//   ssm-run generate MODEL (--prompt TEXT | --prompt-ids 1,2,3) [--tokens 200] [--temperature 0] [--top-k 0]
+//                    [--seed 0]
+//   common: [--threads 0] [--device cpu] [--quiet]
+//
+// Byte-level models (vocab_size 256) read text as bytes; others read token ids, one integer per line,
+// or a little-endian uint32 binary file when FILE ends in .bin. --input bytes|ids overrides the choice.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+#include <ssm/models/causal_lm.hpp>
+
+namespace {
+
+using ssm::index_t;
+namespace fs = std::filesystem;
+
+const char* const usage = R"(usage:
+  ssm-run info     MODEL [--json]
+  ssm-run ppl      MODEL FILE [--window 2048] [--max-windows N] [--batch 4] [--bin-width N] [--json]
+  ssm-run generate MODEL (--prompt TEXT | --prompt-ids 1,2,3) [--tokens 200] [--temperature 0]
+                   [--top-k 0] [--seed 0]
+common options: --threads N (0: all cores), --device cpu, --input bytes|ids, --quiet (no progress bar)
+Byte-level models (vocab_size 256) read text as bytes, others token ids (one per line, or uint32 in a
+.bin file); --input overrides that.
+MODEL is a folder with config.json and model.safetensors (or a sharded index).
+)";
+
+struct arguments {
+    std::string command;
+    std::vector<std::string> positional;
+    std::map<std::string, std::string> options;
+    std::set<std::string> flags;
+
+    std::string get(const std::string& key, const std::string& fallback) const {
+        const auto it = options.find(key);
+        return it == options.end() ? fallback : it->second;
+    }
+    long long integer(const std::string& key, long long fallback, long long min) const {
+        const auto it = options.find(key);
+        if (it == options.end()) return fallback;
+        std::size_t used = 0;
+        long long v = 0;
+        try {
+            v = std::stoll(it->second, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        ssm::detail::require(used == it->second.size() && v >= min, "--", key, " must be an integer >= ", min,
+                             ", got '", it->second, "'");
+        return v;
+    }
+    double number(const std::string& key, double fallback) const {
+        const auto it = options.find(key);
+        if (it == options.end()) return fallback;
+        std::size_t used = 0;
+        double v = 0;
+        try {
+            v = std::stod(it->second, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        ssm::detail::require(used == it->second.size() && std::isfinite(v), "--", key, " must be a number, got '",
+                             it->second, "'");
+        return v;
+    }
+};
+
+arguments parse(int argc, char** argv, const std::map<std::string, std::set<std::string>>& allowed_options,
+                const std::set<std::string>& allowed_flags) {
+    arguments a;
+    ssm::detail::require(argc >= 2, "no command given");
+    a.command = argv[1];
+    const auto command = allowed_options.find(a.command);
+    ssm::detail::require(command != allowed_options.end(), "unknown command '", a.command, "'");
+    for (int i = 2; i < argc; ++i) {
+        const std::string word = argv[i];
+        if (!word.starts_with("--")) {
+            a.positional.push_back(word);
+            continue;
+        }
+        const std::string key = word.substr(2);
+        if (allowed_flags.contains(key)) {
+            a.flags.insert(key);
+        } else {
+            ssm::detail::require(command->second.contains(key), "unknown option '", word, "' for '", a.command, "'");
+            ssm::detail::require(i + 1 < argc, "option '", word, "' needs a value");
+            a.options[key] = argv[++i];
+        }
+    }
+    return a;
+}
+
+// A progress bar on stderr, redrawn at most ten times a second.
+class progress {
+public:
+    progress(std::string what, index_t total, bool enabled) : what_(std::move(what)), total_(total), enabled_(enabled) {}
+    void update(index_t done, index_t tokens) {
+        if (!enabled_) return;
+        const auto now = clock::now();
+        if (done < total_ && now - last_ < std::chrono::milliseconds(100)) return;
+        last_ = now;
+        const double seconds = std::chrono::duration<double>(now - start_).count();
+        const int width = 30, filled = int(width * done / std::max<index_t>(total_, 1));
+        const double rate = seconds > 0 ? double(tokens) / seconds : 0.0;
+        const double eta = done > 0 ? seconds * double(total_ - done) / double(done) : 0.0;
+        std::fprintf(stderr, "\r%s [%s%s] %lld/%lld  %.0f tokens/s  ETA %.0f s ", what_.c_str(),
+                     std::string(std::size_t(filled), '=').c_str(), std::string(std::size_t(width - filled), ' ').c_str(),
+                     (long long)done, (long long)total_, rate, eta);
+        if (done >= total_) std::fputc('\n', stderr);
+    }
+
+private:
+    using clock = std::chrono::steady_clock;
+    std::string what_;
+    index_t total_;
+    bool enabled_;
+    clock::time_point start_ = clock::now(), last_{};
+};
+
+// Whether text is read and written as bytes: --input bytes|ids, else whether the vocabulary is 256.
+std::string input_mode = "auto";
+bool byte_level(const ssm::io::model_config& c) {
+    if (input_mode == "auto") return c.vocab_size == 256;
+    return input_mode == "bytes";
+}
+
+std::vector<std::int32_t> read_tokens(const fs::path& path, const ssm::io::model_config& config) {
+    std::ifstream in(path, std::ios::binary);
+    ssm::detail::require(bool(in), path.string(), ": cannot open");
+    std::vector<std::int32_t> tokens;
+    if (byte_level(config)) {
+        for (char c; in.get(c);) tokens.push_back(std::int32_t(static_cast<unsigned char>(c)));
+    } else if (path.extension() == ".bin") {
+        std::uint32_t v;
+        while (in.read(reinterpret_cast<char*>(&v), 4)) tokens.push_back(std::int32_t(v));
+        ssm::detail::require(in.gcount() == 0, path.string(), ": size is not a multiple of 4 bytes (uint32 ids)");
+    } else {
+        std::string line;
+        for (index_t n = 1; std::getline(in, line); ++n) {
+            if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+            std::size_t used = 0;
+            long long v = -1;
+            try {
+                v = std::stoll(line, &used);
+            } catch (const std::exception&) {
+            }
+            ssm::detail::require(v >= 0 && line.find_first_not_of(" \t\r", used) == std::string::npos, path.string(),
+                                 ":", n, ": expected one token id per line, got '", line, "'");
+            tokens.push_back(std::int32_t(v));
+        }
+    }
+    for (std::size_t i = 0; i < tokens.size(); ++i)
+        ssm::detail::require(tokens[i] < config.vocab_size, path.string(), ": token ", i, " is ", tokens[i],
+                             ", outside the vocabulary of ", config.vocab_size);
+    return tokens;
+}
+
+const char* architecture_name(const ssm::io::model_config& c) {
+    return c.architecture == ssm::io::architecture::mamba1 ? "mamba" : "mamba2";
+}
+
+template <class Model>
+int info(const Model& model, const fs::path& folder, const arguments& args) {
+    const auto& c = model.config();
+    nlohmann::json j{{"model", folder.string()}, {"architecture", architecture_name(c)},
+                     {"parameters", model.parameter_count()}, {"layers", c.layers}, {"hidden_size", c.hidden_size},
+                     {"intermediate_size", c.intermediate_size}, {"state_size", c.state_size},
+                     {"conv_kernel", c.conv_kernel}, {"vocab_size", c.vocab_size},
+                     {"tie_word_embeddings", c.tie_word_embeddings}, {"byte_level", byte_level(c)}};
+    if (c.architecture == ssm::io::architecture::mamba1) j["time_step_rank"] = c.time_step_rank;
+    else j["heads"] = c.heads, j["head_dim"] = c.head_dim, j["groups"] = c.groups;
+    if (args.flags.contains("json")) {
+        std::cout << j.dump(2) << "\n";
+        return 0;
+    }
+    for (const auto& [key, value] : j.items()) std::cout << key << ": " << value.dump() << "\n";
+    return 0;
+}
+
+// Mean next-token loss over non-overlapping windows; each window predicts its tokens 1..W-1 from the
+// window's own earlier tokens. Loss is also binned by position in the window.
+template <class Model>
+int perplexity(const Model& model, const arguments& args, const ssm::host_exec& exec) {
+    ssm::detail::require(args.positional.size() == 2, "ppl needs MODEL and FILE");
+    const auto& config = model.config();
+    const std::vector<std::int32_t> tokens = read_tokens(args.positional[1], config);
+    const index_t window = args.integer("window", 2048, 2);
+    index_t windows = index_t(tokens.size()) / window;
+    ssm::detail::require(windows > 0, args.positional[1], ": ", tokens.size(), " tokens, fewer than one window of ",
+                         window);
+    windows = std::min<index_t>(windows, args.integer("max-windows", windows, 1));
+    const index_t batch = std::min<index_t>(args.integer("batch", 4, 1), windows);
+    const index_t bin_width = args.integer("bin-width", 0, 1);
+    // Bins: [1, 64), [64, 128), [128, 256), ... doubling, or of equal width when --bin-width is given.
+    std::vector<index_t> edges{1};
+    while (edges.back() < window)
+        edges.push_back(std::min<index_t>(window, bin_width ? (edges.back() == 1 ? bin_width : edges.back() + bin_width)
+                                                            : std::max<index_t>(64, edges.back() * 2)));
+    std::vector<double> bin_loss(edges.size() - 1, 0.0);
+    std::vector<index_t> bin_count(edges.size() - 1, 0);
+
+    const index_t vocab = config.vocab_size;
+    std::vector<float> logits;
+    progress bar("ppl", windows, !args.flags.contains("quiet") && !args.flags.contains("json"));
+    for (index_t first = 0; first < windows; first += batch) {
+        const index_t rows = std::min(batch, windows - first);
+        const std::vector<std::int32_t> chunk(tokens.begin() + first * window, tokens.begin() + (first + rows) * window);
+        logits.assign(std::size_t(rows * window * vocab), NAN);
+        auto cache = model.make_cache(rows);
+        model.forward(exec, {chunk.data(), rows, window}, cache, {logits.data(), rows, window, vocab});
+        for (index_t b = 0; b < rows; ++b) {
+            std::size_t bin = 0;
+            for (index_t t = 1; t < window; ++t) {
+                const float* l = logits.data() + (b * window + t - 1) * vocab;
+                const float top = *std::max_element(l, l + vocab);
+                double sum = 0.0;
+                for (index_t v = 0; v < vocab; ++v) sum += std::exp(double(l[v] - top));
+                const double loss = std::log(sum) + top - l[chunk[std::size_t(b * window + t)]];
+                while (t >= edges[bin + 1]) ++bin;
+                bin_loss[bin] += loss;
+                ++bin_count[bin];
+            }
+        }
+        bar.update(first + rows, (first + rows) * window);
+    }
+    double total = 0.0;
+    index_t count = 0;
+    nlohmann::json bins = nlohmann::json::array();
+    for (std::size_t i = 0; i < bin_loss.size(); ++i) {
+        total += bin_loss[i];
+        count += bin_count[i];
+        const double mean = bin_loss[i] / double(std::max<index_t>(bin_count[i], 1));
+        bins.push_back({{"start", edges[i]}, {"end", edges[i + 1]}, {"tokens", bin_count[i]}, {"loss", mean},
+                        {"bits_per_token", mean / std::log(2.0)}});
+    }
+    const double mean = total / double(count);
+    const nlohmann::json result{{"file", args.positional[1]}, {"window", window}, {"windows", windows},
+                                {"predicted_tokens", count}, {"loss", mean}, {"bits_per_token", mean / std::log(2.0)},
+                                {"perplexity", std::exp(mean)}, {"bins", bins}};
+    if (args.flags.contains("json")) {
+        std::cout << result.dump(2) << "\n";
+        return 0;
+    }
+    std::printf("%lld windows of %lld tokens, %lld predicted: loss %.4f nats, %.4f bits/token, perplexity %.3f\n",
+                (long long)windows, (long long)window, (long long)count, mean, mean / std::log(2.0), std::exp(mean));
+    std::printf("%-18s %10s %10s\n", "positions", "tokens", "bits/token");
+    for (const auto& b : bins)
+        std::printf("[%6lld, %6lld)   %10lld %10.4f\n", b["start"].get<long long>(), b["end"].get<long long>(),
+                    b["tokens"].get<long long>(), b["bits_per_token"].get<double>());
+    return 0;
+}
+
+template <class Model>
+int generate(const Model& model, const arguments& args, const ssm::host_exec& exec) {
+    const auto& config = model.config();
+    std::vector<std::int32_t> prompt;
+    ssm::detail::require(args.options.contains("prompt") != args.options.contains("prompt-ids"),
+                         "generate needs exactly one of --prompt TEXT and --prompt-ids 1,2,3");
+    if (args.options.contains("prompt")) {
+        ssm::detail::require(byte_level(config), "--prompt TEXT needs a byte-level model (vocab_size 256, or --input ",
+                             "bytes); this one has ", config.vocab_size, " tokens: give --prompt-ids");
+        for (const char c : args.get("prompt", "")) prompt.push_back(std::int32_t(static_cast<unsigned char>(c)));
+    } else {
+        std::stringstream list(args.get("prompt-ids", ""));
+        for (std::string item; std::getline(list, item, ',');) {
+            std::size_t used = 0;
+            long long v = -1;
+            try {
+                v = std::stoll(item, &used);
+            } catch (const std::exception&) {
+            }
+            ssm::detail::require(used == item.size() && v >= 0 && v < config.vocab_size, "--prompt-ids: '", item,
+                                 "' is not a token id below ", config.vocab_size);
+            prompt.push_back(std::int32_t(v));
+        }
+    }
+    ssm::detail::require(!prompt.empty(), "the prompt is empty");
+    const index_t count = args.integer("tokens", 200, 0);
+    const double temperature = args.number("temperature", 0.0);
+    const index_t top_k = args.integer("top-k", 0, 0);
+    ssm::detail::require(temperature >= 0.0, "--temperature must be >= 0");
+    std::mt19937_64 rng(std::uint64_t(args.integer("seed", 0, 0)));
+
+    const index_t vocab = config.vocab_size;
+    auto cache = model.make_cache(1);
+    std::vector<float> logits(static_cast<std::size_t>(vocab));
+    model.forward(exec, {prompt.data(), 1, index_t(prompt.size())}, cache, {logits.data(), 1, 1, vocab});
+    std::vector<std::int32_t> out;
+    progress bar("generate", count, !args.flags.contains("quiet") && !byte_level(config) && isatty(2));
+    for (index_t i = 0; i < count; ++i) {
+        std::int32_t next = 0;
+        if (temperature == 0.0) {
+            next = std::int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        } else {
+            std::vector<std::int32_t> order(static_cast<std::size_t>(vocab));
+            for (index_t v = 0; v < vocab; ++v) order[std::size_t(v)] = std::int32_t(v);
+            const index_t keep = top_k > 0 ? std::min(top_k, vocab) : vocab;
+            std::partial_sort(order.begin(), order.begin() + keep, order.end(),
+                              [&](auto a, auto b) { return logits[std::size_t(a)] > logits[std::size_t(b)]; });
+            std::vector<double> weights(static_cast<std::size_t>(keep));
+            const float top = logits[std::size_t(order[0])];
+            for (index_t k = 0; k < keep; ++k)
+                weights[std::size_t(k)] = std::exp((double(logits[std::size_t(order[std::size_t(k)])]) - top) / temperature);
+            next = order[std::discrete_distribution<std::size_t>(weights.begin(), weights.end())(rng)];
+        }
+        out.push_back(next);
+        if (byte_level(config)) {
+            std::cout << char(next) << std::flush;
+        }
+        bar.update(i + 1, i + 1);
+        if (i + 1 < count) model.forward(exec, {&next, 1, 1}, cache, {logits.data(), 1, 1, vocab});
+    }
+    if (byte_level(config)) {
+        std::cout << "\n";
+    } else {
+        for (std::size_t i = 0; i < out.size(); ++i) std::cout << (i ? "," : "") << out[i];
+        std::cout << "\n";
+    }
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const std::set<std::string> common{"threads", "device", "input"};
+    auto with_common = [&](std::set<std::string> s) {
+        s.insert(common.begin(), common.end());
+        return s;
+    };
+    const std::map<std::string, std::set<std::string>> options{
+        {"info", with_common({})},
+        {"ppl", with_common({"window", "max-windows", "batch", "bin-width"})},
+        {"generate", with_common({"prompt", "prompt-ids", "tokens", "temperature", "top-k", "seed"})}};
+    try {
+        if (argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
+            std::cout << usage;
+            return 0;
+        }
+        const arguments args = parse(argc, argv, options, {"json", "quiet"});
+        ssm::detail::require(!args.positional.empty(), args.command, " needs a MODEL folder");
+        const std::string device = args.get("device", "cpu");
+        ssm::detail::require(device == "cpu", "--device ", device,
+                             ": this ssm-run runs models on the CPU only (--device cpu)");
+        input_mode = args.get("input", "auto");
+        ssm::detail::require(input_mode == "auto" || input_mode == "bytes" || input_mode == "ids",
+                             "--input must be bytes or ids, got '", input_mode, "'");
+        const ssm::host_exec exec{.threads = int(args.integer("threads", 0, 0))};
+        const fs::path folder = args.positional[0];
+        return ssm::models::with_model(folder, [&](const auto& model) {
+            if (args.command == "info") return info(model, folder, args);
+            if (args.command == "ppl") return perplexity(model, args, exec);
+            return generate(model, args, exec);
+        });
+    } catch (const std::exception& e) {
+        std::cerr << "ssm-run: " << e.what() << "\n";
+        if (argc < 2) std::cerr << usage;
+        return 1;
+    }
+}

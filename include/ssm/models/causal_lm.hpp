@@ -1,0 +1,175 @@
+#pragma once
+// A Hugging Face MambaForCausalLM / Mamba2ForCausalLM on the host: embeddings → layers of
+// (RMSNorm → mixer, residual add in float32) → norm_f → lm_head (tied to the embeddings or not).
+//
+//   auto model = ssm::models::mamba_lm::load("path/to/checkpoint");   // config.json + safetensors
+//   auto cache = model.make_cache(batch);
+//   model.forward(exec, prompt, cache, logits);      // prefill: logits (batch, length, vocab)
+//   model.forward(exec, next_token, cache, last);    // decode: (batch, 1) tokens → (batch, 1, vocab)
+//
+// Weights are kept in float32 (bf16 and fp16 checkpoints are widened when loaded).
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../core/parallel.hpp"
+#include "../io/config.hpp"
+#include "../io/safetensors.hpp"
+#include "mixers.hpp"
+#include "weights.hpp"
+
+namespace ssm::models {
+
+// Everything that carries over from one forward call to the next for a batch of sequences.
+struct cache {
+    index_t batch = 0;
+    index_t position = 0;  // tokens consumed so far
+    std::vector<layer_state> layers;
+    workspace scratch;
+    std::vector<float> hidden, normed, mixed, last;
+};
+
+template <class Mixer, host_gemm Gemm = blas_gemm>
+class causal_lm {
+public:
+    using mixer_type = Mixer;
+
+    // Reads folder/config.json and the safetensors weights; throws ssm::error naming the file, the
+    // tensor and the problem when they are missing, malformed or disagree with each other.
+    static causal_lm load(const std::filesystem::path& folder, Gemm gemm = {}) {
+        const io::model_config config = io::read_config(folder / "config.json");
+        const io::checkpoint checkpoint(folder);
+        checkpoint_weights source(checkpoint);
+        causal_lm model = build(config, source, std::move(gemm));
+        if (config.tie_word_embeddings && source.contains("lm_head.weight")) source.mark_used("lm_head.weight");
+        source.check_all_used();
+        return model;
+    }
+
+    // A model of the config's shape with freshly initialized random weights.
+    static causal_lm random(const io::model_config& config, std::uint64_t seed, Gemm gemm = {}) {
+        random_weights source(seed);
+        return build(config, source, std::move(gemm));
+    }
+
+    // A model built from any weight source (see weights.hpp).
+    template <weight_source Source>
+    static causal_lm build(const io::model_config& config, Source& source, Gemm gemm = {}) {
+        detail::require(config.architecture == Mixer::architecture, "causal_lm: the config describes a ",
+                        config.architecture == io::architecture::mamba1 ? "Mamba" : "Mamba-2",
+                        " model; this model type is the other architecture");
+        causal_lm m;
+        m.config_ = config;
+        m.gemm_ = std::move(gemm);
+        const index_t d = config.hidden_size;
+        m.embeddings_ = source.required("backbone.embeddings.weight", {config.vocab_size, d});
+        for (index_t l = 0; l < config.layers; ++l) {
+            const std::string prefix = "backbone.layers." + std::to_string(l) + ".";
+            m.norms_.push_back(source.required(prefix + "norm.weight", {d}));
+            m.mixers_.push_back(Mixer::load(source, prefix + "mixer.", config));
+        }
+        m.norm_f_ = source.required("backbone.norm_f.weight", {d});
+        if (!config.tie_word_embeddings) m.lm_head_ = source.required("lm_head.weight", {config.vocab_size, d});
+        return m;
+    }
+
+    const io::model_config& config() const { return config_; }
+    const std::vector<Mixer>& mixers() const { return mixers_; }
+
+    index_t parameter_count() const {
+        index_t n = index_t(embeddings_.size() + lm_head_.size() + norm_f_.size());
+        for (const auto& w : norms_) n += index_t(w.size());
+        for (const Mixer& m : mixers_) n += m.parameter_count();
+        return n;
+    }
+
+    cache make_cache(index_t batch) const {
+        detail::require(batch > 0, "make_cache: batch must be positive, got ", batch);
+        cache c;
+        c.batch = batch;
+        for (const Mixer& m : mixers_)
+            c.layers.push_back({std::vector<float>(std::size_t(batch * m.conv_channels() * (m.kernel_size() - 1))),
+                                std::vector<float>(std::size_t(batch * m.scan_channels() * m.state_size()))});
+        return c;
+    }
+
+    // Runs tokens (batch, length) through the model, continuing the sequences held in `cache`, and
+    // writes the logits of every position (logits (batch, length, vocab)) or of the last one only
+    // (logits (batch, 1, vocab)). Prefill and decoding are the same call; any split of a sequence into
+    // calls gives the same logits as one call.
+    void forward(const host_exec& exec, tensor_view<const std::int32_t, 2> tokens, cache& c,
+                 tensor_view<float, 3> logits) const {
+        constexpr const char* where = "causal_lm::forward";
+        using detail::require;
+        require(!tokens.empty(), where, ": tokens are missing");
+        const index_t batch = tokens.extent(0), length = tokens.extent(1), d = config_.hidden_size;
+        const index_t vocab = config_.vocab_size;
+        require(batch > 0 && length > 0, where, ": tokens are empty (", batch, " x ", length, ")");
+        require(c.batch == batch && index_t(c.layers.size()) == index_t(mixers_.size()), where, ": the cache holds ",
+                c.batch, " sequences for ", c.layers.size(), " layers, the call has ", batch, " for ", mixers_.size());
+        const bool all_positions = logits.extent(1) == length;
+        detail::check_shape(where, "logits", logits, {batch, all_positions ? length : 1, vocab},
+                            {"batch", "positions (length or 1)", "vocab"});
+        require(logits.stride(2) == 1 && logits.stride(1) == vocab && logits.stride(0) == logits.extent(1) * vocab,
+                where, ": logits must be contiguous");
+        for (index_t b = 0; b < batch; ++b)
+            for (index_t t = 0; t < length; ++t)
+                require(tokens(b, t) >= 0 && tokens(b, t) < vocab, where, ": token id ", tokens(b, t), " at (",
+                        b, ", ", t, ") is outside the vocabulary of ", vocab);
+
+        const index_t rows = batch * length;
+        const auto hidden = detail::buffer(c.hidden, rows, d);
+        const auto normed = detail::buffer(c.normed, rows, d);
+        const auto mixed = detail::buffer(c.mixed, rows, d);
+        ssm::detail::parallel_for(exec, rows, [&](index_t r) {
+            const float* e = embeddings_.data() + tokens(r / length, r % length) * d;
+            std::copy(e, e + d, hidden.data() + r * d);
+        });
+        const rms_norm_inputs norm_options{.epsilon = config_.norm_epsilon};
+        for (std::size_t l = 0; l < mixers_.size(); ++l) {
+            rms_norm(exec, tensor_view<const float, 2>(hidden), detail::optional_vector(norms_[l]), norm_options, normed);
+            mixers_[l].forward(exec, gemm_, normed, batch, length, c.layers[l], c.scratch, mixed);
+            ssm::detail::parallel_for(exec, rows, [&](index_t r) {
+                for (index_t i = 0; i < d; ++i) hidden(r, i) += mixed(r, i);
+            });
+        }
+        c.position += length;
+
+        // Only the rows whose logits are asked for go through norm_f and the head.
+        tensor_view<const float, 2> final_rows = hidden;
+        if (!all_positions) {
+            const auto last = detail::buffer(c.last, batch, d);
+            for (index_t b = 0; b < batch; ++b)
+                std::copy_n(hidden.data() + ((b + 1) * length - 1) * d, d, last.data() + b * d);
+            final_rows = last;
+        }
+        const index_t out_rows = final_rows.extent(0);
+        const tensor_view<float, 2> final_normed(normed.data(), out_rows, d);
+        rms_norm(exec, final_rows, detail::optional_vector(norm_f_), norm_options, final_normed);
+        const auto& head = lm_head_.empty() ? embeddings_ : lm_head_;
+        gemm_.multiply(exec, final_normed, detail::matrix(head, vocab, d),
+                       tensor_view<float, 2>(logits.data(), out_rows, vocab));
+    }
+
+private:
+    io::model_config config_;
+    Gemm gemm_{};
+    std::vector<float> embeddings_, norm_f_, lm_head_;  // lm_head_ empty when tied to the embeddings
+    std::vector<std::vector<float>> norms_;
+    std::vector<Mixer> mixers_;
+};
+
+using mamba_lm = causal_lm<mamba1_mixer>;
+using mamba2_lm = causal_lm<mamba2_mixer>;
+
+// Loads whichever architecture folder/config.json names and calls f(model).
+template <class F>
+decltype(auto) with_model(const std::filesystem::path& folder, F&& f) {
+    const io::model_config config = io::read_config(folder / "config.json");
+    if (config.architecture == io::architecture::mamba1) return f(mamba_lm::load(folder));
+    return f(mamba2_lm::load(folder));
+}
+
+}  // namespace ssm::models

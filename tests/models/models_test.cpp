@@ -1,0 +1,273 @@
+// Mamba and Mamba-2 language models: logits against Hugging Face transformers' on the reference
+// fixtures (tests/fixtures/hf, made by tools/make_hf_fixtures.py), decoding against prefill, batches
+// against single sequences, and the errors a bad checkpoint or call gets.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+#include <ssm/models/causal_lm.hpp>
+
+#include "reference.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using ssm::index_t;
+using ssm::models::mamba2_lm;
+using ssm::models::mamba_lm;
+
+const ssm::host_exec exec{.threads = 2};
+
+fs::path scratch(const std::string& name) {
+    const fs::path dir = fs::temp_directory_path() / ("ssm_models_test_" + std::to_string(::getpid())) / name;
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    return dir;
+}
+
+double max_difference(const std::vector<float>& a, const std::vector<float>& b) {
+    REQUIRE(a.size() == b.size());
+    double worst = 0.0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        if (std::isnan(a[i]) || std::isnan(b[i])) return INFINITY;
+        worst = std::max(worst, std::abs(double(a[i]) - double(b[i])));
+    }
+    return worst;
+}
+
+// Logits of tokens (batch, length) from a fresh cache, every position; poisoned beforehand.
+template <class Model>
+std::vector<float> prefill(const Model& model, const std::vector<std::int32_t>& tokens, index_t batch) {
+    const index_t length = index_t(tokens.size()) / batch, vocab = model.config().vocab_size;
+    std::vector<float> logits(std::size_t(batch * length * vocab), NAN);
+    auto cache = model.make_cache(batch);
+    model.forward(exec, {tokens.data(), batch, length}, cache, {logits.data(), batch, length, vocab});
+    return logits;
+}
+
+// The same logits with the sequences fed in pieces: `first` tokens at once, then one at a time,
+// asking for the last position only in the one-token calls.
+template <class Model>
+std::vector<float> prefill_then_decode(const Model& model, const std::vector<std::int32_t>& tokens, index_t batch,
+                                       index_t first) {
+    const index_t length = index_t(tokens.size()) / batch, vocab = model.config().vocab_size;
+    std::vector<float> logits(std::size_t(batch * length * vocab), NAN);
+    auto cache = model.make_cache(batch);
+    std::vector<std::int32_t> piece(static_cast<std::size_t>(batch * first));
+    std::vector<float> piece_logits(std::size_t(batch * first * vocab), NAN);
+    for (index_t b = 0; b < batch; ++b)
+        std::copy_n(tokens.begin() + b * length, first, piece.begin() + b * first);
+    model.forward(exec, {piece.data(), batch, first}, cache, {piece_logits.data(), batch, first, vocab});
+    for (index_t b = 0; b < batch; ++b)
+        std::copy_n(piece_logits.begin() + b * first * vocab, first * vocab, logits.begin() + b * length * vocab);
+    for (index_t t = first; t < length; ++t) {
+        std::vector<std::int32_t> next(static_cast<std::size_t>(batch));
+        std::vector<float> next_logits(std::size_t(batch * vocab), NAN);
+        for (index_t b = 0; b < batch; ++b) next[std::size_t(b)] = tokens[std::size_t(b * length + t)];
+        model.forward(exec, {next.data(), batch, 1}, cache, {next_logits.data(), batch, 1, vocab});
+        for (index_t b = 0; b < batch; ++b)
+            std::copy_n(next_logits.begin() + b * vocab, vocab, logits.begin() + (b * length + t) * vocab);
+    }
+    REQUIRE(cache.position == length);
+    return logits;
+}
+
+std::vector<std::int32_t> random_tokens(ref::random_source& rng, index_t count, index_t vocab) {
+    std::vector<std::int32_t> out(static_cast<std::size_t>(count));
+    for (auto& t : out) t = std::int32_t(std::min<double>(double(vocab - 1), rng.uniform(0.0, double(vocab))));
+    return out;
+}
+
+ssm::io::model_config mamba1_config() {
+    ssm::io::model_config c;
+    c.architecture = ssm::io::architecture::mamba1;
+    c.hidden_size = 20, c.intermediate_size = 40, c.state_size = 7, c.layers = 2, c.conv_kernel = 3;
+    c.vocab_size = 29, c.time_step_rank = 3, c.use_bias = true, c.tie_word_embeddings = false;
+    return c;
+}
+
+ssm::io::model_config mamba2_config() {
+    ssm::io::model_config c;
+    c.architecture = ssm::io::architecture::mamba2;
+    c.hidden_size = 24, c.intermediate_size = 48, c.state_size = 10, c.layers = 2, c.conv_kernel = 4;
+    c.vocab_size = 31, c.heads = 6, c.head_dim = 8, c.groups = 2, c.chunk_size = 16;
+    c.time_step_max = 0.05f;  // the clamp is active for part of the tokens
+    return c;
+}
+
+// A weight source that keeps what it hands out, to write the model back as a checkpoint.
+struct recording_weights {
+    ssm::models::random_weights random;
+    std::map<std::string, ssm::io::float_tensor> tensors;
+
+    std::vector<float> required(const std::string& name, const std::vector<index_t>& shape) {
+        auto values = random.required(name, shape);
+        tensors[name] = {shape, values};
+        return values;
+    }
+    std::vector<float> optional(const std::string& name, const std::vector<index_t>& shape, bool present,
+                                const char*) {
+        return present ? required(name, shape) : std::vector<float>{};
+    }
+    bool contains(const std::string& name) const { return tensors.contains(name); }
+};
+
+nlohmann::json config_json(const ssm::io::model_config& c) {
+    nlohmann::json j{{"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size},
+                     {"state_size", c.state_size}, {"num_hidden_layers", c.layers}, {"conv_kernel", c.conv_kernel},
+                     {"vocab_size", c.vocab_size}, {"use_bias", c.use_bias}, {"use_conv_bias", c.use_conv_bias},
+                     {"tie_word_embeddings", c.tie_word_embeddings}, {"layer_norm_epsilon", c.norm_epsilon}};
+    if (c.architecture == ssm::io::architecture::mamba1) {
+        j["model_type"] = "mamba";
+        j["time_step_rank"] = c.time_step_rank;
+    } else {
+        j["model_type"] = "mamba2";
+        j["num_heads"] = c.heads, j["head_dim"] = c.head_dim, j["n_groups"] = c.groups;
+        j["chunk_size"] = c.chunk_size;
+        j["time_step_limit"] = {c.time_step_min, c.time_step_max};
+    }
+    return j;
+}
+
+void write_checkpoint(const fs::path& folder, const nlohmann::json& config,
+                      const std::map<std::string, ssm::io::float_tensor>& tensors) {
+    std::ofstream(folder / "config.json") << config.dump(2);
+    ssm::io::save_safetensors(folder / "model.safetensors", tensors);
+}
+
+std::string load_error(const fs::path& folder) {
+    try {
+        ssm::models::with_model(folder, [](const auto&) {});
+        return "";
+    } catch (const ssm::error& e) {
+        return e.what();
+    }
+}
+
+}  // namespace
+
+TEST_CASE("models match Hugging Face transformers on the reference fixtures", "[models]") {
+    const fs::path root = SSM_FIXTURES_DIR;
+    std::vector<fs::path> folders;
+    for (const auto& entry : fs::directory_iterator(root))
+        if (entry.is_directory()) folders.push_back(entry.path());
+    std::sort(folders.begin(), folders.end());
+    REQUIRE(folders.size() >= 5);  // a missing fixture must not pass unnoticed
+    for (const fs::path& folder : folders) {
+        INFO("fixture " << folder.filename().string());
+        ssm::models::with_model(folder, [&](const auto& model) {
+            const ssm::io::safetensors_file file(folder / "reference.safetensors");
+            const ssm::io::safetensors_view& reference = file.view();
+            const auto& id_shape = reference.tensor("input_ids").shape;
+            REQUIRE(id_shape.size() == 2);
+            const index_t batch = id_shape[0], length = id_shape[1], vocab = model.config().vocab_size;
+            const std::vector<float> ids = reference.load("input_ids", std::array{batch, length});
+            const std::vector<std::int32_t> tokens(ids.begin(), ids.end());
+            const std::vector<float> expected = reference.load("logits", std::array{batch, length, vocab});
+
+            CHECK(max_difference(prefill(model, tokens, batch), expected) <= 1e-4);
+            // Decoding after a prefill: HF's own cached decoding where the fixture has it, and ours
+            // against HF's full-sequence logits.
+            const std::vector<float> decoded = prefill_then_decode(model, tokens, batch, length - 7);
+            CHECK(max_difference(decoded, expected) <= 1e-4);
+            if (reference.contains("decode_logits")) {
+                const std::vector<float> hf_decoded = reference.load("decode_logits", std::array{batch, index_t(7), vocab});
+                std::vector<float> ours;
+                for (index_t b = 0; b < batch; ++b)
+                    ours.insert(ours.end(), decoded.begin() + (b * length + length - 7) * vocab,
+                                decoded.begin() + (b + 1) * length * vocab);
+                CHECK(max_difference(ours, hf_decoded) <= 1e-4);
+            }
+        });
+    }
+}
+
+TEMPLATE_TEST_CASE("decoding and split prefills equal one prefill, batches equal single sequences", "[models]",
+                   mamba_lm, mamba2_lm) {
+    SSM_SEEDED_RANDOM(rng);
+    const auto config = std::same_as<TestType, mamba_lm> ? mamba1_config() : mamba2_config();
+    const TestType model = TestType::random(config, rng.integer(0, 1 << 30));
+    const index_t batch = 3, vocab = config.vocab_size;
+    for (const index_t length : {1, 2, 13, 40}) {
+        INFO("length " << length);
+        const auto tokens = random_tokens(rng, batch * length, vocab);
+        const auto whole = prefill(model, tokens, batch);
+        REQUIRE(std::all_of(whole.begin(), whole.end(), [](float v) { return std::isfinite(v); }));
+        for (const index_t first : {index_t(1), (length + 1) / 2, length})
+            CHECK(max_difference(prefill_then_decode(model, tokens, batch, first), whole) <= 2e-5);
+        for (index_t b = 0; b < batch; ++b) {
+            const std::vector<std::int32_t> one(tokens.begin() + b * length, tokens.begin() + (b + 1) * length);
+            const std::vector<float> expected(whole.begin() + b * length * vocab, whole.begin() + (b + 1) * length * vocab);
+            CHECK(max_difference(prefill(model, one, 1), expected) <= 2e-5);
+        }
+    }
+}
+
+TEMPLATE_TEST_CASE("a saved model loads back; checkpoints that disagree with the config are rejected by name",
+                   "[models]", mamba_lm, mamba2_lm) {
+    SSM_SEEDED_RANDOM(rng);
+    auto config = std::same_as<TestType, mamba_lm> ? mamba1_config() : mamba2_config();
+    config.use_conv_bias = false;
+    recording_weights recorded{ssm::models::random_weights(rng.integer(0, 1 << 30)), {}};
+    const TestType original = TestType::build(config, recorded);
+    const fs::path dir = scratch(std::same_as<TestType, mamba_lm> ? "mamba1" : "mamba2");
+    const nlohmann::json json = config_json(config);
+    write_checkpoint(dir, json, recorded.tensors);
+
+    const auto tokens = random_tokens(rng, 2 * 9, config.vocab_size);
+    CHECK(max_difference(prefill(TestType::load(dir), tokens, 2), prefill(original, tokens, 2)) == 0.0);
+
+    auto with = [&](auto edit) {
+        auto tensors = recorded.tensors;
+        auto j = json;
+        edit(tensors, j);
+        write_checkpoint(dir, j, tensors);
+        return load_error(dir);
+    };
+    using tensors_t = std::map<std::string, ssm::io::float_tensor>;
+    const std::string in_proj = "backbone.layers.1.mixer.in_proj.weight";
+    CHECK_THAT(with([&](tensors_t& t, nlohmann::json&) { t.erase(in_proj); }),
+               Catch::Contains("no tensor '" + in_proj + "'"));
+    CHECK_THAT(with([&](tensors_t& t, nlohmann::json&) {
+                   auto& w = t[in_proj];
+                   w.shape[0] -= 1;
+                   w.values.resize(std::size_t(w.shape[0] * w.shape[1]));
+               }),
+               Catch::Contains("tensor '" + in_proj + "' has shape"));
+    CHECK_THAT(with([&](tensors_t& t, nlohmann::json&) {
+                   t["backbone.layers.0.mixer.conv1d.bias"] = {{config.intermediate_size}, {}};
+                   t["backbone.layers.0.mixer.conv1d.bias"].values.resize(std::size_t(config.intermediate_size));
+               }),
+               Catch::Contains("'use_conv_bias' says the model has none"));
+    CHECK_THAT(with([&](tensors_t&, nlohmann::json& j) { j["num_hidden_layers"] = 1; }),
+               Catch::Contains("the config does not account for") && Catch::Contains("backbone.layers.1."));
+    CHECK_THAT(with([&](tensors_t&, nlohmann::json& j) { j["num_hidden_layers"] = 3; }),
+               Catch::Contains("no tensor 'backbone.layers.2.norm.weight'"));
+    CHECK_THAT(with([&](tensors_t&, nlohmann::json& j) { j["vocab_size"] = config.vocab_size + 1; }),
+               Catch::Contains("'backbone.embeddings.weight' has shape"));
+
+    // Calls that do not fit the model or the cache.
+    write_checkpoint(dir, json, recorded.tensors);
+    const TestType model = TestType::load(dir);
+    auto cache = model.make_cache(2);
+    std::vector<std::int32_t> bad{0, 1, std::int32_t(config.vocab_size), 2};
+    std::vector<float> logits(static_cast<std::size_t>(4 * config.vocab_size));
+    CHECK_THROWS_WITH(model.forward(exec, {bad.data(), 2, 2}, cache, {logits.data(), 2, 2, config.vocab_size}),
+                      Catch::Contains("token id " + std::to_string(config.vocab_size) + " at (1, 0)"));
+    CHECK_THROWS_WITH(model.forward(exec, {bad.data(), 1, 2}, cache, {logits.data(), 1, 2, config.vocab_size}),
+                      Catch::Contains("the cache holds 2 sequences"));
+    CHECK_THROWS_WITH(model.forward(exec, {bad.data(), 2, 1}, cache, {logits.data(), 2, 2, config.vocab_size - 1}),
+                      Catch::Contains("logits has extent"));
+    CHECK_THROWS_WITH(mamba_lm::load(std::same_as<TestType, mamba_lm> ? dir / "missing" : dir),
+                      Catch::Contains(std::same_as<TestType, mamba_lm> ? "config.json: cannot open"
+                                                                       : "this model type is the other architecture"));
+}
