@@ -26,6 +26,7 @@
 
 #include <nlohmann/json.hpp>
 #include <ssm/models/causal_lm.hpp>
+#include <ssm/models/evaluation.hpp>
 
 namespace {
 
@@ -111,11 +112,13 @@ arguments parse(int argc, char** argv, const std::map<std::string, std::set<std:
 // A progress bar on stderr, redrawn at most ten times a second.
 class progress {
 public:
-    progress(std::string what, index_t total, bool enabled) : what_(std::move(what)), total_(total), enabled_(enabled) {}
-    void update(index_t done, index_t tokens) {
+    progress(std::string what, bool enabled) : what_(std::move(what)), enabled_(enabled) {}
+    void update(index_t done, index_t total, index_t tokens) {
         if (!enabled_) return;
+        total_ = total;
         const auto now = clock::now();
-        if (done < total_ && now - last_ < std::chrono::milliseconds(100)) return;
+        // Redrawn in place on a terminal; elsewhere (a log) only the final line.
+        if (done < total_ && (!terminal_ || now - last_ < std::chrono::milliseconds(100))) return;
         last_ = now;
         const double seconds = std::chrono::duration<double>(now - start_).count();
         const int width = 30, filled = int(width * done / std::max<index_t>(total_, 1));
@@ -130,8 +133,9 @@ public:
 private:
     using clock = std::chrono::steady_clock;
     std::string what_;
-    index_t total_;
+    index_t total_ = 0;
     bool enabled_;
+    bool terminal_ = isatty(2) != 0;
     clock::time_point start_ = clock::now(), last_{};
 };
 
@@ -195,20 +199,21 @@ int info(const Model& model, const fs::path& folder, const arguments& args) {
     return 0;
 }
 
-// Mean next-token loss over non-overlapping windows; each window predicts its tokens 1..W-1 from the
-// window's own earlier tokens. Loss is also binned by position in the window.
+// Mean next-token loss over non-overlapping windows (ssm::models::window_losses), overall and in bins
+// of position.
 template <class Model>
 int perplexity(const Model& model, const arguments& args, const ssm::host_exec& exec) {
     ssm::detail::require(args.positional.size() == 2, "ppl needs MODEL and FILE");
-    const auto& config = model.config();
-    const std::vector<std::int32_t> tokens = read_tokens(args.positional[1], config);
-    const index_t window = args.integer("window", 2048, 2);
-    index_t windows = index_t(tokens.size()) / window;
-    ssm::detail::require(windows > 0, args.positional[1], ": ", tokens.size(), " tokens, fewer than one window of ",
-                         window);
-    windows = std::min<index_t>(windows, args.integer("max-windows", windows, 1));
-    const index_t batch = std::min<index_t>(args.integer("batch", 4, 1), windows);
-    const index_t bin_width = args.integer("bin-width", 0, 1);
+    const std::vector<std::int32_t> tokens = read_tokens(args.positional[1], model.config());
+    const ssm::models::window_options options{.window = args.integer("window", 2048, 2),
+                                              .max_windows = args.integer("max-windows", 0, 1),
+                                              .batch = args.integer("batch", 4, 1)};
+    const index_t window = options.window, bin_width = args.integer("bin-width", 0, 1);
+    progress bar("ppl", !args.flags.contains("quiet") && !args.flags.contains("json"));
+    const auto losses = ssm::models::window_losses(model, exec, tokens, options, [&](index_t done, index_t all) {
+        bar.update(done, all, done * window);
+    });
+    const index_t windows = losses.windows;
     // Bins: [1, 64), [64, 128), [128, 256), ... doubling, or of equal width when --bin-width is given.
     std::vector<index_t> edges{1};
     while (edges.back() < window)
@@ -216,30 +221,10 @@ int perplexity(const Model& model, const arguments& args, const ssm::host_exec& 
                                                             : std::max<index_t>(64, edges.back() * 2)));
     std::vector<double> bin_loss(edges.size() - 1, 0.0);
     std::vector<index_t> bin_count(edges.size() - 1, 0);
-
-    const index_t vocab = config.vocab_size;
-    std::vector<float> logits;
-    progress bar("ppl", windows, !args.flags.contains("quiet") && !args.flags.contains("json"));
-    for (index_t first = 0; first < windows; first += batch) {
-        const index_t rows = std::min(batch, windows - first);
-        const std::vector<std::int32_t> chunk(tokens.begin() + first * window, tokens.begin() + (first + rows) * window);
-        logits.assign(std::size_t(rows * window * vocab), NAN);
-        auto cache = model.make_cache(rows);
-        model.forward(exec, {chunk.data(), rows, window}, cache, {logits.data(), rows, window, vocab});
-        for (index_t b = 0; b < rows; ++b) {
-            std::size_t bin = 0;
-            for (index_t t = 1; t < window; ++t) {
-                const float* l = logits.data() + (b * window + t - 1) * vocab;
-                const float top = *std::max_element(l, l + vocab);
-                double sum = 0.0;
-                for (index_t v = 0; v < vocab; ++v) sum += std::exp(double(l[v] - top));
-                const double loss = std::log(sum) + top - l[chunk[std::size_t(b * window + t)]];
-                while (t >= edges[bin + 1]) ++bin;
-                bin_loss[bin] += loss;
-                ++bin_count[bin];
-            }
-        }
-        bar.update(first + rows, (first + rows) * window);
+    for (std::size_t bin = 0, t = 1; t < std::size_t(window); ++t) {
+        while (index_t(t) >= edges[bin + 1]) ++bin;
+        bin_loss[bin] += losses.loss[t];
+        bin_count[bin] += windows;
     }
     double total = 0.0;
     index_t count = 0;
@@ -304,7 +289,7 @@ int generate(const Model& model, const arguments& args, const ssm::host_exec& ex
     std::vector<float> logits(static_cast<std::size_t>(vocab));
     model.forward(exec, {prompt.data(), 1, index_t(prompt.size())}, cache, {logits.data(), 1, 1, vocab});
     std::vector<std::int32_t> out;
-    progress bar("generate", count, !args.flags.contains("quiet") && !byte_level(config) && isatty(2));
+    progress bar("generate", !args.flags.contains("quiet") && !byte_level(config));
     for (index_t i = 0; i < count; ++i) {
         std::int32_t next = 0;
         if (temperature == 0.0) {
@@ -325,7 +310,7 @@ int generate(const Model& model, const arguments& args, const ssm::host_exec& ex
         if (byte_level(config)) {
             std::cout << char(next) << std::flush;
         }
-        bar.update(i + 1, i + 1);
+        bar.update(i + 1, count, i + 1);
         if (i + 1 < count) model.forward(exec, {&next, 1, 1}, cache, {logits.data(), 1, 1, vocab});
     }
     if (byte_level(config)) {

@@ -87,6 +87,13 @@ TEST_CASE("a Mamba-2 config with Python's Infinity parses", "[io][config]") {
           R"({"a": "NaN and Infinity", "b": ["NaN", "-Infinity"]})");
 }
 
+TEST_CASE("a Mamba-2 config as transformers 5 writes it: {\"__float__\": \"Infinity\"}", "[io][config]") {
+    const auto c = from_text(std::string(mamba2_small).replace(std::string(mamba2_small).find("Infinity]"), 8,
+                                                               R"({"__float__": "Infinity"})"));
+    CHECK(c.time_step_min == 0.0f);
+    CHECK(std::isinf(c.time_step_max));
+}
+
 TEST_CASE("config errors name the key and the problem", "[io][config][errors]") {
     CHECK_THAT(error_of(edited(mamba_130m, "hidden_size", nullptr)), Catch::Contains("'hidden_size' is missing"));
     CHECK_THAT(error_of(edited(mamba_130m, "state_size", -16)), Catch::Contains("'state_size' must be a positive integer, got -16"));

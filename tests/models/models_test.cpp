@@ -15,6 +15,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 #include <ssm/models/causal_lm.hpp>
+#include <ssm/models/evaluation.hpp>
 
 #include "reference.hpp"
 
@@ -212,7 +213,7 @@ TEMPLATE_TEST_CASE("decoding and split prefills equal one prefill, batches equal
     }
 }
 
-TEMPLATE_TEST_CASE("a saved model loads back; checkpoints that disagree with the config are rejected by name",
+TEMPLATE_TEST_CASE("a saved model loads back, and checkpoints that disagree with the config are rejected by name",
                    "[models]", mamba_lm, mamba2_lm) {
     SSM_SEEDED_RANDOM(rng);
     auto config = std::same_as<TestType, mamba_lm> ? mamba1_config() : mamba2_config();
@@ -270,4 +271,28 @@ TEMPLATE_TEST_CASE("a saved model loads back; checkpoints that disagree with the
     CHECK_THROWS_WITH(mamba_lm::load(std::same_as<TestType, mamba_lm> ? dir / "missing" : dir),
                       Catch::Contains(std::same_as<TestType, mamba_lm> ? "config.json: cannot open"
                                                                        : "this model type is the other architecture"));
+}
+
+TEST_CASE("held-out loss of the shipped KJV model equals what transformers measured", "[models]") {
+    const fs::path folder = SSM_KJV_MODEL_DIR;
+    std::ifstream eval_file(folder / "eval.json");
+    REQUIRE(eval_file);
+    const nlohmann::json eval = nlohmann::json::parse(eval_file);
+    std::ifstream text_file(SSM_KJV_TEXT, std::ios::binary);
+    std::vector<std::int32_t> bytes;
+    for (char c; text_file.get(c);) bytes.push_back(std::int32_t(static_cast<unsigned char>(c)));
+    REQUIRE(index_t(bytes.size()) == eval["heldout_bytes"].get<index_t>());
+
+    const auto model = mamba_lm::load(folder);
+    const auto& w256 = eval["w256"];
+    const index_t windows = w256["windows"].get<index_t>();
+    index_t calls = 0;
+    const auto losses = ssm::models::window_losses(model, exec, bytes, {.window = 256, .max_windows = windows, .batch = 8},
+                                                   [&](index_t, index_t) { ++calls; });
+    CHECK(calls == (windows + 7) / 8);
+    double total = 0.0;
+    for (const double l : losses.loss) total += l;
+    const double bits = total / double(windows * 255) / std::log(2.0);
+    INFO("ours " << bits << " bits/byte, transformers " << w256["bits_per_byte"].get<double>());
+    CHECK(std::abs(bits - w256["bits_per_byte"].get<double>()) <= 1e-4);
 }

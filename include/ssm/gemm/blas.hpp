@@ -35,6 +35,11 @@ struct blas_gemm {
 #else
         (void)exec;
 #endif
+        if (rows == 1) {  // decoding one sequence: OpenBLAS's gemv reads W about 3x faster than its gemm
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, int(out), int(in), 1.0f, weight.data(), int(weight.stride(0)),
+                        x.data(), 1, 0.0f, y.data(), 1);
+            return;
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(out), int(in), 1.0f, x.data(),
                     int(x.stride(0)), weight.data(), int(weight.stride(0)), 0.0f, y.data(), int(y.stride(0)));
     }

@@ -91,6 +91,8 @@ struct config_reader {
     static float number(const nlohmann::json& v, bool& ok) {
         ok = true;
         if (v.is_number()) return v.get<float>();
+        // transformers 5 writes non-finite floats as {"__float__": "Infinity"}.
+        if (v.is_object() && v.size() == 1 && v.contains("__float__")) return number(v["__float__"], ok);
         if (v == "Infinity") return std::numeric_limits<float>::infinity();
         if (v == "-Infinity") return -std::numeric_limits<float>::infinity();
         ok = false;

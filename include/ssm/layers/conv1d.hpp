@@ -4,8 +4,6 @@
 // where inputs before the sequence come from `state`, the channel's K-1 previous inputs (zeros when
 // no state is given). The state, when given, is then replaced by the sequence's last K-1 inputs, so
 // that a prefill followed by token-by-token calls equals one call over the whole sequence.
-#include <vector>
-
 #include "../core/error.hpp"
 #include "../core/math.hpp"
 #include "../core/parallel.hpp"
@@ -40,21 +38,21 @@ void causal_conv1d(const host_exec& exec, const conv1d_inputs<T>& in, tensor_vie
 
     detail::parallel_for(exec, batch * channels, [&](index_t task) {
         const index_t b = task / channels, c = task % channels;
-        // The window of the last K inputs, oldest first; the history fills all but its first slot,
-        // which the first shift drops.
-        std::vector<float> window(std::size_t(K), 0.0f);
-        if (!state.empty())
-            for (index_t k = 0; k + 1 < K; ++k) window[std::size_t(k + 1)] = state(b, c, k);
+        // Input t' of the channel: the sequence for t' >= 0, the carried history (or zeros) before it.
+        const auto input = [&](index_t t) {
+            if (t >= 0) return to_float(in.x(b, t, c));
+            return state.empty() ? 0.0f : state(b, c, K - 1 + t);
+        };
         const float bias = in.bias.empty() ? 0.0f : in.bias(c);
         for (index_t t = 0; t < length; ++t) {
-            for (index_t k = 0; k + 1 < K; ++k) window[std::size_t(k)] = window[std::size_t(k + 1)];
-            window[std::size_t(K - 1)] = to_float(in.x(b, t, c));
             float acc = bias;
-            for (index_t k = 0; k < K; ++k) acc += in.weight(c, k) * window[std::size_t(k)];
+            for (index_t k = 0; k < K; ++k) acc += in.weight(c, k) * input(t - K + 1 + k);
             y(b, t, c) = from_float<T>(in.silu ? math::silu(acc) : acc);
         }
+        // The new history is inputs length-K+1 .. length-1; in ascending k, an entry taken from the old
+        // history lies to the right of k and is still unread.
         if (!state.empty())
-            for (index_t k = 0; k + 1 < K; ++k) state(b, c, k) = window[std::size_t(k + 1)];
+            for (index_t k = 0; k + 1 < K; ++k) state(b, c, k) = input(length - K + 1 + k);
     });
 }
 

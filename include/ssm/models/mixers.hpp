@@ -231,10 +231,12 @@ struct mamba2_mixer {
                                           .initial_state = ssm_state},
                        scan_outputs<float>{.y = {y.data(), batch, length, di}, .final_state = ssm_state});
 
+        // One norm over all of d_inner, as transformers computes it (mamba_ssm normalizes each of the
+        // n_groups groups on its own; the two agree only for n_groups = 1).
         const auto gated = detail::buffer(ws.gated, rows, di);
         gated_rms_norm(exec, tensor_view<const float, 2>(y),
                        tensor_view<const float, 2>(projected.data(), {rows, di}, {width, 1}),
-                       detail::optional_vector(norm), rms_norm_inputs{.epsilon = norm_epsilon, .groups = groups}, gated);
+                       detail::optional_vector(norm), rms_norm_inputs{.epsilon = norm_epsilon}, gated);
         detail::linear(exec, gemm, gated, out_proj, out_proj_bias, out);
     }
 };

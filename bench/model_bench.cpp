@@ -1,0 +1,110 @@
+// Host benchmarks of whole models: prefill and decode throughput of mamba-130m-shaped models
+// (24 layers, d_model 768; random weights, float32) on the CPU.
+//
+//   prefill/<arch>/batch:B/length:L/threads:T   one forward over B sequences of L tokens from an
+//                                               empty cache, logits of the last position
+//   decode/<arch>/batch:B/threads:T             one token per sequence after a 64-token prefill
+//
+// items_per_second counts tokens (B·L for prefill, B per decode step).
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include <ssm/models/causal_lm.hpp>
+
+namespace {
+
+using ssm::index_t;
+
+ssm::io::model_config mamba_130m() {
+    ssm::io::model_config c;
+    c.architecture = ssm::io::architecture::mamba1;
+    c.hidden_size = 768, c.intermediate_size = 1536, c.state_size = 16, c.layers = 24, c.conv_kernel = 4;
+    c.vocab_size = 50280, c.time_step_rank = 48;
+    return c;
+}
+
+ssm::io::model_config mamba2_130m() {
+    ssm::io::model_config c;
+    c.architecture = ssm::io::architecture::mamba2;
+    c.hidden_size = 768, c.intermediate_size = 1536, c.state_size = 128, c.layers = 24, c.conv_kernel = 4;
+    c.vocab_size = 50288, c.heads = 24, c.head_dim = 64, c.groups = 1, c.chunk_size = 256;
+    return c;
+}
+
+template <class Model>
+const Model& model() {
+    static const Model m = Model::random(std::same_as<Model, ssm::models::mamba_lm> ? mamba_130m() : mamba2_130m(), 7);
+    return m;
+}
+
+std::vector<std::int32_t> tokens(index_t count, index_t vocab) {
+    std::mt19937 rng(3);
+    std::vector<std::int32_t> out(static_cast<std::size_t>(count));
+    for (auto& t : out) t = std::int32_t(rng() % std::uint32_t(vocab));
+    return out;
+}
+
+template <class Model>
+void bm_prefill(benchmark::State& state) {
+    const Model& m = model<Model>();
+    const index_t batch = state.range(0), length = state.range(1), vocab = m.config().vocab_size;
+    const ssm::host_exec exec{.threads = int(state.range(2))};
+    const auto input = tokens(batch * length, vocab);
+    std::vector<float> logits(static_cast<std::size_t>(batch * vocab));
+    for (auto _ : state) {
+        auto cache = m.make_cache(batch);
+        m.forward(exec, {input.data(), batch, length}, cache, {logits.data(), batch, 1, vocab});
+        benchmark::DoNotOptimize(logits.data());
+    }
+    state.SetItemsProcessed(state.iterations() * batch * length);
+}
+
+template <class Model>
+void bm_decode(benchmark::State& state) {
+    const Model& m = model<Model>();
+    const index_t batch = state.range(0), vocab = m.config().vocab_size, prompt = 64;
+    const ssm::host_exec exec{.threads = int(state.range(1))};
+    const auto input = tokens(batch * prompt, vocab);
+    std::vector<float> logits(static_cast<std::size_t>(batch * vocab));
+    auto cache = m.make_cache(batch);
+    m.forward(exec, {input.data(), batch, prompt}, cache, {logits.data(), batch, 1, vocab});
+    std::vector<std::int32_t> next(input.begin(), input.begin() + batch);
+    for (auto _ : state) {
+        m.forward(exec, {next.data(), batch, 1}, cache, {logits.data(), batch, 1, vocab});
+        benchmark::DoNotOptimize(logits.data());
+    }
+    state.SetItemsProcessed(state.iterations() * batch);
+}
+
+void register_all() {
+    const int threads = int(ssm::host_exec{}.worker_count());
+    for (auto [name, prefill, decode] :
+         {std::tuple{"mamba", &bm_prefill<ssm::models::mamba_lm>, &bm_decode<ssm::models::mamba_lm>},
+          std::tuple{"mamba2", &bm_prefill<ssm::models::mamba2_lm>, &bm_decode<ssm::models::mamba2_lm>}}) {
+        for (const index_t length : {128, 512})
+            benchmark::RegisterBenchmark((std::string("prefill/") + name).c_str(), prefill)
+                ->ArgsProduct({{1}, {length}, {threads}})
+                ->ArgNames({"batch", "length", "threads"})
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime()
+                ->MinTime(1.0);
+        benchmark::RegisterBenchmark((std::string("decode/") + name).c_str(), decode)
+            ->ArgsProduct({{1, 16}, {threads}})
+            ->ArgNames({"batch", "threads"})
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime()
+            ->MinTime(1.0);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    register_all();
+    benchmark::Initialize(&argc, argv);
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+}
