@@ -16,6 +16,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -44,6 +45,17 @@ Byte-level models (vocab_size 256) read text as bytes, others token ids (one per
 MODEL is a folder with config.json and model.safetensors (or a sharded index).
 )";
 
+// The whole of `text` as an integer, or nothing.
+std::optional<long long> parse_integer(const std::string& text) {
+    std::size_t used = 0;
+    try {
+        const long long v = std::stoll(text, &used);
+        if (used == text.size()) return v;
+    } catch (const std::exception&) {
+    }
+    return std::nullopt;
+}
+
 struct arguments {
     std::string command;
     std::vector<std::string> positional;
@@ -57,16 +69,9 @@ struct arguments {
     long long integer(const std::string& key, long long fallback, long long min) const {
         const auto it = options.find(key);
         if (it == options.end()) return fallback;
-        std::size_t used = 0;
-        long long v = 0;
-        try {
-            v = std::stoll(it->second, &used);
-        } catch (const std::exception&) {
-            used = 0;
-        }
-        ssm::detail::require(used == it->second.size() && v >= min, "--", key, " must be an integer >= ", min,
-                             ", got '", it->second, "'");
-        return v;
+        const auto v = parse_integer(it->second);
+        ssm::detail::require(v && *v >= min, "--", key, " must be an integer >= ", min, ", got '", it->second, "'");
+        return *v;
     }
     double number(const std::string& key, double fallback) const {
         const auto it = options.find(key);
@@ -159,16 +164,12 @@ std::vector<std::int32_t> read_tokens(const fs::path& path, const ssm::io::model
     } else {
         std::string line;
         for (index_t n = 1; std::getline(in, line); ++n) {
-            if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-            std::size_t used = 0;
-            long long v = -1;
-            try {
-                v = std::stoll(line, &used);
-            } catch (const std::exception&) {
-            }
-            ssm::detail::require(v >= 0 && line.find_first_not_of(" \t\r", used) == std::string::npos, path.string(),
-                                 ":", n, ": expected one token id per line, got '", line, "'");
-            tokens.push_back(std::int32_t(v));
+            const auto first = line.find_first_not_of(" \t\r");
+            if (first == std::string::npos) continue;
+            const auto v = parse_integer(line.substr(first, line.find_last_not_of(" \t\r") + 1 - first));
+            ssm::detail::require(v && *v >= 0, path.string(), ":", n, ": expected one token id per line, got '", line,
+                                 "'");
+            tokens.push_back(std::int32_t(*v));
         }
     }
     for (std::size_t i = 0; i < tokens.size(); ++i)
@@ -266,15 +267,10 @@ int generate(const Model& model, const arguments& args, const ssm::host_exec& ex
     } else {
         std::stringstream list(args.get("prompt-ids", ""));
         for (std::string item; std::getline(list, item, ',');) {
-            std::size_t used = 0;
-            long long v = -1;
-            try {
-                v = std::stoll(item, &used);
-            } catch (const std::exception&) {
-            }
-            ssm::detail::require(used == item.size() && v >= 0 && v < config.vocab_size, "--prompt-ids: '", item,
+            const auto v = parse_integer(item);
+            ssm::detail::require(v && *v >= 0 && *v < config.vocab_size, "--prompt-ids: '", item,
                                  "' is not a token id below ", config.vocab_size);
-            prompt.push_back(std::int32_t(v));
+            prompt.push_back(std::int32_t(*v));
         }
     }
     ssm::detail::require(!prompt.empty(), "the prompt is empty");
