@@ -9,42 +9,20 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
-#include <random>
 #include <vector>
 
 #include <ssm/models/causal_lm.hpp>
+
+#include "model_shapes.hpp"
 
 namespace {
 
 using ssm::index_t;
 
-ssm::io::model_config mamba_130m() {
-    ssm::io::model_config c;
-    c.architecture = ssm::io::architecture::mamba1;
-    c.hidden_size = 768, c.intermediate_size = 1536, c.state_size = 16, c.layers = 24, c.conv_kernel = 4;
-    c.vocab_size = 50280, c.time_step_rank = 48;
-    return c;
-}
-
-ssm::io::model_config mamba2_130m() {
-    ssm::io::model_config c;
-    c.architecture = ssm::io::architecture::mamba2;
-    c.hidden_size = 768, c.intermediate_size = 1536, c.state_size = 128, c.layers = 24, c.conv_kernel = 4;
-    c.vocab_size = 50288, c.heads = 24, c.head_dim = 64, c.groups = 1, c.chunk_size = 256;
-    return c;
-}
-
 template <class Model>
 const Model& model() {
-    static const Model m = Model::random(std::same_as<Model, ssm::models::mamba_lm> ? mamba_130m() : mamba2_130m(), 7);
+    static const Model m = Model::random(std::same_as<Model, ssm::models::mamba_lm> ? bench::mamba_130m() : bench::mamba2_130m(), 7);
     return m;
-}
-
-std::vector<std::int32_t> tokens(index_t count, index_t vocab) {
-    std::mt19937 rng(3);
-    std::vector<std::int32_t> out(static_cast<std::size_t>(count));
-    for (auto& t : out) t = std::int32_t(rng() % std::uint32_t(vocab));
-    return out;
 }
 
 template <class Model>
@@ -52,7 +30,7 @@ void bm_prefill(benchmark::State& state) {
     const Model& m = model<Model>();
     const index_t batch = state.range(0), length = state.range(1), vocab = m.config().vocab_size;
     const ssm::host_exec exec{.threads = int(state.range(2))};
-    const auto input = tokens(batch * length, vocab);
+    const auto input = bench::tokens(batch * length, vocab);
     std::vector<float> logits(static_cast<std::size_t>(batch * vocab));
     for (auto _ : state) {
         auto cache = m.make_cache(batch);
@@ -67,7 +45,7 @@ void bm_decode(benchmark::State& state) {
     const Model& m = model<Model>();
     const index_t batch = state.range(0), vocab = m.config().vocab_size, prompt = 64;
     const ssm::host_exec exec{.threads = int(state.range(1))};
-    const auto input = tokens(batch * prompt, vocab);
+    const auto input = bench::tokens(batch * prompt, vocab);
     std::vector<float> logits(static_cast<std::size_t>(batch * vocab));
     auto cache = m.make_cache(batch);
     m.forward(exec, {input.data(), batch, prompt}, cache, {logits.data(), batch, 1, vocab});

@@ -4,10 +4,12 @@
 //   ssm-run ppl      MODEL FILE [--window 2048] [--max-windows N] [--batch 4] [--bin-width N] [--json]
 //   ssm-run generate MODEL (--prompt TEXT | --prompt-ids 1,2,3) [--tokens 200] [--temperature 0] [--top-k 0]
 //                    [--seed 0]
-//   common: [--threads 0] [--device cpu] [--quiet]
+//   common: [--threads 0] [--device cpu|cuda] [--dtype fp32|bf16] [--quiet]
 //
 // Byte-level models (vocab_size 256) read text as bytes; others read token ids, one integer per line,
 // or a little-endian uint32 binary file when FILE ends in .bin. --input bytes|ids overrides the choice.
+// --device cuda needs a build with CUDA (nvcc compiles this file then, SSM_RUN_CUDA is defined); --dtype
+// bf16 runs the device model's large matrix products in bf16.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -28,6 +30,9 @@
 #include <nlohmann/json.hpp>
 #include <ssm/models/causal_lm.hpp>
 #include <ssm/models/evaluation.hpp>
+#ifdef SSM_RUN_CUDA
+#include <ssm/models/device_lm.cuh>
+#endif
 
 namespace {
 
@@ -39,7 +44,8 @@ const char* const usage = R"(usage:
   ssm-run ppl      MODEL FILE [--window 2048] [--max-windows N] [--batch 4] [--bin-width N] [--json]
   ssm-run generate MODEL (--prompt TEXT | --prompt-ids 1,2,3) [--tokens 200] [--temperature 0]
                    [--top-k 0] [--seed 0]
-common options: --threads N (0: all cores), --device cpu, --input bytes|ids, --quiet (no progress bar)
+common options: --threads N (0: all cores), --device cpu|cuda, --dtype fp32|bf16 (products on cuda),
+--input bytes|ids, --quiet (no progress bar)
 Byte-level models (vocab_size 256) read text as bytes, others token ids (one per line, or uint32 in a
 .bin file); --input overrides that.
 MODEL is a folder with config.json and model.safetensors (or a sharded index).
@@ -321,7 +327,7 @@ int generate(const Model& model, const arguments& args, const ssm::host_exec& ex
 }  // namespace
 
 int main(int argc, char** argv) {
-    const std::set<std::string> common{"threads", "device", "input"};
+    const std::set<std::string> common{"threads", "device", "dtype", "input"};
     auto with_common = [&](std::set<std::string> s) {
         s.insert(common.begin(), common.end());
         return s;
@@ -337,18 +343,30 @@ int main(int argc, char** argv) {
         }
         const arguments args = parse(argc, argv, options, {"json", "quiet"});
         ssm::detail::require(!args.positional.empty(), args.command, " needs a MODEL folder");
-        const std::string device = args.get("device", "cpu");
-        ssm::detail::require(device == "cpu", "--device ", device,
-                             ": this ssm-run runs models on the CPU only (--device cpu)");
+        const std::string device = args.get("device", "cpu"), dtype = args.get("dtype", "fp32");
+        ssm::detail::require(device == "cpu" || device == "cuda", "--device must be cpu or cuda, got '", device, "'");
+        ssm::detail::require(dtype == "fp32" || dtype == "bf16", "--dtype must be fp32 or bf16, got '", dtype, "'");
+        ssm::detail::require(device == "cuda" || dtype == "fp32", "--dtype ", dtype, " needs --device cuda");
+#ifndef SSM_RUN_CUDA
+        ssm::detail::require(device == "cpu", "--device cuda: this ssm-run was built without CUDA (no nvcc found)");
+#endif
         input_mode = args.get("input", "auto");
         ssm::detail::require(input_mode == "auto" || input_mode == "bytes" || input_mode == "ids",
                              "--input must be bytes or ids, got '", input_mode, "'");
         const ssm::host_exec exec{.threads = int(args.integer("threads", 0, 0))};
         const fs::path folder = args.positional[0];
-        return ssm::models::with_model(folder, [&](const auto& model) {
+        auto run = [&](const auto& model) {
             if (args.command == "info") return info(model, folder, args);
             if (args.command == "ppl") return perplexity(model, args, exec);
             return generate(model, args, exec);
+        };
+        return ssm::models::with_model(folder, [&](const auto& host) {
+#ifdef SSM_RUN_CUDA
+            using ssm::models::staged_lm, ssm::models::to_device;
+            if (device == "cuda" && dtype == "bf16") return run(staged_lm(to_device<ssm::bfloat16>(host)));
+            if (device == "cuda") return run(staged_lm(to_device<float>(host)));
+#endif
+            return run(host);
         });
     } catch (const std::exception& e) {
         std::cerr << "ssm-run: " << e.what() << "\n";

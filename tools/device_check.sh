@@ -1,27 +1,44 @@
 #!/usr/bin/env bash
-# Builds and runs the CUDA tests (plain and under compute-sanitizer memcheck) and the CUDA benchmark
-# on a GPU machine without Debian's packages: Catch2's header and Google Benchmark come from DEPS
-# (default .deps/, filled by tools/collect_device_deps.sh). Results go to OUT (default ./device-out).
+# Builds and runs the CUDA tests (plain and under compute-sanitizer memcheck), ssm-run on the device and
+# the CUDA benchmarks on a GPU machine without Debian's packages: Catch2, Google Benchmark, nlohmann-json
+# and OpenBLAS come from DEPS (default .deps/, filled by tools/collect_device_deps.sh). Results go to
+# OUT (default ./device-out). Arguments are passed to the benchmarks (e.g. --benchmark_filter=...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deps=${DEPS:-.deps}
 out=${OUT:-device-out}
 mkdir -p "$out" build-device
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-flags=(-std=c++20 -O3 -arch=sm_90 -Iinclude -Itests -I"$deps" -I"$deps/benchmark/include")
-nvcc "${flags[@]}" -lineinfo tests/cuda/selective_scan_test.cu -o build-device/cuda_test &
-nvcc "${flags[@]}" bench/cuda_scan_bench.cu -L"$deps/benchmark/lib" -lbenchmark -o build-device/cuda_scan_bench &
-wait %1 && wait %2
-export LD_LIBRARY_PATH="$PWD/$deps/benchmark/lib:${LD_LIBRARY_PATH:-}"
+flags=(-std=c++20 -O3 -arch=sm_90 -Iinclude -Itests -I"$deps" -I"$deps/benchmark/include" -I"$deps/openblas/include"
+       -DSSM_FIXTURES_DIR="\"$PWD/tests/fixtures/hf\"")
+libs=(-L"$deps/openblas/lib" -lopenblas -lcublas -L"$deps/benchmark/lib")
+b=build-device
+nvcc "${flags[@]}" -lineinfo -c tests/cuda/selective_scan_test.cu -o $b/selective_scan_test.o &
+nvcc "${flags[@]}" -lineinfo -c tests/cuda/models_test.cu -o $b/models_test.o &
+nvcc "${flags[@]}" bench/cuda_scan_bench.cu "${libs[@]}" -lbenchmark -o $b/cuda_scan_bench &
+nvcc "${flags[@]}" bench/cuda_model_bench.cu "${libs[@]}" -lbenchmark -o $b/cuda_model_bench &
+nvcc "${flags[@]}" -DSSM_RUN_CUDA -x cu examples/ssm_run.cpp "${libs[@]}" -o $b/ssm-run &
+for job in $(jobs -p); do wait "$job"; done
+nvcc -arch=sm_90 $b/selective_scan_test.o $b/models_test.o "${libs[@]}" -o $b/cuda_test
+export LD_LIBRARY_PATH="$PWD/$deps/benchmark/lib:$PWD/$deps/openblas/lib:${LD_LIBRARY_PATH:-}"
 
 echo "== tests"
-build-device/cuda_test --durations yes | tee "$out/cuda_test.txt" | tail -n 25
+$b/cuda_test --durations yes | tee "$out/cuda_test.txt" | tail -n 40
 echo "== compute-sanitizer memcheck"
 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 1 \
-  build-device/cuda_test "device step decodes like the scan" 2>&1 | tee "$out/memcheck.txt" | tail -n 5
+  $b/cuda_test "device step decodes like the scan" 2>&1 | tee "$out/memcheck.txt" | tail -n 5
+compute-sanitizer --tool memcheck --error-exitcode 1 $b/cuda_test "device scans reject bad shapes before launching" \
+  2>&1 | tail -n 3
 compute-sanitizer --tool memcheck --error-exitcode 1 \
-  build-device/cuda_test "device scans reject bad shapes before launching" 2>&1 | tail -n 3
-echo "== benchmark"
-build-device/cuda_scan_bench --benchmark_min_time=0.2 --benchmark_repetitions=3 \
-  --benchmark_report_aggregates_only=true --benchmark_out="$out/cuda_scan_bench.json" \
-  --benchmark_out_format=json "$@" 2>&1 | tee "$out/cuda_scan_bench.txt" | grep -E "median|copy" 
+  $b/cuda_test "device models match Hugging Face transformers on the reference fixtures" 2>&1 |
+  tee "$out/memcheck_models.txt" | tail -n 3
+echo "== ssm-run on the shipped model"
+for dev in "--device cpu --threads 16" "--device cuda" "--device cuda --dtype bf16"; do
+  /usr/bin/time -f "%e s wall" $b/ssm-run ppl examples/models/kjv-mamba1 examples/data/kjv-heldout.txt \
+    --window 1024 --max-windows 32 --quiet $dev 2>&1 | tail -n 3
+done
+$b/ssm-run generate examples/models/kjv-mamba1 --prompt "And God said" --tokens 200 --device cuda | tee "$out/generate.txt"
+echo "== benchmarks"
+$b/cuda_model_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+  --benchmark_out="$out/cuda_model_bench.json" --benchmark_out_format=json "$@" 2>&1 |
+  tee "$out/cuda_model_bench.txt" | grep -E "median"

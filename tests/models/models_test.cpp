@@ -17,7 +17,7 @@
 #include <ssm/models/causal_lm.hpp>
 #include <ssm/models/evaluation.hpp>
 
-#include "reference.hpp"
+#include "model_checks.hpp"
 
 namespace {
 
@@ -25,8 +25,10 @@ namespace fs = std::filesystem;
 using ssm::index_t;
 using ssm::models::mamba2_lm;
 using ssm::models::mamba_lm;
-
-const ssm::host_exec exec{.threads = 2};
+using checks::exec;
+using checks::max_difference;
+using checks::prefill;
+using checks::random_tokens;
 
 fs::path scratch(const std::string& name) {
     const fs::path dir = fs::temp_directory_path() / ("ssm_models_test_" + std::to_string(::getpid())) / name;
@@ -35,75 +37,6 @@ fs::path scratch(const std::string& name) {
     return dir;
 }
 
-double max_difference(const std::vector<float>& a, const std::vector<float>& b) {
-    REQUIRE(a.size() == b.size());
-    double worst = 0.0;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        if (std::isnan(a[i]) || std::isnan(b[i])) return INFINITY;
-        worst = std::max(worst, std::abs(double(a[i]) - double(b[i])));
-    }
-    return worst;
-}
-
-// Logits of tokens (batch, length) from a fresh cache, every position; poisoned beforehand.
-template <class Model>
-std::vector<float> prefill(const Model& model, const std::vector<std::int32_t>& tokens, index_t batch) {
-    const index_t length = index_t(tokens.size()) / batch, vocab = model.config().vocab_size;
-    std::vector<float> logits(std::size_t(batch * length * vocab), NAN);
-    auto cache = model.make_cache(batch);
-    model.forward(exec, {tokens.data(), batch, length}, cache, {logits.data(), batch, length, vocab});
-    return logits;
-}
-
-// The same logits with the sequences fed in pieces: `first` tokens at once, then one at a time,
-// asking for the last position only in the one-token calls.
-template <class Model>
-std::vector<float> prefill_then_decode(const Model& model, const std::vector<std::int32_t>& tokens, index_t batch,
-                                       index_t first) {
-    const index_t length = index_t(tokens.size()) / batch, vocab = model.config().vocab_size;
-    std::vector<float> logits(std::size_t(batch * length * vocab), NAN);
-    auto cache = model.make_cache(batch);
-    std::vector<std::int32_t> piece(static_cast<std::size_t>(batch * first));
-    std::vector<float> piece_logits(std::size_t(batch * first * vocab), NAN);
-    for (index_t b = 0; b < batch; ++b)
-        std::copy_n(tokens.begin() + b * length, first, piece.begin() + b * first);
-    model.forward(exec, {piece.data(), batch, first}, cache, {piece_logits.data(), batch, first, vocab});
-    for (index_t b = 0; b < batch; ++b)
-        std::copy_n(piece_logits.begin() + b * first * vocab, first * vocab, logits.begin() + b * length * vocab);
-    for (index_t t = first; t < length; ++t) {
-        std::vector<std::int32_t> next(static_cast<std::size_t>(batch));
-        std::vector<float> next_logits(std::size_t(batch * vocab), NAN);
-        for (index_t b = 0; b < batch; ++b) next[std::size_t(b)] = tokens[std::size_t(b * length + t)];
-        model.forward(exec, {next.data(), batch, 1}, cache, {next_logits.data(), batch, 1, vocab});
-        for (index_t b = 0; b < batch; ++b)
-            std::copy_n(next_logits.begin() + b * vocab, vocab, logits.begin() + (b * length + t) * vocab);
-    }
-    REQUIRE(cache.position == length);
-    return logits;
-}
-
-std::vector<std::int32_t> random_tokens(ref::random_source& rng, index_t count, index_t vocab) {
-    std::vector<std::int32_t> out(static_cast<std::size_t>(count));
-    for (auto& t : out) t = std::int32_t(std::min<double>(double(vocab - 1), rng.uniform(0.0, double(vocab))));
-    return out;
-}
-
-ssm::io::model_config mamba1_config() {
-    ssm::io::model_config c;
-    c.architecture = ssm::io::architecture::mamba1;
-    c.hidden_size = 20, c.intermediate_size = 40, c.state_size = 7, c.layers = 2, c.conv_kernel = 3;
-    c.vocab_size = 29, c.time_step_rank = 3, c.use_bias = true, c.tie_word_embeddings = false;
-    return c;
-}
-
-ssm::io::model_config mamba2_config() {
-    ssm::io::model_config c;
-    c.architecture = ssm::io::architecture::mamba2;
-    c.hidden_size = 24, c.intermediate_size = 48, c.state_size = 10, c.layers = 2, c.conv_kernel = 4;
-    c.vocab_size = 31, c.heads = 6, c.head_dim = 8, c.groups = 2, c.chunk_size = 16;
-    c.time_step_max = 0.05f;  // the clamp is active for part of the tokens
-    return c;
-}
 
 // A weight source that keeps what it hands out, to write the model back as a checkpoint.
 struct recording_weights {
@@ -157,45 +90,16 @@ std::string load_error(const fs::path& folder) {
 }  // namespace
 
 TEST_CASE("models match Hugging Face transformers on the reference fixtures", "[models]") {
-    const fs::path root = SSM_FIXTURES_DIR;
-    std::vector<fs::path> folders;
-    for (const auto& entry : fs::directory_iterator(root))
-        if (entry.is_directory()) folders.push_back(entry.path());
-    std::sort(folders.begin(), folders.end());
-    REQUIRE(folders.size() >= 5);  // a missing fixture must not pass unnoticed
-    for (const fs::path& folder : folders) {
+    for (const fs::path& folder : checks::fixture_folders(SSM_FIXTURES_DIR)) {
         INFO("fixture " << folder.filename().string());
-        ssm::models::with_model(folder, [&](const auto& model) {
-            const ssm::io::safetensors_file file(folder / "reference.safetensors");
-            const ssm::io::safetensors_view& reference = file.view();
-            const auto& id_shape = reference.tensor("input_ids").shape;
-            REQUIRE(id_shape.size() == 2);
-            const index_t batch = id_shape[0], length = id_shape[1], vocab = model.config().vocab_size;
-            const std::vector<float> ids = reference.load("input_ids", std::array{batch, length});
-            const std::vector<std::int32_t> tokens(ids.begin(), ids.end());
-            const std::vector<float> expected = reference.load("logits", std::array{batch, length, vocab});
-
-            CHECK(max_difference(prefill(model, tokens, batch), expected) <= 1e-4);
-            // Decoding after a prefill: HF's own cached decoding where the fixture has it, and ours
-            // against HF's full-sequence logits.
-            const std::vector<float> decoded = prefill_then_decode(model, tokens, batch, length - 7);
-            CHECK(max_difference(decoded, expected) <= 1e-4);
-            if (reference.contains("decode_logits")) {
-                const std::vector<float> hf_decoded = reference.load("decode_logits", std::array{batch, index_t(7), vocab});
-                std::vector<float> ours;
-                for (index_t b = 0; b < batch; ++b)
-                    ours.insert(ours.end(), decoded.begin() + (b * length + length - 7) * vocab,
-                                decoded.begin() + (b + 1) * length * vocab);
-                CHECK(max_difference(ours, hf_decoded) <= 1e-4);
-            }
-        });
+        ssm::models::with_model(folder, [&](const auto& model) { checks::match_fixture(model, folder); });
     }
 }
 
 TEMPLATE_TEST_CASE("decoding and split prefills equal one prefill, batches equal single sequences", "[models]",
                    mamba_lm, mamba2_lm) {
     SSM_SEEDED_RANDOM(rng);
-    const auto config = std::same_as<TestType, mamba_lm> ? mamba1_config() : mamba2_config();
+    const auto config = std::same_as<TestType, mamba_lm> ? checks::mamba1_config() : checks::mamba2_config();
     const TestType model = TestType::random(config, rng.integer(0, 1 << 30));
     const index_t batch = 3, vocab = config.vocab_size;
     for (const index_t length : {1, 2, 13, 40}) {
@@ -204,7 +108,7 @@ TEMPLATE_TEST_CASE("decoding and split prefills equal one prefill, batches equal
         const auto whole = prefill(model, tokens, batch);
         REQUIRE(std::all_of(whole.begin(), whole.end(), [](float v) { return std::isfinite(v); }));
         for (const index_t first : {index_t(1), (length + 1) / 2, length})
-            CHECK(max_difference(prefill_then_decode(model, tokens, batch, first), whole) <= 2e-5);
+            CHECK(max_difference(checks::prefill_then_decode(model, tokens, batch, first), whole) <= 2e-5);
         for (index_t b = 0; b < batch; ++b) {
             const std::vector<std::int32_t> one(tokens.begin() + b * length, tokens.begin() + (b + 1) * length);
             const std::vector<float> expected(whole.begin() + b * length * vocab, whole.begin() + (b + 1) * length * vocab);
@@ -216,7 +120,7 @@ TEMPLATE_TEST_CASE("decoding and split prefills equal one prefill, batches equal
 TEMPLATE_TEST_CASE("a saved model loads back, and checkpoints that disagree with the config are rejected by name",
                    "[models]", mamba_lm, mamba2_lm) {
     SSM_SEEDED_RANDOM(rng);
-    auto config = std::same_as<TestType, mamba_lm> ? mamba1_config() : mamba2_config();
+    auto config = std::same_as<TestType, mamba_lm> ? checks::mamba1_config() : checks::mamba2_config();
     config.use_conv_bias = false;
     recording_weights recorded{ssm::models::random_weights(rng.integer(0, 1 << 30)), {}};
     const TestType original = TestType::build(config, recorded);

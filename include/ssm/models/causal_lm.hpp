@@ -20,6 +20,34 @@
 #include "mixers.hpp"
 #include "weights.hpp"
 
+namespace ssm::detail {
+// The checks every forward call makes on its arguments' shapes (not on their values, which may be in
+// device memory); returns whether logits are asked for every position (or the last one only).
+inline bool check_forward_shapes(const char* where, tensor_view<const std::int32_t, 2> tokens, index_t cache_batch,
+                                 index_t cache_layers, index_t layers, tensor_view<float, 3> logits, index_t vocab) {
+    require(!tokens.empty(), where, ": tokens are missing");
+    const index_t batch = tokens.extent(0), length = tokens.extent(1);
+    require(batch > 0 && length > 0, where, ": tokens are empty (", batch, " x ", length, ")");
+    require(tokens.stride(1) == 1 && tokens.stride(0) == length, where, ": tokens must be contiguous");
+    require(cache_batch == batch && cache_layers == layers, where, ": the cache holds ", cache_batch,
+            " sequences for ", cache_layers, " layers, the call has ", batch, " for ", layers);
+    const bool all_positions = logits.extent(1) == length;
+    check_shape(where, "logits", logits, {batch, all_positions ? length : 1, vocab},
+                {"batch", "positions (length or 1)", "vocab"});
+    require(logits.stride(2) == 1 && logits.stride(1) == vocab && logits.stride(0) == logits.extent(1) * vocab,
+            where, ": logits must be contiguous");
+    return all_positions;
+}
+
+// Token ids in host memory must lie in [0, vocab).
+inline void check_token_ids(const char* where, tensor_view<const std::int32_t, 2> tokens, index_t vocab) {
+    for (index_t b = 0; b < tokens.extent(0); ++b)
+        for (index_t t = 0; t < tokens.extent(1); ++t)
+            require(tokens(b, t) >= 0 && tokens(b, t) < vocab, where, ": token id ", tokens(b, t), " at (", b, ", ",
+                    t, ") is outside the vocabulary of ", vocab);
+}
+}  // namespace ssm::detail
+
 namespace ssm::models {
 
 // Everything that carries over from one forward call to the next for a batch of sequences.
@@ -77,6 +105,11 @@ public:
 
     const io::model_config& config() const { return config_; }
     const std::vector<Mixer>& mixers() const { return mixers_; }
+    // The weights outside the mixers (float32, as stored), e.g. for a copy on the device.
+    const std::vector<float>& embeddings() const { return embeddings_; }
+    const std::vector<std::vector<float>>& layer_norms() const { return norms_; }
+    const std::vector<float>& final_norm() const { return norm_f_; }
+    const std::vector<float>& head() const { return lm_head_.empty() ? embeddings_ : lm_head_; }
 
     index_t parameter_count() const {
         index_t n = index_t(embeddings_.size() + lm_head_.size() + norm_f_.size());
@@ -102,22 +135,11 @@ public:
     void forward(const host_exec& exec, tensor_view<const std::int32_t, 2> tokens, cache& c,
                  tensor_view<float, 3> logits) const {
         constexpr const char* where = "causal_lm::forward";
-        using detail::require;
-        require(!tokens.empty(), where, ": tokens are missing");
+        const bool all_positions = detail::check_forward_shapes(where, tokens, c.batch, index_t(c.layers.size()),
+                                                                index_t(mixers_.size()), logits, config_.vocab_size);
+        detail::check_token_ids(where, tokens, config_.vocab_size);
         const index_t batch = tokens.extent(0), length = tokens.extent(1), d = config_.hidden_size;
         const index_t vocab = config_.vocab_size;
-        require(batch > 0 && length > 0, where, ": tokens are empty (", batch, " x ", length, ")");
-        require(c.batch == batch && index_t(c.layers.size()) == index_t(mixers_.size()), where, ": the cache holds ",
-                c.batch, " sequences for ", c.layers.size(), " layers, the call has ", batch, " for ", mixers_.size());
-        const bool all_positions = logits.extent(1) == length;
-        detail::check_shape(where, "logits", logits, {batch, all_positions ? length : 1, vocab},
-                            {"batch", "positions (length or 1)", "vocab"});
-        require(logits.stride(2) == 1 && logits.stride(1) == vocab && logits.stride(0) == logits.extent(1) * vocab,
-                where, ": logits must be contiguous");
-        for (index_t b = 0; b < batch; ++b)
-            for (index_t t = 0; t < length; ++t)
-                require(tokens(b, t) >= 0 && tokens(b, t) < vocab, where, ": token id ", tokens(b, t), " at (",
-                        b, ", ", t, ") is outside the vocabulary of ", vocab);
 
         const index_t rows = batch * length;
         const auto hidden = detail::buffer(c.hidden, rows, d);
@@ -148,8 +170,7 @@ public:
         const index_t out_rows = final_rows.extent(0);
         const tensor_view<float, 2> final_normed(normed.data(), out_rows, d);
         rms_norm(exec, final_rows, detail::optional_vector(norm_f_), norm_options, final_normed);
-        const auto& head = lm_head_.empty() ? embeddings_ : lm_head_;
-        gemm_.multiply(exec, final_normed, detail::matrix(head, vocab, d),
+        gemm_.multiply(exec, final_normed, detail::matrix(head(), vocab, d),
                        tensor_view<float, 2>(logits.data(), out_rows, vocab));
     }
 

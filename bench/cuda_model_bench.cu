@@ -1,0 +1,132 @@
+// Device benchmarks of whole models: prefill and decode throughput of mamba-130m-shaped models
+// (24 layers, d_model 768, random weights) with float32 or bf16 products, timed by CUDA events.
+//
+//   prefill/<arch>/<type>/batch:B/length:L   one forward over B sequences of L tokens from an empty
+//                                            cache, logits of the last position
+//   decode/<arch>/<type>/batch:B/graph:G     one token per sequence after a 64-token prefill; G = 1
+//                                            replays the captured CUDA graph, G = 0 launches each kernel
+//
+// items_per_second counts tokens (B·L for prefill, B per decode step).
+#include <benchmark/benchmark.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ssm/models/device_lm.cuh>
+
+#include "model_shapes.hpp"
+
+namespace {
+
+using ssm::index_t;
+using ssm::cuda::device_array;
+
+template <class Host>
+const Host& host_model() {
+    static const Host m =
+        Host::random(std::same_as<Host, ssm::models::mamba_lm> ? bench::mamba_130m() : bench::mamba2_130m(), 7);
+    return m;
+}
+
+template <class Device>
+const Device& device_model() {
+    static const Device m(host_model<typename Device::host_type>());
+    return m;
+}
+
+// Times `work` on `stream` with CUDA events, as manual time per iteration.
+template <class Work>
+void timed_loop(benchmark::State& state, cudaStream_t stream, Work&& work) {
+    cudaEvent_t start, stop;
+    ssm::cuda::check(cudaEventCreate(&start), "event");
+    ssm::cuda::check(cudaEventCreate(&stop), "event");
+    work();  // warm-up: allocations, graph capture
+    for (auto _ : state) {
+        ssm::cuda::check(cudaEventRecord(start, stream), "event record");
+        work();
+        ssm::cuda::check(cudaEventRecord(stop, stream), "event record");
+        ssm::cuda::check(cudaEventSynchronize(stop), "event sync");
+        float ms = 0.0f;
+        ssm::cuda::check(cudaEventElapsedTime(&ms, start, stop), "event time");
+        state.SetIterationTime(ms / 1e3);
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+}
+
+struct stream_holder {
+    cudaStream_t stream = nullptr;
+    stream_holder() { ssm::cuda::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream"); }
+    ~stream_holder() { cudaStreamDestroy(stream); }
+};
+
+template <class Device>
+void bm_prefill(benchmark::State& state) {
+    const Device& m = device_model<Device>();
+    const index_t batch = state.range(0), length = state.range(1), vocab = m.config().vocab_size;
+    const auto tokens = device_array<std::int32_t>::copy_of(bench::tokens(batch * length, vocab));
+    device_array<float> logits(std::size_t(batch * vocab));
+    stream_holder s;
+    auto cache = m.make_cache(batch);
+    timed_loop(state, s.stream, [&] {
+        cache.position = 0;  // the state is overwritten by each prefill from an empty cache's zeros...
+        for (auto& layer : cache.layers) {  // ...so clear it, as a fresh cache would be
+            cudaMemsetAsync(layer.conv.data(), 0, layer.conv.size() * sizeof(float), s.stream);
+            cudaMemsetAsync(layer.ssm.data(), 0, layer.ssm.size() * sizeof(float), s.stream);
+        }
+        m.forward(ssm::cuda_exec{s.stream}, {tokens.data(), batch, length}, cache, {logits.data(), batch, 1, vocab});
+    });
+    state.SetItemsProcessed(state.iterations() * batch * length);
+}
+
+template <class Device>
+void bm_decode(benchmark::State& state) {
+    const Device& m = device_model<Device>();
+    const index_t batch = state.range(0), vocab = m.config().vocab_size, prompt = 64;
+    const bool graph = state.range(1) != 0;
+    const auto prompt_tokens = device_array<std::int32_t>::copy_of(bench::tokens(batch * prompt, vocab));
+    const auto next = device_array<std::int32_t>::copy_of(bench::tokens(batch, vocab));
+    device_array<float> logits(std::size_t(batch * vocab));
+    stream_holder s;
+    // Without a graph the work goes to the legacy default stream, which is never captured.
+    const ssm::cuda_exec exec{graph ? s.stream : nullptr};
+    auto cache = m.make_cache(batch);
+    m.forward(exec, {prompt_tokens.data(), batch, prompt}, cache, {logits.data(), batch, 1, vocab});
+    timed_loop(state, exec.stream,
+               [&] { m.forward(exec, {next.data(), batch, 1}, cache, {logits.data(), batch, 1, vocab}); });
+    state.SetItemsProcessed(state.iterations() * batch);
+}
+
+template <class Device>
+void register_model(const std::string& name) {
+    benchmark::RegisterBenchmark(("prefill/" + name).c_str(), bm_prefill<Device>)
+        ->ArgsProduct({{1, 16}, {2048}})
+        ->ArgNames({"batch", "length"})
+        ->Unit(benchmark::kMillisecond)
+        ->UseManualTime();
+    benchmark::RegisterBenchmark(("prefill/" + name).c_str(), bm_prefill<Device>)
+        ->Args({1, 65536})
+        ->ArgNames({"batch", "length"})
+        ->Unit(benchmark::kMillisecond)
+        ->UseManualTime();
+    benchmark::RegisterBenchmark(("decode/" + name).c_str(), bm_decode<Device>)
+        ->ArgsProduct({{1, 16}, {0, 1}})
+        ->ArgNames({"batch", "graph"})
+        ->Unit(benchmark::kMicrosecond)
+        ->UseManualTime();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    using namespace ssm::models;
+    register_model<device_mamba_lm<float>>("mamba/fp32");
+    register_model<device_mamba_lm<ssm::bfloat16>>("mamba/bf16");
+    register_model<device_mamba2_lm<float>>("mamba2/fp32");
+    register_model<device_mamba2_lm<ssm::bfloat16>>("mamba2/bf16");
+    benchmark::Initialize(&argc, argv);
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+}

@@ -1,0 +1,482 @@
+#pragma once
+// Mamba and Mamba-2 causal LMs on a CUDA device: the host model's weights copied to the device, the
+// same layers as kernels (cuda/layers.cuh), the selective scan's device strategy and cuBLAS products.
+//
+//   const auto host = ssm::models::mamba_lm::load("path/to/checkpoint");
+//   const ssm::models::device_mamba_lm<ssm::bfloat16> model(host);   // or <float>
+//   auto cache = model.make_cache(batch);
+//   model.forward(exec, tokens, cache, logits);   // device views: tokens (batch, L), logits (batch, L or 1, V)
+//
+// X, the type of the large matrices (in_proj, out_proj, embeddings, head), is float or bfloat16; the
+// products' other input is rounded to X, accumulation and everything else (activations, the residual
+// stream, conv, norms, x_proj, dt_proj and the scan) stay float32. Single-token calls on a stream of
+// one's own (not the legacy default stream) are replayed from a CUDA graph captured at the first one.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "../cuda/layers.cuh"
+#include "../cuda/memory.cuh"
+#include "../cuda/selective_scan.cuh"
+#include "../gemm/cublas.cuh"
+#include "causal_lm.hpp"
+
+namespace ssm::models {
+
+struct device_layer_state {
+    cuda::device_array<float> conv;  // (batch, conv channels, K-1)
+    cuda::device_array<float> ssm;   // (batch, channels, state)
+};
+
+// Activations of one forward call; sized before any work is queued (never during graph capture).
+template <class X>
+struct device_workspace {
+    cuda::device_array<float> hidden, mixed, projected, convolved, x_projected, delta, y, final_state;
+    cuda::device_array<X> normed, product_input;
+};
+
+namespace device_detail {
+using cuda::device_array;
+
+inline unsigned blocks(index_t threads, int block = 256) { return unsigned((threads + block - 1) / block); }
+
+inline void check_launch(const char* what) { cuda::check(cudaGetLastError(), what); }
+
+template <class T>
+tensor_view<const T, 2> matrix(const device_array<T>& a, index_t rows, index_t cols) {
+    return {a.data(), rows, cols};
+}
+inline tensor_view<const float, 1> optional_vector(const device_array<float>& a) {
+    return a.empty() ? tensor_view<const float, 1>{} : tensor_view<const float, 1>(a.data(), index_t(a.size()));
+}
+
+// y = x·Wᵀ (+ bias).
+template <class X>
+void linear(const cuda_exec& exec, const cublas_gemm& gemm, tensor_view<const X, 2> x, const device_array<X>& weight,
+            const device_array<float>& bias, tensor_view<float, 2> y) {
+    gemm.multiply(exec, x, matrix(weight, y.extent(1), x.extent(1)), y);
+    if (bias.empty()) return;
+    cuda::add_bias_kernel<<<blocks(y.extent(0) * y.extent(1)), 256, 0, exec.stream>>>(
+        y.data(), y.extent(0), y.extent(1), bias.data());
+    check_launch("linear: bias launch");
+}
+
+// Causal conv + SiLU over `channels` columns of x starting at `first` (row stride x_stride), then the
+// conv state update.
+inline void causal_conv(const cuda_exec& exec, const float* x, index_t x_stride, index_t batch, index_t length,
+                        index_t channels, index_t kernel, const device_array<float>& weight,
+                        const device_array<float>& bias, device_array<float>& state, float* y) {
+    const cuda::conv_geometry g{batch, length, channels, kernel, x_stride};
+    cuda::causal_conv1d_silu_kernel<<<blocks(batch * length * channels), 256, 0, exec.stream>>>(
+        x, weight.data(), bias.empty() ? nullptr : bias.data(), state.data(), g, y);
+    check_launch("causal_conv: launch");
+    cuda::conv_state_update_kernel<<<blocks(batch * channels), 256, 0, exec.stream>>>(x, g, state.data());
+    check_launch("causal_conv: state update launch");
+}
+
+// Tokens per chunk of the device scan: enough chunks that the blocks fill the device (about 2048
+// blocks of 128 threads), none shorter than 128 tokens.
+inline index_t scan_chunk(index_t batch, index_t length, index_t channels, index_t state) {
+    index_t slices = 1;
+    while (slices < 32 && slices * 4 < state) slices *= 2;
+    const index_t blocks_per_chunk = std::max<index_t>(1, batch * channels * slices / 128);
+    const index_t chunks = std::clamp<index_t>(2048 / blocks_per_chunk, 1, std::max<index_t>(1, length / 128));
+    return (length + chunks - 1) / chunks;
+}
+
+// Runs the scan with the cache's state as initial and final state. One chunk reads each state before
+// writing it, in the same thread, so the state is updated in place; with several chunks the first
+// chunk's blocks read it while the last chunk's write, so the final state goes to the workspace first.
+template <class Ssm>
+void scan_with_state(const cuda_exec& exec, const Ssm& model, scan_inputs<float> in, tensor_view<float, 3> y,
+                     device_array<float>& state, device_array<float>& final_state) {
+    const index_t batch = y.extent(0), length = y.extent(1), channels = y.extent(2);
+    const index_t n = index_t(state.size()) / (batch * channels);
+    const index_t chunk = scan_chunk(batch, length, channels, n);
+    const tensor_view<float, 3> cached(state.data(), batch, channels, n);
+    in.initial_state = cached;
+    if (chunk >= length) {
+        selective_scan(exec, chunked{.chunk = chunk}, model, in, scan_outputs<float>{.y = y, .final_state = cached});
+        return;
+    }
+    const tensor_view<float, 3> end(final_state.data(), batch, channels, n);
+    selective_scan(exec, chunked{.chunk = chunk}, model, in, scan_outputs<float>{.y = y, .final_state = end});
+    cuda::check(cudaMemcpyAsync(state.data(), end.data(), state.size() * sizeof(float), cudaMemcpyDeviceToDevice,
+                                exec.stream),
+                "scan: state copy");
+}
+
+// The out_proj input in X: y itself when X is float, else y rounded into the workspace.
+template <class X>
+tensor_view<const X, 2> as_product_input(const cuda_exec& exec, const device_array<float>& y,
+                                         device_array<X>& converted, index_t rows, index_t cols) {
+    if constexpr (std::same_as<X, float>) {
+        return {y.data(), rows, cols};
+    } else {
+        cuda::convert_kernel<<<blocks(rows * cols), 256, 0, exec.stream>>>(y.data(), rows * cols, converted.data());
+        check_launch("convert launch");
+        return {converted.data(), rows, cols};
+    }
+}
+}  // namespace device_detail
+
+// Mamba-1's mixer on the device (see mamba1_mixer).
+template <class X>
+struct device_mamba1_mixer {
+    using host_type = mamba1_mixer;
+    using ssm_type = mamba1_mixer::ssm_type;
+    template <class T>
+    using array = cuda::device_array<T>;
+
+    index_t d_model, d_inner, state, rank, kernel;
+    array<X> in_proj, out_proj;
+    array<float> in_proj_bias, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A, D, out_proj_bias;
+
+    explicit device_mamba1_mixer(const mamba1_mixer& m)
+        : d_model(m.d_model), d_inner(m.d_inner), state(m.state), rank(m.rank), kernel(m.kernel),
+          in_proj(array<X>::copy_of(m.in_proj)), out_proj(array<X>::copy_of(m.out_proj)),
+          in_proj_bias(array<float>::copy_of(m.in_proj_bias)), conv_weight(array<float>::copy_of(m.conv_weight)),
+          conv_bias(array<float>::copy_of(m.conv_bias)), x_proj(array<float>::copy_of(m.x_proj)),
+          dt_proj(array<float>::copy_of(m.dt_proj)), dt_bias(array<float>::copy_of(m.dt_bias)),
+          A(array<float>::copy_of(m.A)), D(array<float>::copy_of(m.D)),
+          out_proj_bias(array<float>::copy_of(m.out_proj_bias)) {}
+
+    index_t conv_channels() const { return d_inner; }
+    index_t scan_channels() const { return d_inner; }
+    index_t state_size() const { return state; }
+    index_t kernel_size() const { return kernel; }
+
+    void reserve(device_workspace<X>& ws, index_t batch, index_t rows) const {
+        ws.projected.reserve(std::size_t(rows * 2 * d_inner));
+        ws.convolved.reserve(std::size_t(rows * d_inner));
+        ws.x_projected.reserve(std::size_t(rows * (rank + 2 * state)));
+        ws.delta.reserve(std::size_t(rows * d_inner));
+        ws.y.reserve(std::size_t(rows * d_inner));
+        ws.final_state.reserve(std::size_t(batch * d_inner * state));
+        if constexpr (!std::same_as<X, float>) ws.product_input.reserve(std::size_t(rows * d_inner));
+    }
+
+    void forward(const cuda_exec& exec, const cublas_gemm& gemm, tensor_view<const X, 2> x, index_t batch,
+                 index_t length, device_layer_state& cache, device_workspace<X>& ws, tensor_view<float, 2> out) const {
+        namespace dd = device_detail;
+        const index_t rows = batch * length, di = d_inner, n = state, width = 2 * di, xw = rank + 2 * n;
+        const tensor_view<float, 2> xz(ws.projected.data(), rows, width);
+        dd::linear(exec, gemm, x, in_proj, in_proj_bias, xz);
+        dd::causal_conv(exec, xz.data(), width, batch, length, di, kernel, conv_weight, conv_bias, cache.conv,
+                        ws.convolved.data());
+        const tensor_view<const float, 2> conv_out(ws.convolved.data(), rows, di);
+        const tensor_view<float, 2> x_dbl(ws.x_projected.data(), rows, xw);
+        gemm.multiply(exec, conv_out, dd::matrix(x_proj, xw, di), x_dbl);
+        gemm.multiply(exec, tensor_view<const float, 2>(x_dbl.data(), {rows, rank}, {xw, 1}), dd::matrix(dt_proj, di, rank),
+                      tensor_view<float, 2>(ws.delta.data(), rows, di));
+        dd::scan_with_state(
+            exec, ssm_type{{dd::matrix(A, di, n)}},
+            scan_inputs<float>{.u = {conv_out.data(), batch, length, di},
+                               .delta = {ws.delta.data(), batch, length, di},
+                               .B = detail::grouped_columns<const float>(x_dbl.data(), batch, length, xw, rank, 1, n),
+                               .C = detail::grouped_columns<const float>(x_dbl.data(), batch, length, xw, rank + n, 1, n),
+                               .z = detail::columns<const float>(xz.data(), batch, length, width, di, di),
+                               .D = dd::optional_vector(D),
+                               .delta_bias = dd::optional_vector(dt_bias),
+                               .delta_softplus = true},
+            tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state);
+        dd::linear(exec, gemm, dd::as_product_input(exec, ws.y, ws.product_input, rows, di), out_proj, out_proj_bias,
+                   out);
+    }
+};
+
+// Mamba-2's mixer on the device (see mamba2_mixer).
+template <class X>
+struct device_mamba2_mixer {
+    using host_type = mamba2_mixer;
+    using ssm_type = mamba2_mixer::ssm_type;
+    template <class T>
+    using array = cuda::device_array<T>;
+
+    index_t d_model, d_inner, state, heads, head_dim, groups, kernel;
+    float norm_epsilon, delta_min, delta_max;
+    array<X> in_proj, out_proj;
+    array<float> in_proj_bias, conv_weight, conv_bias, dt_bias, A, D, norm, out_proj_bias;
+
+    explicit device_mamba2_mixer(const mamba2_mixer& m)
+        : d_model(m.d_model), d_inner(m.d_inner), state(m.state), heads(m.heads), head_dim(m.head_dim),
+          groups(m.groups), kernel(m.kernel), norm_epsilon(m.norm_epsilon), delta_min(m.delta_min),
+          delta_max(m.delta_max), in_proj(array<X>::copy_of(m.in_proj)), out_proj(array<X>::copy_of(m.out_proj)),
+          in_proj_bias(array<float>::copy_of(m.in_proj_bias)), conv_weight(array<float>::copy_of(m.conv_weight)),
+          conv_bias(array<float>::copy_of(m.conv_bias)), dt_bias(array<float>::copy_of(m.dt_bias)),
+          A(array<float>::copy_of(m.A)), D(array<float>::copy_of(m.D)), norm(array<float>::copy_of(m.norm)),
+          out_proj_bias(array<float>::copy_of(m.out_proj_bias)) {}
+
+    index_t conv_channels() const { return d_inner + 2 * groups * state; }
+    index_t projection_width() const { return d_inner + conv_channels() + heads; }
+    index_t scan_channels() const { return d_inner; }
+    index_t state_size() const { return state; }
+    index_t kernel_size() const { return kernel; }
+
+    void reserve(device_workspace<X>& ws, index_t batch, index_t rows) const {
+        ws.projected.reserve(std::size_t(rows * projection_width()));
+        ws.convolved.reserve(std::size_t(rows * conv_channels()));
+        ws.delta.reserve(std::size_t(rows * heads));
+        ws.y.reserve(std::size_t(rows * d_inner));
+        ws.final_state.reserve(std::size_t(batch * d_inner * state));
+        ws.product_input.reserve(std::size_t(rows * d_inner));
+    }
+
+    void forward(const cuda_exec& exec, const cublas_gemm& gemm, tensor_view<const X, 2> x, index_t batch,
+                 index_t length, device_layer_state& cache, device_workspace<X>& ws, tensor_view<float, 2> out) const {
+        namespace dd = device_detail;
+        const index_t rows = batch * length, di = d_inner, gn = groups * state, conv = conv_channels();
+        const index_t width = projection_width();
+        const tensor_view<float, 2> projected(ws.projected.data(), rows, width);  // [z | xBC | dt]
+        dd::linear(exec, gemm, x, in_proj, in_proj_bias, projected);
+        dd::causal_conv(exec, projected.data() + di, width, batch, length, conv, kernel, conv_weight, conv_bias,
+                        cache.conv, ws.convolved.data());
+        cuda::clamped_delta_kernel<<<dd::blocks(rows * heads), 256, 0, exec.stream>>>(
+            projected.data() + di + conv, width, dt_bias.data(), delta_min, delta_max, rows, heads, ws.delta.data());
+        dd::check_launch("mamba2 delta launch");
+        const float* xbc = ws.convolved.data();
+        dd::scan_with_state(
+            exec, ssm_type{{tensor_view<const float, 1>(A.data(), heads), head_dim, state}},
+            scan_inputs<float>{.u = detail::columns<const float>(xbc, batch, length, conv, 0, di),
+                               .delta = {ws.delta.data(), batch, length, heads},
+                               .B = detail::grouped_columns<const float>(xbc, batch, length, conv, di, groups, gn),
+                               .C = detail::grouped_columns<const float>(xbc, batch, length, conv, di + gn, groups, gn),
+                               .D = dd::optional_vector(D)},
+            tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state);
+        // One norm over all of d_inner, as transformers computes it (see mamba2_mixer).
+        cuda::gated_rms_norm_kernel<X><<<unsigned(rows), cuda::row_threads, 0, exec.stream>>>(
+            ws.y.data(), projected.data(), width, norm.data(), norm_epsilon, di, ws.product_input.data());
+        dd::check_launch("mamba2 gated norm launch");
+        dd::linear(exec, gemm, tensor_view<const X, 2>(ws.product_input.data(), rows, di), out_proj, out_proj_bias,
+                   out);
+    }
+};
+
+// A decoding step captured once and replayed: valid while the tokens, logits and stream it was
+// captured with stay the same (the workspace it uses never moves, see device_cache).
+class decode_graph {
+public:
+    decode_graph() = default;
+    decode_graph(const decode_graph&) = delete;
+    decode_graph& operator=(const decode_graph&) = delete;
+    decode_graph(decode_graph&& o) noexcept : graph_(std::exchange(o.graph_, nullptr)), key_(o.key_) {}
+    ~decode_graph() { reset(); }
+
+    // Runs `work` on exec.stream, from the graph when the key matches, else capturing it first.
+    template <class Work>
+    void run(const cuda_exec& exec, const void* tokens, const void* logits, Work&& work) {
+        const key k{tokens, logits, exec.stream};
+        if (!graph_ || !(k == key_)) {
+            reset();
+            cuda::check(cudaStreamBeginCapture(exec.stream, cudaStreamCaptureModeThreadLocal), "decode graph: capture");
+            try {
+                work();
+            } catch (...) {
+                cudaGraph_t broken = nullptr;
+                cudaStreamEndCapture(exec.stream, &broken);
+                if (broken) cudaGraphDestroy(broken);
+                throw;
+            }
+            cudaGraph_t graph = nullptr;
+            cuda::check(cudaStreamEndCapture(exec.stream, &graph), "decode graph: end capture");
+            const cudaError_t made = cudaGraphInstantiate(&graph_, graph, 0);
+            cudaGraphDestroy(graph);
+            cuda::check(made, "decode graph: instantiate");
+            key_ = k;
+        }
+        cuda::check(cudaGraphLaunch(graph_, exec.stream), "decode graph: launch");
+    }
+
+private:
+    struct key {
+        const void* tokens = nullptr;
+        const void* logits = nullptr;
+        cudaStream_t stream = nullptr;
+        bool operator==(const key&) const = default;
+    };
+    void reset() {
+        if (graph_) cudaGraphExecDestroy(graph_);
+        graph_ = nullptr;
+    }
+    cudaGraphExec_t graph_ = nullptr;
+    key key_;
+};
+
+// A device model's state across calls. Single-token calls have a workspace of their own, so that the
+// buffers a captured decoding graph uses are never reallocated by a longer call.
+template <class X>
+struct device_cache {
+    index_t batch = 0;
+    index_t position = 0;
+    std::vector<device_layer_state> layers;
+    device_workspace<X> prefill, decode;
+    decode_graph graph;
+};
+
+template <template <class> class MixerOf, class X>
+class device_causal_lm {
+public:
+    using mixer_type = MixerOf<X>;
+    using host_type = causal_lm<typename mixer_type::host_type>;
+    using cache_type = device_cache<X>;
+
+    // Copies the host model's weights to the current device.
+    explicit device_causal_lm(const host_type& host, cublas_gemm gemm = make_gemm())
+        : config_(host.config()), parameters_(host.parameter_count()), gemm_(std::move(gemm)),
+          embeddings_(cuda::device_array<X>::copy_of(host.embeddings())),
+          norm_f_(cuda::device_array<float>::copy_of(host.final_norm())) {
+        if (!config_.tie_word_embeddings) head_ = cuda::device_array<X>::copy_of(host.head());
+        for (const auto& w : host.layer_norms()) norms_.push_back(cuda::device_array<float>::copy_of(w));
+        for (const auto& m : host.mixers()) mixers_.emplace_back(m);
+    }
+
+    const io::model_config& config() const { return config_; }
+    index_t parameter_count() const { return parameters_; }
+
+    cache_type make_cache(index_t batch) const {
+        detail::require(batch > 0, "make_cache: batch must be positive, got ", batch);
+        cache_type c;
+        c.batch = batch;
+        for (const mixer_type& m : mixers_) {
+            device_layer_state s{cuda::device_array<float>(std::size_t(batch * m.conv_channels() * (m.kernel_size() - 1))),
+                                 cuda::device_array<float>(std::size_t(batch * m.scan_channels() * m.state_size()))};
+            cuda::check(cudaMemset(s.conv.data(), 0, s.conv.size() * sizeof(float)), "make_cache: clear");
+            cuda::check(cudaMemset(s.ssm.data(), 0, s.ssm.size() * sizeof(float)), "make_cache: clear");
+            c.layers.push_back(std::move(s));
+        }
+        return c;
+    }
+
+    // As causal_lm::forward, with tokens and logits in device memory, queued on exec.stream. Token
+    // ids are not checked here (they are on the device): an id outside the vocabulary makes its
+    // sequence's logits NaN.
+    void forward(const cuda_exec& exec, tensor_view<const std::int32_t, 2> tokens, cache_type& c,
+                 tensor_view<float, 3> logits) const {
+        const bool all_positions =
+            detail::check_forward_shapes("device_causal_lm::forward", tokens, c.batch, index_t(c.layers.size()),
+                                         index_t(mixers_.size()), logits, config_.vocab_size);
+        const index_t batch = tokens.extent(0), length = tokens.extent(1), rows = batch * length;
+        const index_t d = config_.hidden_size;
+        device_workspace<X>& ws = length == 1 ? c.decode : c.prefill;
+        ws.hidden.reserve(std::size_t(rows * d));
+        ws.mixed.reserve(std::size_t(rows * d));
+        ws.normed.reserve(std::size_t(rows * d));
+        for (const mixer_type& m : mixers_) m.reserve(ws, batch, rows);
+        auto work = [&] { run(exec, tokens, c, ws, logits, all_positions); };
+        if (length == 1 && exec.stream) c.graph.run(exec, tokens.data(), logits.data(), work);
+        else work();
+        c.position += length;
+    }
+
+private:
+    static cublas_gemm make_gemm() {
+        cuda::require_device("device_causal_lm");
+        return {};
+    }
+    void run(const cuda_exec& exec, tensor_view<const std::int32_t, 2> tokens, cache_type& c, device_workspace<X>& ws,
+             tensor_view<float, 3> logits, bool all_positions) const {
+        namespace dd = device_detail;
+        const index_t batch = tokens.extent(0), length = tokens.extent(1), rows = batch * length;
+        const index_t d = config_.hidden_size, vocab = config_.vocab_size;
+        const float epsilon = config_.norm_epsilon;
+        constexpr int threads = cuda::row_threads;
+        cuda::embedding_kernel<<<unsigned(rows), threads, 0, exec.stream>>>(tokens.data(), embeddings_.data(), vocab, d,
+                                                                           ws.hidden.data());
+        dd::check_launch("embedding launch");
+        const tensor_view<const X, 2> normed(ws.normed.data(), rows, d);
+        for (std::size_t l = 0; l < mixers_.size(); ++l) {
+            cuda::residual_rms_norm_kernel<X><<<unsigned(rows), threads, 0, exec.stream>>>(
+                ws.hidden.data(), l == 0 ? nullptr : ws.mixed.data(), norms_[l].data(), epsilon, d,
+                cuda::row_selection{}, ws.normed.data());
+            dd::check_launch("rms_norm launch");
+            mixers_[l].forward(exec, gemm_, normed, batch, length, c.layers[l], ws,
+                               tensor_view<float, 2>(ws.mixed.data(), rows, d));
+        }
+        // Only the rows whose logits are asked for get the last residual add, norm_f and the head.
+        const index_t out_rows = all_positions ? rows : batch;
+        const cuda::row_selection selected = all_positions ? cuda::row_selection{} : cuda::row_selection{length, length - 1};
+        cuda::residual_rms_norm_kernel<X><<<unsigned(out_rows), threads, 0, exec.stream>>>(
+            ws.hidden.data(), ws.mixed.data(), norm_f_.data(), epsilon, d, selected, ws.normed.data());
+        dd::check_launch("norm_f launch");
+        const auto& head = head_.empty() ? embeddings_ : head_;
+        gemm_.multiply(exec, tensor_view<const X, 2>(ws.normed.data(), out_rows, d), dd::matrix(head, vocab, d),
+                       tensor_view<float, 2>(logits.data(), out_rows, vocab));
+    }
+
+    io::model_config config_;
+    index_t parameters_ = 0;
+    cublas_gemm gemm_;
+    cuda::device_array<X> embeddings_, head_;  // head_ empty when tied to the embeddings
+    cuda::device_array<float> norm_f_;
+    std::vector<cuda::device_array<float>> norms_;
+    std::vector<mixer_type> mixers_;
+};
+
+template <class X>
+using device_mamba_lm = device_causal_lm<device_mamba1_mixer, X>;
+template <class X>
+using device_mamba2_lm = device_causal_lm<device_mamba2_mixer, X>;
+
+// The device copy of a host model, its large matrices stored as X.
+template <class X, class Host>
+auto to_device(const Host& host) {
+    if constexpr (std::same_as<typename Host::mixer_type, mamba1_mixer>) return device_mamba_lm<X>(host);
+    else return device_mamba2_lm<X>(host);
+}
+
+// A device model behind causal_lm's host-memory interface (what window_losses and ssm-run call):
+// each call checks the token ids on the host, uploads them, runs on a stream of its own (so that
+// decoding replays a CUDA graph) and waits for the logits to come back.
+template <class DeviceLm>
+class staged_lm {
+public:
+    struct cache : DeviceLm::cache_type {
+        cuda::device_array<std::int32_t> tokens;
+        cuda::device_array<float> logits;
+    };
+
+    explicit staged_lm(DeviceLm model) : model_(std::move(model)), stream_(new_stream()) {}
+
+    const io::model_config& config() const { return model_.config(); }
+    index_t parameter_count() const { return model_.parameter_count(); }
+    const DeviceLm& device_model() const { return model_; }
+    cache make_cache(index_t batch) const { return cache{model_.make_cache(batch)}; }
+
+    // The host executor is not used: the work runs on the device.
+    void forward(const host_exec&, tensor_view<const std::int32_t, 2> tokens, cache& c,
+                 tensor_view<float, 3> logits) const {
+        constexpr const char* where = "staged_lm::forward";
+        detail::check_forward_shapes(where, tokens, c.batch, index_t(c.layers.size()), index_t(c.layers.size()),
+                                     logits, config().vocab_size);
+        detail::check_token_ids(where, tokens, config().vocab_size);
+        const cuda_exec exec{stream_.get()};
+        const std::size_t count = std::size_t(tokens.size()), outputs = std::size_t(logits.size());
+        c.tokens.reserve(count);
+        c.logits.reserve(outputs);
+        cuda::check(cudaMemcpyAsync(c.tokens.data(), tokens.data(), count * sizeof(std::int32_t),
+                                    cudaMemcpyHostToDevice, exec.stream),
+                    "staged_lm: token upload");
+        model_.forward(exec, {c.tokens.data(), tokens.extent(0), tokens.extent(1)}, c,
+                       {c.logits.data(), logits.extent(0), logits.extent(1), logits.extent(2)});
+        cuda::check(cudaMemcpyAsync(logits.data(), c.logits.data(), outputs * sizeof(float), cudaMemcpyDeviceToHost,
+                                    exec.stream),
+                    "staged_lm: logits download");
+        cuda::check(cudaStreamSynchronize(exec.stream), "staged_lm: device work");
+    }
+
+private:
+    struct stream_deleter {
+        void operator()(CUstream_st* s) const { cudaStreamDestroy(s); }
+    };
+    static std::shared_ptr<CUstream_st> new_stream() {
+        cudaStream_t s = nullptr;
+        cuda::check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "staged_lm: stream");
+        return {s, stream_deleter{}};
+    }
+    DeviceLm model_;
+    std::shared_ptr<CUstream_st> stream_;
+};
+
+}  // namespace ssm::models
