@@ -56,6 +56,38 @@ TEMPLATE_TEST_CASE("device models equal the host model; decoding equals prefill"
     }
 }
 
+TEMPLATE_TEST_CASE("decoding on the legacy default stream (no graph) equals the host", "[cuda][models]", mamba_lm,
+                   mamba2_lm) {
+    SSM_SEEDED_RANDOM(rng);
+    const auto config = std::same_as<TestType, mamba_lm> ? checks::mamba1_config() : checks::mamba2_config();
+    const TestType host = TestType::random(config, rng.integer(0, 1 << 30));
+    const auto model = ssm::models::to_device<float>(host);
+    const index_t batch = 2, length = 9, first = 4, vocab = config.vocab_size;
+    const auto tokens = checks::random_tokens(rng, batch * length, vocab);
+    const auto expected = checks::prefill_then_decode(host, tokens, batch, first);
+    auto cache = model.make_cache(batch);
+    ssm::cuda::device_array<float> logits(std::size_t(batch * first * vocab));
+    for (index_t t = first; t <= length; ++t) {
+        const index_t count = t == first ? first : 1, start = t == first ? 0 : t - 1;
+        std::vector<std::int32_t> piece;
+        for (index_t b = 0; b < batch; ++b)
+            piece.insert(piece.end(), tokens.begin() + b * length + start, tokens.begin() + b * length + start + count);
+        const auto device_piece = ssm::cuda::device_array<std::int32_t>::copy_of(piece);
+        REQUIRE(cudaMemset(logits.data(), 0xff, logits.size() * sizeof(float)) == cudaSuccess);  // NaN
+        model.forward(ssm::cuda_exec{}, {device_piece.data(), batch, count}, cache, {logits.data(), batch, 1, vocab});
+        std::vector<float> got(std::size_t(batch * vocab));
+        REQUIRE(cudaMemcpy(got.data(), logits.data(), got.size() * sizeof(float), cudaMemcpyDeviceToHost) ==
+                cudaSuccess);
+        std::vector<float> want;
+        for (index_t b = 0; b < batch; ++b) {
+            const auto row = expected.begin() + (b * length + start + count - 1) * vocab;
+            want.insert(want.end(), row, row + vocab);
+        }
+        INFO("after " << start + count << " tokens");
+        CHECK(checks::max_difference(got, want) <= 1e-4);
+    }
+}
+
 TEMPLATE_TEST_CASE("bf16 products stay close to float32", "[cuda][models]", mamba_lm, mamba2_lm) {
     SSM_SEEDED_RANDOM(rng);
     const auto config = std::same_as<TestType, mamba_lm> ? checks::mamba1_config() : checks::mamba2_config();

@@ -216,6 +216,11 @@ TEST_CASE("device step decodes like the scan", "[cuda]") {
     check_device_step<ssm::scalar_identity, ssm::zoh_euler>(
         rng, {.batch = 3, .length = 40, .channels = 64, .head_dim = 16, .state = 128, .groups = 2, .z = true,
               .D = true, .delta_bias = true, .softplus = true, .initial_state = true});
+    // States that fill no whole number of lanes: 5 and 37 (4 a lane), 200 (8 a lane).
+    for (const ssm::index_t n : {5, 37, 200})
+        check_device_step<ssm::diagonal_real, ssm::zoh_euler>(
+            rng, {.batch = 2, .length = 9, .channels = 7, .state = n, .z = true, .D = true, .softplus = true,
+                  .initial_state = true});
 }
 
 TEST_CASE("device scans reject bad shapes before launching", "[cuda]") {

@@ -269,6 +269,82 @@ __global__ void chunk_carry_kernel(scan_shape shape, chunk_workspace<V> w) {
     }
 }
 
+// A decoding step's input for one channel: x (= u) and Δ after bias and softplus, before modulation.
+struct token_input {
+    float x, delta;
+};
+
+// The step's token inputs as the problem holds them: u, and Δ with its bias and softplus.
+template <class T>
+struct problem_token {
+    scan_problem<T> p;
+    __device__ token_input operator()(index_t b, index_t d, index_t dc, int, int, bool) const {
+        float dt = to_float(p.in.delta(b, 0, dc)) + (p.in.delta_bias.data() ? p.in.delta_bias(dc) : 0.0f);
+        return {to_float(p.in.u(b, 0, d)), p.in.delta_softplus ? math::softplus(dt) : dt};
+    }
+};
+
+// Sum over the `lanes` lanes (a power of two <= 32) that share a channel; every lane gets the sum.
+__device__ inline float lanes_sum(float v, int lanes) {
+    for (int offset = lanes / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset, lanes);
+    return v;
+}
+
+// One decoding step (length-1 problems): each (batch, channel) is served by `lanes` consecutive threads
+// of a warp (a power of two <= 32), S states each, so that its state is read and written in whole
+// lines; the lanes' shares of C·h meet by shuffles. Every thread reads its states before writing
+// them, so the initial and final state may be the same memory. `token(b, d, dc, lane, lanes, active)`
+// gives the channel's x and Δ (read from the problem, or computed by a model's fused decoding kernel).
+// Blocks are whole warps; every thread calls `token` and joins the shuffles, inactive ones (past the
+// last channel, with b = d = 0) too, and must then write nothing.
+template <int S, class Ssm, class T, class Token>
+__global__ void step_kernel(Ssm model, scan_problem<T> p, int lanes, Token token) {
+    using V = typename Ssm::value_type;
+    const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    const index_t slot = i / lanes;
+    const int lane = int(i % lanes);
+    const index_t channels = p.shape.channels;
+    const bool active = slot < p.shape.batch * channels;
+    const index_t b = active ? slot / channels : 0, d = active ? slot % channels : 0;
+    const index_t g = d / (channels / p.shape.groups);
+    const index_t dc = model.transition.delta_channel(d);
+    const token_input in = token(b, d, dc, lane, lanes, active);
+    const float dt = model.modulation.delta(in.delta, dc);
+    float acc = 0.0f;
+    discretized<V> shared_q{};
+#pragma unroll
+    for (int j = 0; j < S; ++j) {
+        const index_t n = index_t(lane) * S + j;
+        if (!active || n >= p.shape.state) continue;
+        const V lambda = model.modulation.eigenvalue(model.transition.eigenvalue(d, n), dc);
+        if constexpr (Ssm::structure_type::state_invariant_decay)
+            if (j == 0) shared_q = Ssm::discretization_type::apply(lambda, dt);
+        const auto q = detail::discretize<Ssm>(shared_q, lambda, dt);
+        V h{};
+        const auto& start = p.in.initial_state;
+        if (start.data()) {
+            if constexpr (std::same_as<V, cfloat>) h = {start(b, d, 2 * n), start(b, d, 2 * n + 1)};
+            else h = start(b, d, n);
+        }
+        h = q.decay * h + q.input * detail::load_value<V>(p.in.B, b, 0, g, n) * in.x;
+        acc += detail::real_product(detail::load_value<V>(p.in.C, b, 0, g, n), h);
+        const auto& end = p.out.final_state;
+        if (end.data()) {
+            if constexpr (std::same_as<V, cfloat>) {
+                end(b, d, 2 * n) = h.re;
+                end(b, d, 2 * n + 1) = h.im;
+            } else {
+                end(b, d, n) = h;
+            }
+        }
+    }
+    acc = lanes_sum(acc, lanes);
+    if (!active || lane != 0) return;
+    float out = model.transition.output_scale() * acc + (p.in.D.data() ? p.in.D(d) : 0.0f) * in.x;
+    if (p.in.z.data()) out *= math::silu(to_float(p.in.z(b, 0, d)));
+    p.out.y(b, 0, d) = from_float<T>(out);
+}
+
 inline unsigned blocks_for(index_t threads, int block) { return unsigned((threads + block - 1) / block); }
 
 // The block geometry for a problem: up to 32 channels a block (block_threads threads), and as many
@@ -318,6 +394,24 @@ void run_chunked(const cuda_exec& exec, const chunked& strategy, const Ssm& mode
     if (p.shape.state <= 4 * 32) run_chunked_with<4>(exec, strategy, model, p);
     else run_chunked_with<8>(exec, strategy, model, p);
 }
+
+// A length-1 problem through step_kernel: 1, 4 or 8 states a lane, as few lanes as cover the states.
+template <int S, class Ssm, class T, class Token>
+void run_step_with(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p, const Token& token) {
+    int lanes = 1;
+    while (lanes * S < p.shape.state) lanes *= 2;
+    constexpr int block = 128;
+    step_kernel<S><<<blocks_for(p.shape.batch * p.shape.channels * lanes, block), block, 0, exec.stream>>>(
+        model, p, lanes, token);
+    check(cudaGetLastError(), "step: kernel launch");
+}
+
+template <class Ssm, class T, class Token>
+void run_step(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p, const Token& token) {
+    if (p.shape.state <= 32) run_step_with<1>(exec, model, p, token);
+    else if (p.shape.state <= 128) run_step_with<4>(exec, model, p, token);
+    else run_step_with<8>(exec, model, p, token);
+}
 }  // namespace cuda
 
 // Runs the selective scan on the device, asynchronously on exec.stream; launch errors throw.
@@ -341,13 +435,14 @@ void selective_scan(const cuda_exec& exec, const chunked& strategy, const Ssm& m
     cuda::run_chunked(exec, strategy, model, problem);
 }
 
-// One decoding step for a batch on the device (see the host ssm::step): a single-pass chunked scan
-// of one token whose threads each read their states before writing them, so state is in and out.
+// One decoding step for a batch on the device (see the host ssm::step and cuda::step_kernel); state
+// is read and written in place.
 template <selective_ssm_type Ssm, storage_type T>
 void step(const cuda_exec& exec, const Ssm& model, const step_inputs<T>& in, tensor_view<float, 3> state,
           tensor_view<T, 2> y) {
     const auto [scan_in, scan_out] = detail::step_as_scan(in, state, y);
-    cuda::run_chunked(exec, chunked{.chunk = 1}, model, make_problem("step", model, scan_in, scan_out));
+    const auto problem = make_problem("step", model, scan_in, scan_out);
+    cuda::run_step(exec, model, problem, cuda::problem_token<T>{problem});
 }
 
 }  // namespace ssm
