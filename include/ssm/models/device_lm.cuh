@@ -64,12 +64,18 @@ void linear(const cuda_exec& exec, const cublas_gemm& gemm, tensor_view<const X,
     check_launch("linear: bias launch");
 }
 
-// Causal conv + SiLU over the first `channels` columns of x (row stride x_stride), then the conv state
-// update.
+// Causal conv + SiLU over the first `channels` columns of x (row stride x_stride) and the conv state
+// update: one kernel for a single token, else the convolution and then the update.
 inline void causal_conv(const cuda_exec& exec, const float* x, index_t x_stride, index_t batch, index_t length,
                         index_t channels, index_t kernel, const device_array<float>& weight,
                         const device_array<float>& bias, device_array<float>& state, float* y) {
     const cuda::conv_geometry g{batch, length, channels, kernel, x_stride};
+    if (length == 1) {
+        cuda::causal_conv1d_silu_step_kernel<<<blocks(batch * channels), 256, 0, exec.stream>>>(
+            x, weight.data(), bias.empty() ? nullptr : bias.data(), g, state.data(), y);
+        check_launch("causal_conv: step launch");
+        return;
+    }
     cuda::causal_conv1d_silu_kernel<<<blocks(batch * length * channels), 256, 0, exec.stream>>>(
         x, weight.data(), bias.empty() ? nullptr : bias.data(), state.data(), g, y);
     check_launch("causal_conv: launch");
@@ -87,17 +93,23 @@ inline index_t scan_chunk(index_t batch, index_t length, index_t channels, index
     return (length + chunks - 1) / chunks;
 }
 
-// Runs the scan with the cache's state as initial and final state. One chunk reads each state before
-// writing it, in the same thread, so the state is updated in place; with several chunks the first
+// Runs the scan with the cache's state as initial and final state; a single token goes through the
+// step kernel with x and Δ from step_token (see cuda::step_kernel). A step or one chunk reads each
+// state before writing it, in the same thread, so the state is updated in place; with several chunks the first
 // chunk's blocks read it while the last chunk's write, so the final state goes to the workspace first.
-template <class Ssm>
+template <class Ssm, class Token>
 void scan_with_state(const cuda_exec& exec, const Ssm& model, scan_inputs<float> in, tensor_view<float, 3> y,
-                     device_array<float>& state, device_array<float>& final_state) {
+                     device_array<float>& state, device_array<float>& final_state, const Token& step_token) {
     const index_t batch = y.extent(0), length = y.extent(1), channels = y.extent(2);
     const index_t n = index_t(state.size()) / (batch * channels);
     const index_t chunk = scan_chunk(batch, length, channels, n);
     const tensor_view<float, 3> cached(state.data(), batch, channels, n);
     in.initial_state = cached;
+    if (length == 1) {
+        const auto problem = make_problem("step", model, in, scan_outputs<float>{.y = y, .final_state = cached});
+        cuda::run_step(exec, model, problem, step_token);
+        return;
+    }
     if (chunk >= length) {
         selective_scan(exec, chunked{.chunk = chunk}, model, in, scan_outputs<float>{.y = y, .final_state = cached});
         return;
@@ -121,37 +133,20 @@ tensor_view<const X, 2> as_product_input(const cuda_exec& exec, const device_arr
         return {converted.data(), rows, cols};
     }
 }
-// Mamba-1's decoding step inputs, computed in the step kernel: x = SiLU(causal conv) of the channel's
-// in_proj output (the conv state moves on by one token, shifted by lane 0 once all lanes have read
-// it), Δ = softplus(dt_proj row · x_proj's Δ part + dt bias).
+// Mamba-1's decoding step inputs: x from the convolved row, Δ = softplus(dt_proj row · x_proj's Δ part +
+// dt bias), the dt_proj product folded into the step (a kernel less per layer).
 struct mamba1_token {
-    const float* xz;
-    index_t xz_stride;
-    const float* conv_weight;
-    const float* conv_bias;
-    float* conv_state;  // (batch, channels, K-1)
-    index_t channels, kernel;
+    const float* x;
     const float* dt_proj;  // (channels, rank)
     const float* dt_bias;
-    index_t rank;
+    index_t channels, rank;
     const float* x_dbl;  // (batch, x_dbl_stride), Δ part first
     index_t x_dbl_stride;
 
-    __device__ cuda::token_input operator()(index_t b, index_t d, index_t, int lane, int lanes, bool active) const {
-        const index_t past = kernel - 1;
-        float* s = conv_state + (b * channels + d) * past;
-        const float input = xz[b * xz_stride + d];
-        float acc = conv_bias ? conv_bias[d] : 0.0f;
-        for (index_t k = 0; k < past; ++k) acc += conv_weight[d * kernel + k] * s[k];
-        acc += conv_weight[d * kernel + past] * input;
-        __syncwarp();
-        if (active && lane == 0 && past > 0) {
-            for (index_t k = 1; k < past; ++k) s[k - 1] = s[k];
-            s[past - 1] = input;
-        }
+    __device__ cuda::token_input operator()(index_t b, index_t d, index_t, int lane, int lanes, bool) const {
         float part = 0.0f;
         for (index_t r = lane; r < rank; r += lanes) part += dt_proj[d * rank + r] * x_dbl[b * x_dbl_stride + r];
-        return {math::silu(acc), math::softplus(cuda::lanes_sum(part, lanes) + dt_bias[d])};
+        return {x[b * channels + d], math::softplus(cuda::lanes_sum(part, lanes) + dt_bias[d])};
     }
 };
 
@@ -218,8 +213,9 @@ struct device_mamba1_mixer {
         const tensor_view<const float, 2> conv_out(ws.convolved.data(), rows, di);
         const tensor_view<float, 2> x_dbl(ws.x_projected.data(), rows, xw);
         gemm.multiply(exec, conv_out, dd::matrix(x_proj, xw, di), x_dbl);
-        gemm.multiply(exec, tensor_view<const float, 2>(x_dbl.data(), {rows, rank}, {xw, 1}), dd::matrix(dt_proj, di, rank),
-                      tensor_view<float, 2>(ws.delta.data(), rows, di));
+        if (length > 1)  // a single token's dt_proj product is done by the step kernel (mamba1_token)
+            gemm.multiply(exec, tensor_view<const float, 2>(x_dbl.data(), {rows, rank}, {xw, 1}),
+                          dd::matrix(dt_proj, di, rank), tensor_view<float, 2>(ws.delta.data(), rows, di));
         dd::scan_with_state(
             exec, ssm_type{{dd::matrix(A, di, n)}},
             scan_inputs<float>{.u = {conv_out.data(), batch, length, di},
@@ -230,42 +226,12 @@ struct device_mamba1_mixer {
                                .D = dd::optional_vector(D),
                                .delta_bias = dd::optional_vector(dt_bias),
                                .delta_softplus = true},
-            tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state);
+            tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state,
+            dd::mamba1_token{conv_out.data(), dt_proj.data(), dt_bias.data(), di, rank, x_dbl.data(), xw});
         dd::linear(exec, gemm, dd::as_product_input(exec, ws.y, ws.product_input, rows, di), out_proj, out_proj_bias,
                    out);
     }
 
-    // One token per sequence in four kernels: the layer's norm fused into in_proj (see
-    // cuda::residual_norm_input), the convolution into x_proj, conv state, dt_proj and the scan step
-    // in one kernel, out_proj.
-    void decode(const cuda_exec& exec, const cuda::residual_norm_input<X>& normed, index_t batch,
-                device_layer_state& cache, device_workspace<X>& ws, float* out) const {
-        namespace dd = device_detail;
-        const index_t di = d_inner, n = state, width = 2 * di, xw = rank + 2 * n;
-        float* const xz = ws.projected.data();
-        cuda::fused_gemv(exec.stream, normed, in_proj.data(), dd::bias_or_null(in_proj_bias), width, d_model, batch, xz);
-        cuda::fused_gemv(exec.stream,
-                         cuda::conv_input{xz, width, conv_weight.data(), dd::bias_or_null(conv_bias), cache.conv.data(),
-                                          di, kernel},
-                         x_proj.data(), nullptr, xw, di, batch, ws.x_projected.data());
-        const float* x_dbl = ws.x_projected.data();
-        const tensor_view<float, 3> cached(cache.ssm.data(), batch, di, n);
-        const auto problem = make_problem(
-            "decode", ssm_type{{dd::matrix(A, di, n)}},
-            scan_inputs<float>{.u = {ws.convolved.data(), batch, 1, di},  // not read: the token computes x and Δ
-                               .delta = {ws.delta.data(), batch, 1, di},
-                               .B = detail::grouped_columns<const float>(x_dbl, batch, 1, xw, rank, 1, n),
-                               .C = detail::grouped_columns<const float>(x_dbl, batch, 1, xw, rank + n, 1, n),
-                               .z = detail::columns<const float>(xz, batch, 1, width, di, di),
-                               .D = dd::optional_vector(D),
-                               .initial_state = cached},
-            scan_outputs<float>{.y = {ws.y.data(), batch, 1, di}, .final_state = cached});
-        cuda::run_step(exec, ssm_type{{dd::matrix(A, di, n)}}, problem,
-                       dd::mamba1_token{xz, width, conv_weight.data(), dd::bias_or_null(conv_bias), cache.conv.data(),
-                                        di, kernel, dt_proj.data(), dt_bias.data(), rank, x_dbl, xw});
-        cuda::fused_gemv(exec.stream, cuda::rounded_input<X>{ws.y.data(), di}, out_proj.data(),
-                         dd::bias_or_null(out_proj_bias), d_model, di, batch, out);
-    }
 };
 
 // Mamba-2's mixer on the device (see mamba2_mixer).
@@ -314,9 +280,11 @@ struct device_mamba2_mixer {
         dd::linear(exec, gemm, x, in_proj, in_proj_bias, projected);
         dd::causal_conv(exec, projected.data() + di, width, batch, length, conv, kernel, conv_weight, conv_bias,
                         cache.conv, ws.convolved.data());
-        cuda::clamped_delta_kernel<<<dd::blocks(rows * heads), 256, 0, exec.stream>>>(
-            projected.data() + di + conv, width, dt_bias.data(), delta_min, delta_max, rows, heads, ws.delta.data());
-        dd::check_launch("mamba2 delta launch");
+        if (length > 1) {  // a single token's Δ is computed by the step kernel (mamba2_token)
+            cuda::clamped_delta_kernel<<<dd::blocks(rows * heads), 256, 0, exec.stream>>>(
+                projected.data() + di + conv, width, dt_bias.data(), delta_min, delta_max, rows, heads, ws.delta.data());
+            dd::check_launch("mamba2 delta launch");
+        }
         const float* xbc = ws.convolved.data();
         dd::scan_with_state(
             exec, ssm_type{{tensor_view<const float, 1>(A.data(), heads), head_dim, state}},
@@ -325,7 +293,8 @@ struct device_mamba2_mixer {
                                .B = detail::grouped_columns<const float>(xbc, batch, length, conv, di, groups, gn),
                                .C = detail::grouped_columns<const float>(xbc, batch, length, conv, di + gn, groups, gn),
                                .D = dd::optional_vector(D)},
-            tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state);
+            tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state,
+            dd::mamba2_token{xbc, conv, projected.data() + di + conv, width, dt_bias.data(), delta_min, delta_max});
         // One norm over all of d_inner, as transformers computes it (see mamba2_mixer).
         cuda::gated_rms_norm_kernel<X><<<unsigned(rows), cuda::row_threads, 0, exec.stream>>>(
             ws.y.data(), projected.data(), width, norm.data(), norm_epsilon, di, ws.product_input.data());
@@ -334,36 +303,6 @@ struct device_mamba2_mixer {
                    out);
     }
 
-    // One token per sequence in four kernels: the layer's norm fused into in_proj, the convolution,
-    // Δ with the scan step, the gated norm fused into out_proj.
-    void decode(const cuda_exec& exec, const cuda::residual_norm_input<X>& normed, index_t batch,
-                device_layer_state& cache, device_workspace<X>& ws, float* out) const {
-        namespace dd = device_detail;
-        const index_t di = d_inner, gn = groups * state, conv = conv_channels(), width = projection_width();
-        float* const projected = ws.projected.data();  // [z | xBC | dt]
-        cuda::fused_gemv(exec.stream, normed, in_proj.data(), dd::bias_or_null(in_proj_bias), width, d_model, batch,
-                         projected);
-        const cuda::conv_geometry g{batch, 1, conv, kernel, width};
-        cuda::causal_conv1d_silu_step_kernel<<<dd::blocks(batch * conv), 256, 0, exec.stream>>>(
-            projected + di, conv_weight.data(), dd::bias_or_null(conv_bias), g, cache.conv.data(), ws.convolved.data());
-        dd::check_launch("mamba2 decode conv launch");
-        const float* xbc = ws.convolved.data();
-        const tensor_view<float, 3> cached(cache.ssm.data(), batch, di, state);
-        const ssm_type model{{tensor_view<const float, 1>(A.data(), heads), head_dim, state}};
-        const auto problem = make_problem(
-            "decode", model,
-            scan_inputs<float>{.u = detail::columns<const float>(xbc, batch, 1, conv, 0, di),
-                               .delta = {ws.delta.data(), batch, 1, heads},  // not read: the token computes Δ
-                               .B = detail::grouped_columns<const float>(xbc, batch, 1, conv, di, groups, gn),
-                               .C = detail::grouped_columns<const float>(xbc, batch, 1, conv, di + gn, groups, gn),
-                               .D = dd::optional_vector(D),
-                               .initial_state = cached},
-            scan_outputs<float>{.y = {ws.y.data(), batch, 1, di}, .final_state = cached});
-        cuda::run_step(exec, model, problem,
-                       dd::mamba2_token{xbc, conv, projected + di + conv, width, dt_bias.data(), delta_min, delta_max});
-        cuda::fused_gemv(exec.stream, cuda::gated_norm_input<X>{ws.y.data(), projected, width, norm.data(), norm_epsilon, di},
-                         out_proj.data(), dd::bias_or_null(out_proj_bias), d_model, di, batch, out);
-    }
 };
 
 // A decoding step captured once and replayed: valid while the tokens, logits and stream it was
@@ -471,19 +410,15 @@ public:
                                          index_t(mixers_.size()), logits, config_.vocab_size);
         const index_t batch = tokens.extent(0), length = tokens.extent(1), rows = batch * length;
         const index_t d = config_.hidden_size;
-        const bool decoding = length == 1;
-        device_workspace<X>& ws = decoding ? c.decode : c.prefill;
-        ws.hidden.reserve(std::size_t((decoding ? 2 : 1) * rows * d));
+        // Single tokens have a workspace of their own: a longer call must not move what a graph uses.
+        device_workspace<X>& ws = length == 1 ? c.decode : c.prefill;
+        ws.hidden.reserve(std::size_t(rows * d));
         ws.mixed.reserve(std::size_t(rows * d));
-        if (!decoding) ws.normed.reserve(std::size_t(rows * d));
+        ws.normed.reserve(std::size_t(rows * d));
         for (const mixer_type& m : mixers_) m.reserve(ws, batch, rows);
-        if (!decoding) {
-            prefill(exec, tokens, c, ws, logits, all_positions);
-        } else {
-            auto work = [&] { decode(exec, tokens.data(), c, ws, logits.data()); };
-            if (exec.stream) c.graph.run(exec, tokens.data(), logits.data(), work);
-            else work();
-        }
+        auto work = [&] { run(exec, tokens, c, ws, logits, all_positions); };
+        if (length == 1 && exec.stream) c.graph.run(exec, tokens.data(), logits.data(), work);
+        else work();
         c.position += length;
     }
 
@@ -492,8 +427,8 @@ private:
         cuda::require_device("device_causal_lm");
         return {};
     }
-    void prefill(const cuda_exec& exec, tensor_view<const std::int32_t, 2> tokens, cache_type& c,
-                 device_workspace<X>& ws, tensor_view<float, 3> logits, bool all_positions) const {
+    void run(const cuda_exec& exec, tensor_view<const std::int32_t, 2> tokens, cache_type& c, device_workspace<X>& ws,
+             tensor_view<float, 3> logits, bool all_positions) const {
         namespace dd = device_detail;
         const index_t batch = tokens.extent(0), length = tokens.extent(1), rows = batch * length;
         const index_t d = config_.hidden_size, vocab = config_.vocab_size;
@@ -520,30 +455,6 @@ private:
         const auto& head = head_.empty() ? embeddings_ : head_;
         gemm_.multiply(exec, tensor_view<const X, 2>(ws.normed.data(), out_rows, d), dd::matrix(head, vocab, d),
                        tensor_view<float, 2>(logits.data(), out_rows, vocab));
-    }
-
-    // One token per sequence, with the products as fused matrix-vector kernels: each layer's norm runs
-    // inside its in_proj product, which also carries the residual stream from one half of `hidden` to
-    // the other (its blocks must not write what others read); norm_f runs inside the head's product.
-    void decode(const cuda_exec& exec, const std::int32_t* tokens, cache_type& c, device_workspace<X>& ws,
-                float* logits) const {
-        const index_t batch = c.batch, d = config_.hidden_size, vocab = config_.vocab_size;
-        const float epsilon = config_.norm_epsilon;
-        float* const residual[2] = {ws.hidden.data(), ws.hidden.data() + batch * d};
-        cuda::embedding_kernel<<<unsigned(batch), cuda::row_threads, 0, exec.stream>>>(tokens, embeddings_.data(),
-                                                                                       vocab, d, residual[0]);
-        device_detail::check_launch("embedding launch");
-        const std::size_t layers = mixers_.size();
-        for (std::size_t l = 0; l < layers; ++l)
-            mixers_[l].decode(exec,
-                              cuda::residual_norm_input<X>{residual[l % 2], l == 0 ? nullptr : ws.mixed.data(),
-                                                           residual[(l + 1) % 2], norms_[l].data(), epsilon, d},
-                              batch, c.layers[l], ws, ws.mixed.data());
-        const auto& head = head_.empty() ? embeddings_ : head_;
-        cuda::fused_gemv(exec.stream,
-                         cuda::residual_norm_input<X>{residual[layers % 2], ws.mixed.data(), nullptr, norm_f_.data(),
-                                                      epsilon, d},
-                         head.data(), nullptr, vocab, d, batch, logits);
     }
 
     io::model_config config_;
