@@ -1,6 +1,6 @@
 #pragma once
 // Mamba and Mamba-2 causal LMs on a CUDA device: the host model's weights copied to the device, the
-// same layers as kernels (cuda/layers.cuh), the selective scan's device strategy and cuBLAS products.
+// same layers as kernels (cuda/layers.cuh), the device scan and step, and a GEMM policy (cuBLAS).
 //
 //   const auto host = ssm::models::mamba_lm::load("path/to/checkpoint");
 //   const ssm::models::device_mamba_lm<ssm::bfloat16> model(host);   // or <float>
@@ -54,8 +54,8 @@ inline tensor_view<const float, 1> optional_vector(const device_array<float>& a)
 }
 
 // y = x·Wᵀ (+ bias).
-template <class X>
-void linear(const cuda_exec& exec, const cublas_gemm& gemm, tensor_view<const X, 2> x, const device_array<X>& weight,
+template <device_gemm Gemm, class X>
+void linear(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, const device_array<X>& weight,
             const device_array<float>& bias, tensor_view<float, 2> y) {
     gemm.multiply(exec, x, matrix(weight, y.extent(1), x.extent(1)), y);
     if (bias.empty()) return;
@@ -95,8 +95,9 @@ inline index_t scan_chunk(index_t batch, index_t length, index_t channels, index
 
 // Runs the scan with the cache's state as initial and final state; a single token goes through the
 // step kernel with x and Δ from step_token (see cuda::step_kernel). A step or one chunk reads each
-// state before writing it, in the same thread, so the state is updated in place; with several chunks the first
-// chunk's blocks read it while the last chunk's write, so the final state goes to the workspace first.
+// state before writing it, in the same thread, so the state is updated in place; with several
+// chunks the first chunk's blocks read it while the last chunk's write, so the final state goes to
+// the workspace first.
 template <class Ssm, class Token>
 void scan_with_state(const cuda_exec& exec, const Ssm& model, scan_inputs<float> in, tensor_view<float, 3> y,
                      device_array<float>& state, device_array<float>& final_state, const Token& step_token) {
@@ -202,7 +203,8 @@ struct device_mamba1_mixer {
         if constexpr (!std::same_as<X, float>) ws.product_input.reserve(std::size_t(rows * d_inner));
     }
 
-    void forward(const cuda_exec& exec, const cublas_gemm& gemm, tensor_view<const X, 2> x, index_t batch,
+    template <device_gemm Gemm>
+    void forward(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, index_t batch,
                  index_t length, device_layer_state& cache, device_workspace<X>& ws, tensor_view<float, 2> out) const {
         namespace dd = device_detail;
         const index_t rows = batch * length, di = d_inner, n = state, width = 2 * di, xw = rank + 2 * n;
@@ -271,7 +273,8 @@ struct device_mamba2_mixer {
         ws.product_input.reserve(std::size_t(rows * d_inner));
     }
 
-    void forward(const cuda_exec& exec, const cublas_gemm& gemm, tensor_view<const X, 2> x, index_t batch,
+    template <device_gemm Gemm>
+    void forward(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, index_t batch,
                  index_t length, device_layer_state& cache, device_workspace<X>& ws, tensor_view<float, 2> out) const {
         namespace dd = device_detail;
         const index_t rows = batch * length, di = d_inner, gn = groups * state, conv = conv_channels();
@@ -366,7 +369,7 @@ struct device_cache {
     decode_graph graph;
 };
 
-template <template <class> class MixerOf, class X>
+template <template <class> class MixerOf, class X, device_gemm Gemm = cublas_gemm>
 class device_causal_lm {
 public:
     using mixer_type = MixerOf<X>;
@@ -374,7 +377,7 @@ public:
     using cache_type = device_cache<X>;
 
     // Copies the host model's weights to the current device.
-    explicit device_causal_lm(const host_type& host, cublas_gemm gemm = make_gemm())
+    explicit device_causal_lm(const host_type& host, Gemm gemm = make_gemm())
         : config_(host.config()), parameters_(host.parameter_count()), gemm_(std::move(gemm)),
           embeddings_(cuda::device_array<X>::copy_of(host.embeddings())),
           norm_f_(cuda::device_array<float>::copy_of(host.final_norm())) {
@@ -423,9 +426,9 @@ public:
     }
 
 private:
-    static cublas_gemm make_gemm() {
+    static Gemm make_gemm() {
         cuda::require_device("device_causal_lm");
-        return {};
+        return Gemm{};
     }
     void run(const cuda_exec& exec, tensor_view<const std::int32_t, 2> tokens, cache_type& c, device_workspace<X>& ws,
              tensor_view<float, 3> logits, bool all_positions) const {
@@ -459,7 +462,7 @@ private:
 
     io::model_config config_;
     index_t parameters_ = 0;
-    cublas_gemm gemm_;
+    Gemm gemm_;
     cuda::device_array<X> embeddings_, head_;  // head_ empty when tied to the embeddings
     cuda::device_array<float> norm_f_;
     std::vector<cuda::device_array<float>> norms_;
