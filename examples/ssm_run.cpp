@@ -4,12 +4,13 @@
 //   ssm-run ppl      MODEL FILE [--window 2048] [--max-windows N] [--batch 4] [--bin-width N] [--json]
 //   ssm-run generate MODEL (--prompt TEXT | --prompt-ids 1,2,3) [--tokens 200] [--temperature 0] [--top-k 0]
 //                    [--seed 0]
-//   common: [--threads 0] [--device cpu|cuda] [--dtype fp32|bf16] [--quiet]
+//   common: [--threads 0] [--device cpu|cuda] [--dtype fp32|bf16] [--scaling FILE] [--quiet]
 //
 // Byte-level models (vocab_size 256) read text as bytes; others read token ids, one integer per line,
 // or a little-endian uint32 binary file when FILE ends in .bin. --input bytes|ids overrides the choice.
 // --device cuda needs a build with CUDA (nvcc compiles this file then, SSM_RUN_CUDA is defined); --dtype
-// bf16 runs the device model's large matrix products in bf16.
+// bf16 runs the device model's large matrix products in bf16. --scaling FILE applies per-layer Δ and
+// spectrum factors (ssm/models/scaling.hpp) for contexts longer than the training length.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -30,6 +31,7 @@
 #include <nlohmann/json.hpp>
 #include <ssm/models/causal_lm.hpp>
 #include <ssm/models/evaluation.hpp>
+#include <ssm/models/scaling.hpp>
 #ifdef SSM_RUN_CUDA
 #include <ssm/models/device_lm.cuh>
 #endif
@@ -45,7 +47,7 @@ const char* const usage = R"(usage:
   ssm-run generate MODEL (--prompt TEXT | --prompt-ids 1,2,3) [--tokens 200] [--temperature 0]
                    [--top-k 0] [--seed 0]
 common options: --threads N (0: all cores), --device cpu|cuda, --dtype fp32|bf16 (products on cuda),
---input bytes|ids, --quiet (no progress bar)
+--scaling FILE (per-layer Δ / A factors, JSON), --input bytes|ids, --quiet (no progress bar)
 Byte-level models (vocab_size 256) read text as bytes, others token ids (one per line, or uint32 in a
 .bin file); --input overrides that.
 MODEL is a folder with config.json and model.safetensors (or a sharded index).
@@ -327,7 +329,7 @@ int generate(const Model& model, const arguments& args, const ssm::host_exec& ex
 }  // namespace
 
 int main(int argc, char** argv) {
-    const std::set<std::string> common{"threads", "device", "dtype", "input"};
+    const std::set<std::string> common{"threads", "device", "dtype", "scaling", "input"};
     auto with_common = [&](std::set<std::string> s) {
         s.insert(common.begin(), common.end());
         return s;
@@ -360,7 +362,9 @@ int main(int argc, char** argv) {
             if (args.command == "ppl") return perplexity(model, args, exec);
             return generate(model, args, exec);
         };
-        return ssm::models::with_model(folder, [&](const auto& host) {
+        return ssm::models::with_model(folder, [&](auto&& host) {
+            if (const std::string file = args.get("scaling", ""); !file.empty())
+                host.set_scaling(ssm::models::read_scaling(file, host.config().layers));
 #ifdef SSM_RUN_CUDA
             using ssm::models::staged_lm, ssm::models::to_device;
             if (device == "cuda" && dtype == "bf16") return run(staged_lm(to_device<ssm::bfloat16>(host)));

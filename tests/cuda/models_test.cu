@@ -38,11 +38,18 @@ TEST_CASE("device models match Hugging Face transformers on the reference fixtur
     }
 }
 
-TEMPLATE_TEST_CASE("device models equal the host model; decoding equals prefill", "[cuda][models]", mamba_lm,
-                   mamba2_lm) {
+TEMPLATE_TEST_CASE("device models equal the host model (layers scaled); decoding equals prefill", "[cuda][models]",
+                   mamba_lm, mamba2_lm) {
     SSM_SEEDED_RANDOM(rng);
     const auto config = std::same_as<TestType, mamba_lm> ? checks::mamba1_config() : checks::mamba2_config();
-    const TestType host = TestType::random(config, rng.integer(0, 1 << 30));
+    TestType host = TestType::random(config, rng.integer(0, 1 << 30));
+    // Context-extension factors on every layer, so that the device applies them as the host does.
+    std::vector<ssm::models::layer_scaling> factors(static_cast<std::size_t>(config.layers));
+    for (auto& f : factors) {
+        f.delta = float(rng.uniform(0.5, 2.0));
+        f.spectrum = {.alpha = float(rng.uniform(0.3, 3.0)), .min_magnitude = 1.5f, .max_magnitude = 5.5f};
+    }
+    host.set_scaling(factors);
     const auto device = on_device<float>(host);
     const index_t batch = 3;
     // 1 and 7: single-chunk scans; 300 and 1031: several chunks of the device scan.

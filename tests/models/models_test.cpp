@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <ssm/models/causal_lm.hpp>
 #include <ssm/models/evaluation.hpp>
+#include <ssm/models/scaling.hpp>
 
 #include "model_checks.hpp"
 
@@ -199,4 +200,76 @@ TEST_CASE("held-out loss of the shipped KJV model equals what transformers measu
     const double bits = total / double(windows * 255) / std::log(2.0);
     INFO("ours " << bits << " bits/byte, transformers " << w256["bits_per_byte"].get<double>());
     CHECK(std::abs(bits - w256["bits_per_byte"].get<double>()) <= 1e-4);
+}
+
+// Spectrum scaling of a layer equals a checkpoint whose A_log is moved by log α (in the band only);
+// Δ scaling of a Mamba-1 layer equals one whose A and x_proj's B rows are scaled by s
+// (Ā = e^{sΔ·A}, B̄·x = sΔ·B·x under Mamba's rule).
+TEMPLATE_TEST_CASE("per-layer scaling equals the rescaled checkpoint", "[models][scaling]", mamba_lm, mamba2_lm) {
+    SSM_SEEDED_RANDOM(rng);
+    const auto config = std::same_as<TestType, mamba_lm> ? checks::mamba1_config() : checks::mamba2_config();
+    recording_weights recorded{ssm::models::random_weights(rng.integer(0, 1 << 30)), {}};
+    TestType scaled = TestType::build(config, recorded);
+    const float alpha = float(rng.uniform(0.2, 3.0)), s = float(rng.uniform(0.3, 3.0));
+    std::vector<ssm::models::layer_scaling> factors(static_cast<std::size_t>(config.layers));
+    factors[1].spectrum = {.alpha = alpha, .min_magnitude = 2.5f, .max_magnitude = 4.5f};
+    auto tensors = recorded.tensors;
+    for (float& a : tensors["backbone.layers.1.mixer.A_log"].values)
+        if (std::exp(a) >= 2.5f && std::exp(a) <= 4.5f) a += std::log(alpha);
+    if constexpr (std::same_as<TestType, mamba_lm>) {
+        factors[0].delta = s;
+        for (float& a : tensors["backbone.layers.0.mixer.A_log"].values) a += std::log(s);
+        auto& x_proj = tensors["backbone.layers.0.mixer.x_proj.weight"].values;
+        const index_t di = config.intermediate_size;
+        for (index_t r = config.time_step_rank; r < config.time_step_rank + config.state_size; ++r)
+            for (index_t c = 0; c < di; ++c) x_proj[std::size_t(r * di + c)] *= s;
+    }
+    const TestType plain = scaled;
+    scaled.set_scaling(factors);
+    CHECK(scaled.scaling() == factors);
+    const fs::path dir = scratch(std::same_as<TestType, mamba_lm> ? "scaled1" : "scaled2");
+    write_checkpoint(dir, config_json(config), tensors);
+    const auto tokens = random_tokens(rng, 2 * 23, config.vocab_size);
+    const auto expected = prefill(TestType::load(dir), tokens, 2);
+    INFO("alpha " << alpha << ", delta " << s);
+    CHECK(max_difference(prefill(scaled, tokens, 2), expected) <= 2e-5);
+    CHECK(max_difference(checks::prefill_then_decode(scaled, tokens, 2, 11), expected) <= 2e-5);
+    // The defaults leave the model as trained.
+    scaled.set_scaling(std::vector<ssm::models::layer_scaling>(static_cast<std::size_t>(config.layers)));
+    CHECK(max_difference(prefill(scaled, tokens, 2), prefill(plain, tokens, 2)) == 0.0);
+}
+
+TEST_CASE("scaling files round-trip and bad ones are rejected by name", "[models][scaling]") {
+    using ssm::models::layer_scaling;
+    const fs::path dir = scratch("scaling");
+    std::vector<layer_scaling> factors(3);
+    factors[0].delta = 1.5f;
+    factors[2].spectrum = {.alpha = 0.25f, .min_magnitude = 0.0f, .max_magnitude = 0.1f};
+    ssm::models::write_scaling(dir / "s.json", factors);
+    CHECK(ssm::models::read_scaling(dir / "s.json", 3) == factors);
+
+    auto read = [&](const std::string& text, index_t layers) {
+        std::ofstream(dir / "t.json") << text;
+        try {
+            const auto f = ssm::models::read_scaling(dir / "t.json", layers);
+            return std::string("read ") + std::to_string(f.size());
+        } catch (const ssm::error& e) {
+            return std::string(e.what());
+        }
+    };
+    // Defaults for every layer, a layer overriding them.
+    std::ofstream(dir / "d.json") << R"({"delta": 2, "a": 0.5, "layers": [{}, {"a": 1}]})";
+    const auto d = ssm::models::read_scaling(dir / "d.json", 2);
+    CHECK((d[0].delta == 2.0f && d[0].spectrum.alpha == 0.5f && d[1].delta == 2.0f && d[1].spectrum.alpha == 1.0f));
+    CHECK_THAT(read(R"({"delta": 2, "alpha": 1})", 2), Catch::Contains("unknown key 'alpha'"));
+    CHECK_THAT(read(R"({"layers": [{}]})", 2), Catch::Contains("\"layers\" must list 2 layers"));
+    CHECK_THAT(read(R"({"a_band": [1]})", 2), Catch::Contains("a_band must be [low, high]"));
+    CHECK_THAT(read(R"({"layers": [{}, {"delta": "x"}]})", 2), Catch::Contains("layers[1].delta must be a number"));
+    CHECK_THAT(read("{", 2), Catch::Contains("not valid JSON"));
+
+    mamba_lm model = mamba_lm::random(checks::mamba1_config(), 3);
+    std::vector<layer_scaling> bad(2);
+    bad[1].delta = -1.0f;
+    CHECK_THROWS_WITH(model.set_scaling(bad), Catch::Contains("layer 1: delta factor must be positive"));
+    CHECK_THROWS_WITH(model.set_scaling(std::vector<layer_scaling>(3)), Catch::Contains("3 layer factors for a model of 2"));
 }

@@ -1,7 +1,7 @@
 # ssm-run on the shipped KJV model: its greedy sample against the one transformers wrote in eval.json
-# (tools/train_byte_mamba.py), ppl's JSON output, then a bad call. (The held-out loss itself is checked
+# (tools/train_byte_mamba.py), ppl's JSON output, --scaling, then bad calls. (The held-out loss itself is checked
 # against eval.json in models_test.)
-# Variables: SSM_RUN (the program), MODEL (folder), TEXT (held-out text).
+# Variables: SSM_RUN (the program), MODEL (folder), TEXT (held-out text), WORK (a scratch folder).
 file(READ "${MODEL}/eval.json" eval)
 
 execute_process(COMMAND "${SSM_RUN}" generate "${MODEL}" --prompt "And God said" --tokens 200 --quiet
@@ -22,4 +22,28 @@ endif()
 execute_process(COMMAND "${SSM_RUN}" ppl "${MODEL}" "${TEXT}" --window 1 ERROR_VARIABLE error RESULT_VARIABLE rc)
 if(rc EQUAL 0 OR NOT error MATCHES "--window must be an integer >= 2, got '1'")
   message(FATAL_ERROR "bad --window: exit ${rc}, '${error}'")
+endif()
+
+# --scaling: unit factors change nothing; halving Δ in every layer changes the loss.
+file(WRITE "${WORK}/unit.json" "{\"delta\": 1, \"a\": 1}")
+file(WRITE "${WORK}/half.json" "{\"delta\": 0.5}")
+execute_process(COMMAND "${SSM_RUN}" ppl "${MODEL}" "${TEXT}" --window 128 --max-windows 2 --json --quiet
+                        --scaling "${WORK}/unit.json" OUTPUT_VARIABLE unit RESULT_VARIABLE rc)
+string(JSON plain_loss GET "${ppl}" loss)
+string(JSON unit_loss GET "${unit}" loss)
+execute_process(COMMAND "${SSM_RUN}" ppl "${MODEL}" "${TEXT}" --window 128 --max-windows 2 --json --quiet
+                        --scaling "${WORK}/half.json" OUTPUT_VARIABLE half)
+string(JSON half_loss GET "${half}" loss)
+# Equal to 10 digits (the last ones of a double vary with the summation order of the threads).
+string(SUBSTRING "${plain_loss}" 0 12 plain_digits)
+string(SUBSTRING "${unit_loss}" 0 12 unit_digits)
+string(SUBSTRING "${half_loss}" 0 12 half_digits)
+if(NOT rc EQUAL 0 OR NOT unit_digits STREQUAL plain_digits OR half_digits STREQUAL plain_digits)
+  message(FATAL_ERROR "--scaling: plain ${plain_loss}, unit factors ${unit_loss}, Δ halved ${half_loss}")
+endif()
+file(WRITE "${WORK}/bad.json" "{\"layers\": [{}]}")
+execute_process(COMMAND "${SSM_RUN}" ppl "${MODEL}" "${TEXT}" --scaling "${WORK}/bad.json" ERROR_VARIABLE error
+                RESULT_VARIABLE rc)
+if(rc EQUAL 0 OR NOT error MATCHES "\"layers\" must list 4 layers")
+  message(FATAL_ERROR "bad --scaling file: exit ${rc}, '${error}'")
 endif()

@@ -8,6 +8,7 @@
 //   model.forward(exec, next_token, cache, last);    // decode: (batch, 1) tokens → (batch, 1, vocab)
 //
 // Weights are kept in float32 (bf16 and fp16 checkpoints are widened when loaded).
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -105,6 +106,26 @@ public:
 
     const io::model_config& config() const { return config_; }
     const std::vector<Mixer>& mixers() const { return mixers_; }
+
+    // Context extension: one layer_scaling per layer (see mixers.hpp and scaling.hpp).
+    std::vector<layer_scaling> scaling() const {
+        std::vector<layer_scaling> out;
+        for (const Mixer& m : mixers_) out.push_back(m.scaling);
+        return out;
+    }
+    void set_scaling(const std::vector<layer_scaling>& layers) {
+        detail::require(layers.size() == mixers_.size(), "set_scaling: ", layers.size(), " layer factors for a model of ",
+                        mixers_.size(), " layers");
+        for (std::size_t l = 0; l < layers.size(); ++l) {
+            const layer_scaling& f = layers[l];
+            const std::string where = "set_scaling: layer " + std::to_string(l);
+            detail::require(std::isfinite(f.delta) && f.delta > 0.0f, where, ": delta factor must be positive and finite, got ",
+                            f.delta);
+            detail::require(std::isfinite(f.spectrum.alpha), where, ": A factor must be finite, got ", f.spectrum.alpha);
+            f.spectrum.validate(where, 1);
+            mixers_[l].scaling = f;
+        }
+    }
     // The weights outside the mixers (float32, as stored), e.g. for a copy on the device.
     const std::vector<float>& embeddings() const { return embeddings_; }
     const std::vector<std::vector<float>>& layer_norms() const { return norms_; }

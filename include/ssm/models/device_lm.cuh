@@ -176,11 +176,12 @@ struct device_mamba1_mixer {
     using array = cuda::device_array<T>;
 
     index_t d_model, d_inner, state, rank, kernel;
+    layer_scaling scaling;
     array<X> in_proj, out_proj;
     array<float> in_proj_bias, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A, D, out_proj_bias;
 
     explicit device_mamba1_mixer(const mamba1_mixer& m)
-        : d_model(m.d_model), d_inner(m.d_inner), state(m.state), rank(m.rank), kernel(m.kernel),
+        : d_model(m.d_model), d_inner(m.d_inner), state(m.state), rank(m.rank), kernel(m.kernel), scaling(m.scaling),
           in_proj(array<X>::copy_of(m.in_proj)), out_proj(array<X>::copy_of(m.out_proj)),
           in_proj_bias(array<float>::copy_of(m.in_proj_bias)), conv_weight(array<float>::copy_of(m.conv_weight)),
           conv_bias(array<float>::copy_of(m.conv_bias)), x_proj(array<float>::copy_of(m.x_proj)),
@@ -219,7 +220,7 @@ struct device_mamba1_mixer {
             gemm.multiply(exec, tensor_view<const float, 2>(x_dbl.data(), {rows, rank}, {xw, 1}),
                           dd::matrix(dt_proj, di, rank), tensor_view<float, 2>(ws.delta.data(), rows, di));
         dd::scan_with_state(
-            exec, ssm_type{{dd::matrix(A, di, n)}},
+            exec, ssm_type{{dd::matrix(A, di, n)}, {}, scaling.modulation()},
             scan_inputs<float>{.u = {conv_out.data(), batch, length, di},
                                .delta = {ws.delta.data(), batch, length, di},
                                .B = detail::grouped_columns<const float>(x_dbl.data(), batch, length, xw, rank, 1, n),
@@ -246,13 +247,14 @@ struct device_mamba2_mixer {
 
     index_t d_model, d_inner, state, heads, head_dim, groups, kernel;
     float norm_epsilon, delta_min, delta_max;
+    layer_scaling scaling;
     array<X> in_proj, out_proj;
     array<float> in_proj_bias, conv_weight, conv_bias, dt_bias, A, D, norm, out_proj_bias;
 
     explicit device_mamba2_mixer(const mamba2_mixer& m)
         : d_model(m.d_model), d_inner(m.d_inner), state(m.state), heads(m.heads), head_dim(m.head_dim),
           groups(m.groups), kernel(m.kernel), norm_epsilon(m.norm_epsilon), delta_min(m.delta_min),
-          delta_max(m.delta_max), in_proj(array<X>::copy_of(m.in_proj)), out_proj(array<X>::copy_of(m.out_proj)),
+          delta_max(m.delta_max), scaling(m.scaling), in_proj(array<X>::copy_of(m.in_proj)), out_proj(array<X>::copy_of(m.out_proj)),
           in_proj_bias(array<float>::copy_of(m.in_proj_bias)), conv_weight(array<float>::copy_of(m.conv_weight)),
           conv_bias(array<float>::copy_of(m.conv_bias)), dt_bias(array<float>::copy_of(m.dt_bias)),
           A(array<float>::copy_of(m.A)), D(array<float>::copy_of(m.D)), norm(array<float>::copy_of(m.norm)),
@@ -290,7 +292,7 @@ struct device_mamba2_mixer {
         }
         const float* xbc = ws.convolved.data();
         dd::scan_with_state(
-            exec, ssm_type{{tensor_view<const float, 1>(A.data(), heads), head_dim, state}},
+            exec, ssm_type{{tensor_view<const float, 1>(A.data(), heads), head_dim, state}, {}, scaling.modulation()},
             scan_inputs<float>{.u = detail::columns<const float>(xbc, batch, length, conv, 0, di),
                                .delta = {ws.delta.data(), batch, length, heads},
                                .B = detail::grouped_columns<const float>(xbc, batch, length, conv, di, groups, gn),

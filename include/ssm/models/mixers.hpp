@@ -13,6 +13,7 @@
 #include "../io/config.hpp"
 #include "../layers/conv1d.hpp"
 #include "../layers/norm.hpp"
+#include "../modulation/modulation.hpp"
 #include "../scan/selective_scan.hpp"
 #include "weights.hpp"
 
@@ -61,6 +62,21 @@ struct layer_state {
     std::vector<float> ssm;   // (batch, channels, state)
 };
 
+// A layer's context-extension factors, fused into its scan's discretization: Δ modulation
+// (Δ' = delta·Δ, after Mamba-2's time_step_limit clamp) and spectrum scaling (A' = α·A for the
+// eigenvalues whose magnitude lies in the scaler's band). The defaults leave the layer as trained.
+struct layer_scaling {
+    float delta = 1.0f;
+    spectrum_scaler spectrum{};
+
+    using modulation_type = composed<delta_modulator, spectrum_scaler>;
+    modulation_type modulation() const { return {{.factor = delta}, spectrum}; }
+    bool operator==(const layer_scaling& o) const {
+        return delta == o.delta && spectrum.alpha == o.spectrum.alpha &&
+               spectrum.min_magnitude == o.spectrum.min_magnitude && spectrum.max_magnitude == o.spectrum.max_magnitude;
+    }
+};
+
 // Scratch buffers a forward pass reuses from call to call.
 struct workspace {
     std::vector<float> projected, convolved, x_projected, delta, y, gated;
@@ -71,9 +87,10 @@ struct workspace {
 // softplus(Δ + bias), D skip and SiLU(z) gate → out_proj.
 struct mamba1_mixer {
     static constexpr io::architecture architecture = io::architecture::mamba1;
-    using ssm_type = selective_ssm<diagonal_real, zoh_euler>;
+    using ssm_type = selective_ssm<diagonal_real, zoh_euler, layer_scaling::modulation_type>;
 
     index_t d_model = 0, d_inner = 0, state = 0, rank = 0, kernel = 0;
+    layer_scaling scaling;
     std::vector<float> in_proj, in_proj_bias, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A, D, out_proj,
         out_proj_bias;
 
@@ -133,7 +150,7 @@ struct mamba1_mixer {
         const tensor_view<float, 3> ssm_state(cache.ssm.data(), batch, di, n);
         // The sequential strategy reads a channel's state before writing it, so the cache can be both
         // the initial and the final state.
-        selective_scan(exec, sequential{}, ssm_type{{detail::matrix(A, di, n)}},
+        selective_scan(exec, sequential{}, ssm_type{{detail::matrix(A, di, n)}, {}, scaling.modulation()},
                        scan_inputs<float>{.u = {conv_out.data(), batch, length, di},
                                           .delta = {delta.data(), batch, length, di},
                                           .B = detail::grouped_columns<const float>(x_dbl.data(), batch, length, xw, rank, 1, n),
@@ -153,9 +170,10 @@ struct mamba1_mixer {
 // gated RMSNorm with z; out_proj.
 struct mamba2_mixer {
     static constexpr io::architecture architecture = io::architecture::mamba2;
-    using ssm_type = selective_ssm<scalar_identity, zoh_euler>;
+    using ssm_type = selective_ssm<scalar_identity, zoh_euler, layer_scaling::modulation_type>;
 
     index_t d_model = 0, d_inner = 0, state = 0, heads = 0, head_dim = 0, groups = 0, kernel = 0;
+    layer_scaling scaling;
     float norm_epsilon = 1e-5f, delta_min = 0.0f, delta_max = 0.0f;
     std::vector<float> in_proj, in_proj_bias, conv_weight, conv_bias, dt_bias, A, D, norm, out_proj, out_proj_bias;
 
@@ -222,7 +240,7 @@ struct mamba2_mixer {
         const tensor_view<float, 3> ssm_state(cache.ssm.data(), batch, di, state);
         // As in Mamba-1, the sequential strategy may read and write the cache's state in place.
         selective_scan(exec, sequential{},
-                       ssm_type{{tensor_view<const float, 1>(A.data(), heads), head_dim, state}},
+                       ssm_type{{tensor_view<const float, 1>(A.data(), heads), head_dim, state}, {}, scaling.modulation()},
                        scan_inputs<float>{.u = detail::columns<const float>(xbc.data(), batch, length, conv, 0, di),
                                           .delta = {delta.data(), batch, length, heads},
                                           .B = detail::grouped_columns<const float>(xbc.data(), batch, length, conv, di, groups, gn),
