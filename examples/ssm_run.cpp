@@ -4,6 +4,8 @@
 //   ssm-run ppl      MODEL FILE [--window 2048] [--max-windows N] [--batch 4] [--bin-width N] [--json]
 //   ssm-run generate MODEL (--prompt TEXT | --prompt-ids 1,2,3) [--tokens 200] [--temperature 0] [--top-k 0]
 //                    [--seed 0]
+//   ssm-run calibrate MODEL FILE --out SCALING.json [--window 2048] [--max-windows 4] [--batch 4]
+//                    [--factors delta,a] [--passes 2] [--json]   (CPU only)
 //   common: [--threads 0] [--device cpu|cuda] [--dtype fp32|bf16] [--scaling FILE] [--quiet]
 //
 // Byte-level models (vocab_size 256) read text as bytes; others read token ids, one integer per line,
@@ -30,6 +32,7 @@
 
 #include <nlohmann/json.hpp>
 #include <ssm/models/causal_lm.hpp>
+#include <ssm/models/calibration.hpp>
 #include <ssm/models/evaluation.hpp>
 #include <ssm/models/scaling.hpp>
 #ifdef SSM_RUN_CUDA
@@ -46,6 +49,10 @@ const char* const usage = R"(usage:
   ssm-run ppl      MODEL FILE [--window 2048] [--max-windows N] [--batch 4] [--bin-width N] [--json]
   ssm-run generate MODEL (--prompt TEXT | --prompt-ids 1,2,3) [--tokens 200] [--temperature 0]
                    [--top-k 0] [--seed 0]
+  ssm-run calibrate MODEL FILE --out SCALING.json [--window 2048] [--max-windows 4] [--batch 4]
+                   [--factors delta,a] [--passes 2] [--json]
+      per-layer Δ / A factors for windows of --window tokens (coordinate search, on the CPU), written
+      for --scaling; starts from --scaling FILE when given
 common options: --threads N (0: all cores), --device cpu|cuda, --dtype fp32|bf16 (products on cuda),
 --scaling FILE (per-layer Δ / A factors, JSON), --input bytes|ids, --quiet (no progress bar)
 Byte-level models (vocab_size 256) read text as bytes, others token ids (one per line, or uint32 in a
@@ -262,6 +269,46 @@ int perplexity(const Model& model, const arguments& args, const ssm::host_exec& 
     return 0;
 }
 
+// Per-layer factors for a target length (ssm::models::calibrate), written to --out.
+template <class Model>
+int calibrate(Model& model, const arguments& args, const ssm::host_exec& exec) {
+    ssm::detail::require(args.positional.size() == 2, "calibrate needs MODEL and FILE");
+    ssm::detail::require(args.options.contains("out"), "calibrate needs --out SCALING.json");
+    const std::vector<std::int32_t> tokens = read_tokens(args.positional[1], model.config());
+    const ssm::models::window_options windows{.window = args.integer("window", 2048, 2),
+                                              .max_windows = args.integer("max-windows", 4, 1),
+                                              .batch = args.integer("batch", 4, 1)};
+    ssm::models::calibration_options options;
+    options.passes = int(args.integer("passes", 2, 1));
+    const std::string factors = args.get("factors", "delta,a");
+    ssm::detail::require(factors == "delta,a" || factors == "a,delta" || factors == "delta" || factors == "a",
+                         "--factors must be delta, a or delta,a; got '", factors, "'");
+    options.delta = factors.find("delta") != std::string::npos;
+    options.spectrum = factors != "delta";
+    const std::size_t layers = model.scaling().size();
+    const index_t tokens_per_step = windows.window * std::min(windows.max_windows, index_t(tokens.size()) / windows.window);
+    progress bar("calibrate", !args.flags.contains("quiet") && !args.flags.contains("json"));
+    const auto result = ssm::models::calibrate(model, exec, tokens, windows, options,
+                                               [&](int done, int all) { bar.update(done, all, done * tokens_per_step); });
+    ssm::models::write_scaling(args.get("out", ""), result.scaling);
+    nlohmann::json factors_json = nlohmann::json::array();
+    for (const auto& f : result.scaling) factors_json.push_back({{"delta", f.delta}, {"a", f.spectrum.alpha}});
+    const nlohmann::json j{{"out", args.get("out", "")}, {"window", windows.window}, {"layers", layers},
+                           {"evaluations", result.evaluations}, {"initial_loss", result.initial_loss},
+                           {"loss", result.loss}, {"factors", factors_json}};
+    if (args.flags.contains("json")) {
+        std::cout << j.dump(2) << "\n";
+        return 0;
+    }
+    std::printf("%d evaluations on windows of %lld tokens: loss %.4f -> %.4f nats (%.4f -> %.4f bits/token)\n",
+                result.evaluations, (long long)windows.window, result.initial_loss, result.loss,
+                result.initial_loss / std::log(2.0), result.loss / std::log(2.0));
+    for (std::size_t l = 0; l < layers; ++l)
+        std::printf("layer %2zu: delta x%.3f  A x%.3f\n", l, result.scaling[l].delta, result.scaling[l].spectrum.alpha);
+    std::printf("written to %s\n", args.get("out", "").c_str());
+    return 0;
+}
+
 template <class Model>
 int generate(const Model& model, const arguments& args, const ssm::host_exec& exec) {
     const auto& config = model.config();
@@ -337,7 +384,8 @@ int main(int argc, char** argv) {
     const std::map<std::string, std::set<std::string>> options{
         {"info", with_common({})},
         {"ppl", with_common({"window", "max-windows", "batch", "bin-width"})},
-        {"generate", with_common({"prompt", "prompt-ids", "tokens", "temperature", "top-k", "seed"})}};
+        {"generate", with_common({"prompt", "prompt-ids", "tokens", "temperature", "top-k", "seed"})},
+        {"calibrate", with_common({"window", "max-windows", "batch", "out", "factors", "passes"})}};
     try {
         if (argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
             std::cout << usage;
@@ -357,8 +405,12 @@ int main(int argc, char** argv) {
                              "--input must be bytes or ids, got '", input_mode, "'");
         const ssm::host_exec exec{.threads = int(args.integer("threads", 0, 0))};
         const fs::path folder = args.positional[0];
-        auto run = [&](const auto& model) {
+        ssm::detail::require(args.command != "calibrate" || device == "cpu", "calibrate runs on the CPU (--device cpu)");
+        auto run = [&](auto&& model) {
             if (args.command == "info") return info(model, folder, args);
+            if constexpr (requires { model.set_scaling({}); }) {
+                if (args.command == "calibrate") return calibrate(model, args, exec);
+            }
             if (args.command == "ppl") return perplexity(model, args, exec);
             return generate(model, args, exec);
         };

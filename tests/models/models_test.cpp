@@ -15,6 +15,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 #include <ssm/models/causal_lm.hpp>
+#include <ssm/models/calibration.hpp>
 #include <ssm/models/evaluation.hpp>
 #include <ssm/models/scaling.hpp>
 
@@ -272,4 +273,46 @@ TEST_CASE("scaling files round-trip and bad ones are rejected by name", "[models
     bad[1].delta = -1.0f;
     CHECK_THROWS_WITH(model.set_scaling(bad), Catch::Contains("layer 1: delta factor must be positive"));
     CHECK_THROWS_WITH(model.set_scaling(std::vector<layer_scaling>(3)), Catch::Contains("3 layer factors for a model of 2"));
+}
+
+TEST_CASE("coordinate search finds the grid optimum of a separable objective", "[models][scaling]") {
+    using ssm::models::layer_scaling;
+    // Minimum at Δ factors (0.7, 1, 2) and A factors (1, 0.5, 1.4), each one grid step from 1.
+    const std::vector<float> delta{0.7f, 1.0f, 2.0f}, alpha{1.0f, 0.5f, 1.4f};
+    int calls = 0;
+    auto objective = [&](const std::vector<layer_scaling>& f) {
+        ++calls;
+        double v = 1.0;
+        for (std::size_t l = 0; l < f.size(); ++l)
+            v += std::pow(std::log(f[l].delta / delta[l]), 2) + std::pow(std::log(f[l].spectrum.alpha / alpha[l]), 2);
+        return v;
+    };
+    const ssm::models::calibration_options options{.passes = 1};
+    int last = 0, total = 0;
+    const auto r = ssm::models::coordinate_search(std::vector<layer_scaling>(3), options, objective,
+                                                  [&](int done, int all) { last = done, total = all; });
+    for (std::size_t l = 0; l < 3; ++l) {
+        CHECK(r.scaling[l].delta == Approx(delta[l]));
+        CHECK(r.scaling[l].spectrum.alpha == Approx(alpha[l]));
+    }
+    CHECK(r.loss == Approx(1.0));
+    CHECK(r.initial_loss > r.loss);
+    CHECK((r.evaluations == 37 && calls == 37 && last == 36 && total == 36));
+    CHECK_THROWS_WITH(ssm::models::coordinate_search(std::vector<layer_scaling>(1), {.grid = {0.5f, -1.0f}}, objective,
+                                                     [](int, int) {}),
+                      Catch::Contains("grid values must be positive"));
+}
+
+TEST_CASE("calibrate leaves the model at the factors it reports, never worse than the start", "[models][scaling]") {
+    SSM_SEEDED_RANDOM(rng);
+    mamba_lm model = mamba_lm::random(checks::mamba1_config(), rng.integer(0, 1 << 30));
+    const auto tokens = random_tokens(rng, 3 * 40, model.config().vocab_size);
+    const ssm::models::window_options windows{.window = 40, .max_windows = 3, .batch = 2};
+    const auto r = ssm::models::calibrate(model, exec, tokens, windows, {.passes = 1}, [](int, int) {});
+    CHECK(model.scaling() == r.scaling);
+    CHECK(r.loss <= r.initial_loss);
+    const auto p = ssm::models::window_losses(model, exec, tokens, windows, [](index_t, index_t) {});
+    double sum = 0.0;
+    for (double v : p.loss) sum += v;
+    CHECK(sum / (3.0 * 39.0) == Approx(r.loss).epsilon(1e-12));
 }
