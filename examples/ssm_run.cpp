@@ -6,13 +6,15 @@
 //                    [--seed 0]
 //   ssm-run calibrate MODEL FILE --out SCALING.json [--window 2048] [--max-windows 4] [--batch 4]
 //                    [--factors delta,a] [--passes 2] [--json]   (CPU only)
-//   common: [--threads 0] [--device cpu|cuda] [--dtype fp32|bf16] [--scaling FILE] [--quiet]
+//   common: [--threads 0] [--device cpu|cuda] [--dtype fp32|bf16] [--scaling FILE]
+//           [--spectrum-percentiles LOW,HIGH] [--quiet]
 //
 // Byte-level models (vocab_size 256) read text as bytes; others read token ids, one integer per line,
 // or a little-endian uint32 binary file when FILE ends in .bin. --input bytes|ids overrides the choice.
 // --device cuda needs a build with CUDA (nvcc compiles this file then, SSM_RUN_CUDA is defined); --dtype
 // bf16 runs the device model's large matrix products in bf16. --scaling FILE applies per-layer Δ and
-// spectrum factors (ssm/models/scaling.hpp) for contexts longer than the training length.
+// spectrum factors (ssm/models/scaling.hpp) for contexts longer than the training length;
+// --spectrum-percentiles 1,99 then clips each layer's |λ| to those percentiles of its own (data-free).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -54,7 +56,8 @@ const char* const usage = R"(usage:
       per-layer Δ / A factors for windows of --window tokens (coordinate search, on the CPU), written
       for --scaling; starts from --scaling FILE when given
 common options: --threads N (0: all cores), --device cpu|cuda, --dtype fp32|bf16 (products on cuda),
---scaling FILE (per-layer Δ / A factors, JSON), --input bytes|ids, --quiet (no progress bar)
+--scaling FILE (per-layer Δ / A factors, JSON), --spectrum-percentiles LOW,HIGH (clip each layer's
+|λ| to these percentiles of its own), --input bytes|ids, --quiet (no progress bar)
 Byte-level models (vocab_size 256) read text as bytes, others token ids (one per line, or uint32 in a
 .bin file); --input overrides that.
 MODEL is a folder with config.json and model.safetensors (or a sharded index).
@@ -376,7 +379,7 @@ int generate(const Model& model, const arguments& args, const ssm::host_exec& ex
 }  // namespace
 
 int main(int argc, char** argv) {
-    const std::set<std::string> common{"threads", "device", "dtype", "scaling", "input"};
+    const std::set<std::string> common{"threads", "device", "dtype", "scaling", "spectrum-percentiles", "input"};
     auto with_common = [&](std::set<std::string> s) {
         s.insert(common.begin(), common.end());
         return s;
@@ -417,6 +420,20 @@ int main(int argc, char** argv) {
         return ssm::models::with_model(folder, [&](auto&& host) {
             if (const std::string file = args.get("scaling", ""); !file.empty())
                 host.set_scaling(ssm::models::read_scaling(file, host.config().layers));
+            if (const std::string p = args.get("spectrum-percentiles", ""); !p.empty()) {
+                const auto comma = p.find(',');
+                float low = 0.0f, high = 0.0f;
+                try {
+                    ssm::detail::require(comma != std::string::npos, "");
+                    std::size_t used_low = 0, used_high = 0;
+                    low = std::stof(p.substr(0, comma), &used_low);
+                    high = std::stof(p.substr(comma + 1), &used_high);
+                    ssm::detail::require(used_low == comma && used_high == p.size() - comma - 1, "");
+                } catch (const std::exception&) {
+                    ssm::detail::require(false, "--spectrum-percentiles must be LOW,HIGH (e.g. 1,99), got '", p, "'");
+                }
+                host.set_scaling(ssm::models::percentile_clipping(host, low, high));
+            }
 #ifdef SSM_RUN_CUDA
             using ssm::models::staged_lm, ssm::models::to_device;
             if (device == "cuda" && dtype == "bf16") return run(staged_lm(to_device<ssm::bfloat16>(host)));

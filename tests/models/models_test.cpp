@@ -245,6 +245,7 @@ TEST_CASE("scaling files round-trip and bad ones are rejected by name", "[models
     const fs::path dir = scratch("scaling");
     std::vector<layer_scaling> factors(3);
     factors[0].delta = 1.5f;
+    factors[1].clip = {.low = 0.5f, .high = 7.0f};
     factors[2].spectrum = {.alpha = 0.25f, .min_magnitude = 0.0f, .max_magnitude = 0.1f};
     ssm::models::write_scaling(dir / "s.json", factors);
     CHECK(ssm::models::read_scaling(dir / "s.json", 3) == factors);
@@ -315,4 +316,30 @@ TEST_CASE("calibrate leaves the model at the factors it reports, never worse tha
     double sum = 0.0;
     for (double v : p.loss) sum += v;
     CHECK(sum / (3.0 * 39.0) == Approx(r.loss).epsilon(1e-12));
+}
+
+// Data-free clipping to percentiles of each layer's |λ| equals a checkpoint whose A_log is clamped
+// to the logs of those bounds (|λ| = e^{A_log}).
+TEMPLATE_TEST_CASE("percentile clipping equals the clamped checkpoint", "[models][scaling]", mamba_lm, mamba2_lm) {
+    SSM_SEEDED_RANDOM(rng);
+    const auto config = std::same_as<TestType, mamba_lm> ? checks::mamba1_config() : checks::mamba2_config();
+    recording_weights recorded{ssm::models::random_weights(rng.integer(0, 1 << 30)), {}};
+    TestType clipped = TestType::build(config, recorded);
+    const auto factors = ssm::models::percentile_clipping(clipped, 20.0f, 80.0f);
+    auto tensors = recorded.tensors;
+    for (index_t l = 0; l < config.layers; ++l) {
+        const auto& c = factors[std::size_t(l)].clip;
+        std::vector<float> m = clipped.eigenvalue_magnitudes(l);
+        std::sort(m.begin(), m.end());
+        CHECK((c.low == m[std::size_t(std::lround(0.2 * double(m.size() - 1)))] &&
+               c.high == m[std::size_t(std::lround(0.8 * double(m.size() - 1)))] && c.low < c.high));
+        for (float& a : tensors["backbone.layers." + std::to_string(l) + ".mixer.A_log"].values)
+            a = std::clamp(a, std::log(c.low), std::log(c.high));
+    }
+    clipped.set_scaling(factors);
+    const fs::path dir = scratch(std::same_as<TestType, mamba_lm> ? "clipped1" : "clipped2");
+    write_checkpoint(dir, config_json(config), tensors);
+    const auto tokens = random_tokens(rng, 2 * 19, config.vocab_size);
+    CHECK(max_difference(prefill(clipped, tokens, 2), prefill(TestType::load(dir), tokens, 2)) <= 2e-5);
+    CHECK_THROWS_WITH(ssm::models::percentile_clipping(clipped, 50.0f, 10.0f), Catch::Contains("0 <= low <= high <= 100"));
 }

@@ -62,3 +62,15 @@ string(SUBSTRING "${check_loss}" 0 12 check_digits)
 if(NOT rc EQUAL 0 OR NOT evaluations EQUAL 25 OR NOT calibrated_digits STREQUAL check_digits)
   message(FATAL_ERROR "calibrate: exit ${rc}, ${evaluations} evaluations, loss ${calibrated_loss}; ppl with its file: ${check_loss}")
 endif()
+
+# --spectrum-percentiles: 0,100 clips nothing; a malformed value is named.
+execute_process(COMMAND "${SSM_RUN}" ppl "${MODEL}" "${TEXT}" --window 128 --max-windows 2 --json --quiet
+                        --spectrum-percentiles 0,100 OUTPUT_VARIABLE unclipped RESULT_VARIABLE rc)
+string(JSON unclipped_loss GET "${unclipped}" loss)
+string(SUBSTRING "${unclipped_loss}" 0 12 unclipped_digits)
+execute_process(COMMAND "${SSM_RUN}" ppl "${MODEL}" "${TEXT}" --spectrum-percentiles 5 ERROR_VARIABLE error
+                RESULT_VARIABLE bad_rc)
+if(NOT rc EQUAL 0 OR NOT unclipped_digits STREQUAL plain_digits OR bad_rc EQUAL 0
+   OR NOT error MATCHES "--spectrum-percentiles must be LOW,HIGH")
+  message(FATAL_ERROR "--spectrum-percentiles: 0,100 gives ${unclipped_loss} (plain ${plain_loss}); '5': exit ${bad_rc}, '${error}'")
+endif()

@@ -111,6 +111,20 @@ TEST_CASE("spectrum_scaler scales exactly the eigenvalues inside its band", "[mo
     CHECK(ssm::spectrum_scaler{.alpha = 3.0f}.eigenvalue(-1e30f, 0) == 3.0f * -1e30f);
 }
 
+TEST_CASE("spectrum_clipper moves magnitudes outside its range to the range's ends", "[modulation][spectrum]") {
+    STATIC_REQUIRE(ssm::modulation<ssm::spectrum_clipper>);
+    const ssm::spectrum_clipper clip{.low = 0.5f, .high = 4.0f};
+    CHECK(clip.eigenvalue(-0.1f, 0) == Approx(-0.5f));
+    CHECK(clip.eigenvalue(-2.0f, 0) == -2.0f);
+    CHECK(clip.eigenvalue(-9.0f, 0) == Approx(-4.0f));
+    CHECK(clip.eigenvalue(0.0f, 0) == 0.0f);
+    const ssm::cfloat z = clip.eigenvalue(ssm::cfloat{-6.0f, 8.0f}, 0);  // |z| = 10 -> 4, same direction
+    CHECK((z.re == Approx(-2.4f) && z.im == Approx(3.2f)));
+    CHECK(clip.delta(0.3f, 0) == 0.3f);
+    CHECK_THROWS_WITH((ssm::spectrum_clipper{.low = 2.0f, .high = 1.0f}.validate("here", 1)),
+                      Catch::Contains("here: spectrum_clipper range is invalid: [2, 1]"));
+}
+
 TEST_CASE("a banded spectrum_scaler in a scan slows only the modes in its band", "[modulation][spectrum]") {
     SSM_SEEDED_RANDOM(rng);
     ref::for_each_structure([&](auto structure_tag) {

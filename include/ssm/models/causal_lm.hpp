@@ -107,6 +107,14 @@ public:
     const io::model_config& config() const { return config_; }
     const std::vector<Mixer>& mixers() const { return mixers_; }
 
+    // The magnitudes |λ| of a layer's trained eigenvalues (of A, before any scaling).
+    std::vector<float> eigenvalue_magnitudes(index_t layer) const {
+        detail::require(layer >= 0 && layer < index_t(mixers_.size()), "eigenvalue_magnitudes: no layer ", layer);
+        std::vector<float> m;
+        for (float a : mixers_[std::size_t(layer)].A) m.push_back(std::abs(a));
+        return m;
+    }
+
     // Context extension: one layer_scaling per layer (see mixers.hpp and scaling.hpp).
     std::vector<layer_scaling> scaling() const {
         std::vector<layer_scaling> out;
@@ -123,6 +131,7 @@ public:
                             f.delta);
             detail::require(std::isfinite(f.spectrum.alpha), where, ": A factor must be finite, got ", f.spectrum.alpha);
             f.spectrum.validate(where, 1);
+            f.clip.validate(where, 1);
             mixers_[l].scaling = f;
         }
     }

@@ -63,17 +63,20 @@ struct layer_state {
 };
 
 // A layer's context-extension factors, fused into its scan's discretization: Δ modulation
-// (Δ' = delta·Δ, after Mamba-2's time_step_limit clamp) and spectrum scaling (A' = α·A for the
-// eigenvalues whose magnitude lies in the scaler's band). The defaults leave the layer as trained.
+// (Δ' = delta·Δ, after Mamba-2's time_step_limit clamp), spectrum clipping (|λ| clipped to a range,
+// the data-free variant) and spectrum scaling (A' = α·A for the eigenvalues whose magnitude, after
+// clipping, lies in the scaler's band). The defaults leave the layer as trained.
 struct layer_scaling {
     float delta = 1.0f;
+    spectrum_clipper clip{};
     spectrum_scaler spectrum{};
 
-    using modulation_type = composed<delta_modulator, spectrum_scaler>;
-    modulation_type modulation() const { return {{.factor = delta}, spectrum}; }
+    using modulation_type = composed<delta_modulator, composed<spectrum_clipper, spectrum_scaler>>;
+    modulation_type modulation() const { return {{.factor = delta}, {clip, spectrum}}; }
     bool operator==(const layer_scaling& o) const {
-        return delta == o.delta && spectrum.alpha == o.spectrum.alpha &&
-               spectrum.min_magnitude == o.spectrum.min_magnitude && spectrum.max_magnitude == o.spectrum.max_magnitude;
+        return delta == o.delta && clip.low == o.clip.low && clip.high == o.clip.high &&
+               spectrum.alpha == o.spectrum.alpha && spectrum.min_magnitude == o.spectrum.min_magnitude &&
+               spectrum.max_magnitude == o.spectrum.max_magnitude;
     }
 };
 

@@ -3,10 +3,13 @@
 // reads with --scaling and calibration writes:
 //
 //   {"delta": 1.0, "a": 1.0, "a_band": [0, null],            defaults for every layer (optional)
-//    "layers": [{"delta": 1.0, "a": 0.5, "a_band": [0, 0.1]}, ...]}   one object per layer (optional)
+//    "layers": [{"delta": 1.0, "a": 0.5, "a_band": [0, 0.1], "a_clip": [0.5, 8]}, ...]}
+//                                                              one object per layer (optional)
 //
-// "delta" scales Δ, "a" scales the eigenvalues of A whose magnitude lies in "a_band" ([low, high],
-// null for no upper bound). A layer's keys override the defaults; unknown keys are errors.
+// "delta" scales Δ, "a_clip" clips the magnitudes of A's eigenvalues to [low, high], then "a" scales
+// those whose magnitude lies in "a_band" (null for no upper bound in either range). A layer's keys
+// override the defaults; unknown keys are errors.
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +30,16 @@ inline float number(const nlohmann::json& j, const std::string& where) {
     return j.get<float>();
 }
 
+// [low, high] with null for an unbounded high end.
+inline void range(const nlohmann::json& j, const std::string& where, float& low, float& high) {
+    detail::require(j.is_array() && j.size() == 2, where, " must be [low, high], got ", j.dump());
+    low = number(j[0], where + "[0]");
+    high = j[1].is_null() ? std::numeric_limits<float>::infinity() : number(j[1], where + "[1]");
+}
+inline nlohmann::json range_json(float low, float high) {
+    return {low, std::isinf(high) ? nlohmann::json() : nlohmann::json(high)};
+}
+
 // Applies the keys of `j` ("delta", "a", "a_band", and `extra` if given) to `f`.
 inline void apply(const nlohmann::json& j, layer_scaling& f, const std::string& where, const char* extra = nullptr) {
     detail::require(j.is_object(), where, " must be a JSON object");
@@ -36,12 +49,11 @@ inline void apply(const nlohmann::json& j, layer_scaling& f, const std::string& 
         } else if (key == "a") {
             f.spectrum.alpha = number(value, where + ".a");
         } else if (key == "a_band") {
-            detail::require(value.is_array() && value.size() == 2, where, ".a_band must be [low, high], got ", value.dump());
-            f.spectrum.min_magnitude = number(value[0], where + ".a_band[0]");
-            f.spectrum.max_magnitude =
-                value[1].is_null() ? std::numeric_limits<float>::infinity() : number(value[1], where + ".a_band[1]");
+            range(value, where + ".a_band", f.spectrum.min_magnitude, f.spectrum.max_magnitude);
+        } else if (key == "a_clip") {
+            range(value, where + ".a_clip", f.clip.low, f.clip.high);
         } else {
-            detail::require(extra && key == extra, where, ": unknown key '", key, "' (expected delta, a, a_band",
+            detail::require(extra && key == extra, where, ": unknown key '", key, "' (expected delta, a, a_band, a_clip",
                             extra ? std::string(", ") + extra : std::string(), ")");
         }
     }
@@ -76,15 +88,30 @@ inline std::vector<layer_scaling> read_scaling(const std::filesystem::path& path
 
 inline void write_scaling(const std::filesystem::path& path, const std::vector<layer_scaling>& layers) {
     nlohmann::json list = nlohmann::json::array();
-    for (const layer_scaling& f : layers) {
-        const float high = f.spectrum.max_magnitude;
+    for (const layer_scaling& f : layers)
         list.push_back({{"delta", f.delta},
                         {"a", f.spectrum.alpha},
-                        {"a_band", {f.spectrum.min_magnitude, std::isinf(high) ? nlohmann::json() : nlohmann::json(high)}}});
-    }
+                        {"a_band", scaling_detail::range_json(f.spectrum.min_magnitude, f.spectrum.max_magnitude)},
+                        {"a_clip", scaling_detail::range_json(f.clip.low, f.clip.high)}});
     std::ofstream out(path);
     out << nlohmann::json{{"layers", list}}.dump(1) << "\n";
     detail::require(bool(out), path.string(), ": cannot write the scaling file");
+}
+
+// The data-free spectrum clipping: each layer's |λ| clipped to the [low, high] percentiles (0-100,
+// nearest rank) of that layer's trained eigenvalue magnitudes; the other factors are kept.
+template <class Model>
+std::vector<layer_scaling> percentile_clipping(const Model& model, float low, float high) {
+    detail::require(0.0f <= low && low <= high && high <= 100.0f, "percentile_clipping: percentiles must satisfy ",
+                    "0 <= low <= high <= 100, got ", low, " and ", high);
+    std::vector<layer_scaling> out = model.scaling();
+    for (std::size_t l = 0; l < out.size(); ++l) {
+        std::vector<float> m = model.eigenvalue_magnitudes(index_t(l));
+        std::sort(m.begin(), m.end());
+        auto at = [&](float pct) { return m[std::size_t(std::lround(pct / 100.0f * float(m.size() - 1)))]; };
+        out[l].clip = {at(low), at(high)};
+    }
+    return out;
 }
 
 }  // namespace ssm::models

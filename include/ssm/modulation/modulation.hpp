@@ -75,6 +75,26 @@ struct spectrum_scaler {
     }
 };
 
+// Clips the spectrum: eigenvalues with magnitude below `low` or above `high` are rescaled to that
+// magnitude, keeping their direction (the data-free variant of spectrum scaling, with the bounds
+// taken from percentiles of a layer's trained |λ|). Zero stays zero.
+struct spectrum_clipper {
+    float low = 0.0f;
+    float high = std::numeric_limits<float>::infinity();
+
+    SSM_HOST_DEVICE float delta(float delta, index_t) const { return delta; }
+    template <class V>
+    SSM_HOST_DEVICE V eigenvalue(V lambda, index_t) const {
+        const float m = magnitude(lambda);
+        if (m < low && m > 0.0f) return lambda * (low / m);
+        if (m > high) return lambda * (high / m);
+        return lambda;
+    }
+    void validate(std::string_view where, index_t) const {
+        detail::require(low >= 0.0f && low <= high, where, ": spectrum_clipper range is invalid: [", low, ", ", high, "]");
+    }
+};
+
 // Two policies applied in sequence: `first`, then `second`.
 template <modulation First, modulation Second>
 struct composed {
