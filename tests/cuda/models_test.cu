@@ -47,6 +47,7 @@ TEMPLATE_TEST_CASE("device models equal the host model (layers scaled); decoding
     std::vector<ssm::models::layer_scaling> factors(static_cast<std::size_t>(config.layers));
     for (auto& f : factors) {
         f.delta = float(rng.uniform(0.5, 2.0));
+        f.clip = {.low = float(rng.uniform(1.0, 2.0)), .high = float(rng.uniform(4.0, 6.0))};
         f.spectrum = {.alpha = float(rng.uniform(0.3, 3.0)), .min_magnitude = 1.5f, .max_magnitude = 5.5f};
     }
     host.set_scaling(factors);
