@@ -40,7 +40,7 @@ inline nlohmann::json range_json(float low, float high) {
     return {low, std::isinf(high) ? nlohmann::json() : nlohmann::json(high)};
 }
 
-// Applies the keys of `j` ("delta", "a", "a_band", and `extra` if given) to `f`.
+// Applies the keys of `j` ("delta", "a", "a_band", "a_clip", and `extra` if given) to `f`.
 inline void apply(const nlohmann::json& j, layer_scaling& f, const std::string& where, const char* extra = nullptr) {
     detail::require(j.is_object(), where, " must be a JSON object");
     for (const auto& [key, value] : j.items()) {
