@@ -88,6 +88,12 @@ SSM_ALWAYS_INLINE SSM_HOST_DEVICE float softplus(float x) {
     return detail::select(x < 20.0f, value, x);
 }
 
+// softplus(x) clamped to [low, high], as Mamba-2 limits Δ (time_step_limit); NaN stays NaN.
+SSM_HOST_DEVICE float clamped_softplus(float x, float low, float high) {
+    const float d = softplus(x);
+    return d < low ? low : (d > high ? high : d);
+}
+
 SSM_ALWAYS_INLINE SSM_HOST_DEVICE float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
 SSM_ALWAYS_INLINE SSM_HOST_DEVICE float silu(float x) { return x * sigmoid(x); }
 

@@ -150,7 +150,7 @@ __global__ void clamped_delta_kernel(const T* dt, index_t dt_stride, const float
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= rows * heads) return;
     const index_t r = i / heads, h = i % heads;
-    delta[i] = from_float<T>(fminf(fmaxf(math::softplus(to_float(dt[r * dt_stride + h]) + bias[h]), low), high));
+    delta[i] = from_float<T>(math::clamped_softplus(to_float(dt[r * dt_stride + h]) + bias[h], low, high));
 }
 
 // y[r, c] += bias[c].

@@ -161,8 +161,7 @@ struct mamba2_token {
     float low, high;
 
     __device__ cuda::token_input operator()(index_t b, index_t d, index_t head, int, int, bool) const {
-        const float delta = math::softplus(dt[b * dt_stride + head] + dt_bias[head]);
-        return {xbc[b * xbc_stride + d], fminf(fmaxf(delta, low), high)};
+        return {xbc[b * xbc_stride + d], math::clamped_softplus(dt[b * dt_stride + head] + dt_bias[head], low, high)};
     }
 };
 }  // namespace device_detail
@@ -505,8 +504,8 @@ public:
     void forward(const host_exec&, tensor_view<const std::int32_t, 2> tokens, cache& c,
                  tensor_view<float, 3> logits) const {
         constexpr const char* where = "staged_lm::forward";
-        detail::check_forward_shapes(where, tokens, c.batch, index_t(c.layers.size()), index_t(c.layers.size()),
-                                     logits, config().vocab_size);
+        detail::check_forward_shapes(where, tokens, c.batch, index_t(c.layers.size()), config().layers, logits,
+                                     config().vocab_size);
         detail::check_token_ids(where, tokens, config().vocab_size);
         const cuda_exec exec{stream_.get()};
         const std::size_t count = std::size_t(tokens.size()), outputs = std::size_t(logits.size());

@@ -2,7 +2,6 @@
 // The token mixers of Mamba (selective scan, "S6") and Mamba-2 (SSD), as Hugging Face's
 // MambaForCausalLM and Mamba2ForCausalLM compute them. Activations are float32, token-major
 // (batch·length, features); every projection goes through the GEMM policy.
-#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -234,8 +233,8 @@ struct mamba2_mixer {
         const auto delta = detail::buffer(ws.delta, rows, heads);
         ssm::detail::parallel_for(exec, rows, [&](index_t r) {
             for (index_t h = 0; h < heads; ++h) {
-                const float dt = math::softplus(projected(r, di + conv + h) + dt_bias[std::size_t(h)]);
-                delta(r, h) = std::clamp(dt, delta_min, delta_max);
+                delta(r, h) = math::clamped_softplus(projected(r, di + conv + h) + dt_bias[std::size_t(h)], delta_min,
+                                                     delta_max);
             }
         });
 
