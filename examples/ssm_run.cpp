@@ -1,13 +1,17 @@
 // ssm-run: runs Hugging Face Mamba / Mamba-2 checkpoints.
 //
 //   ssm-run info     MODEL [--json]
-//   ssm-run ppl      MODEL FILE [--window 2048] [--max-windows N] [--batch 4] [--bin-width N] [--json]
+//   ssm-run ppl      MODEL FILE [--window 2048] [--max-windows N] [--batch 4] [--bin-width N]
+//                    [--score-last N] [--json]
 //   ssm-run generate MODEL (--prompt TEXT | --prompt-ids 1,2,3) [--tokens 200] [--temperature 0] [--top-k 0]
 //                    [--seed 0]
 //   ssm-run calibrate MODEL FILE --out SCALING.json [--window 2048] [--max-windows 4] [--batch 4]
-//                    [--factors delta,a] [--passes 2] [--json]   (CPU only)
+//                    [--factors delta,a] [--passes 2] [--score-last N] [--json]   (CPU only)
+//   ssm-run passkey  MODEL [--lengths 256,512,1024] [--depths 0,0.25,0.5,0.75,1] [--trials 20] [--seed 0]
+//                    [--json]
 //   common: [--threads 0] [--device cpu|cuda] [--dtype fp32|bf16] [--scaling FILE]
-//           [--spectrum-percentiles LOW,HIGH] [--quiet]
+//           [--spectrum-percentiles LOW,HIGH] [--decimate LAYERS [--decimation-base 2000]
+//           [--decimation-beta 0.5] [--decimation-min 20]] [--quiet]
 //
 // Byte-level models (vocab_size 256) read text as bytes; others read token ids, one integer per line,
 // or a little-endian uint32 binary file when FILE ends in .bin. --input bytes|ids overrides the choice.
@@ -15,6 +19,9 @@
 // bf16 runs the device model's large matrix products in bf16. --scaling FILE applies per-layer Δ and
 // spectrum factors (ssm/models/scaling.hpp) for contexts longer than the training length;
 // --spectrum-percentiles 1,99 then clips each layer's |λ| to those percentiles of its own (data-free).
+// --decimate 2,3 makes those layers decimate (DeciMamba, ssm/models/decimation.hpp; CPU only); the
+// tokens never dropped are, per command, the scored ones (ppl, calibrate: --score-last N, required
+// then), the last prompt token (generate) and the question (passkey).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -48,16 +55,23 @@ namespace fs = std::filesystem;
 
 const char* const usage = R"(usage:
   ssm-run info     MODEL [--json]
-  ssm-run ppl      MODEL FILE [--window 2048] [--max-windows N] [--batch 4] [--bin-width N] [--json]
+  ssm-run ppl      MODEL FILE [--window 2048] [--max-windows N] [--batch 4] [--bin-width N]
+                   [--score-last N] [--json]
+      mean loss over windows, in position bins; --score-last N scores only each window's last N tokens
   ssm-run generate MODEL (--prompt TEXT | --prompt-ids 1,2,3) [--tokens 200] [--temperature 0]
                    [--top-k 0] [--seed 0]
   ssm-run calibrate MODEL FILE --out SCALING.json [--window 2048] [--max-windows 4] [--batch 4]
-                   [--factors delta,a] [--passes 2] [--json]
+                   [--factors delta,a] [--passes 2] [--score-last N] [--json]
       per-layer Δ / A factors for windows of --window tokens (coordinate search, on the CPU), written
       for --scaling; starts from --scaling FILE when given
+  ssm-run passkey  MODEL [--lengths 256,512,1024] [--depths 0,0.25,0.5,0.75,1] [--trials 20] [--seed 0]
+                   [--json]
+      greedy retrieval of a 5-digit key hidden at each depth of filler text of each length (bytes)
 common options: --threads N (0: all cores), --device cpu|cuda, --dtype fp32|bf16 (products on cuda),
---scaling FILE (per-layer Δ / A factors, JSON), --spectrum-percentiles LOW,HIGH (clip each layer's
-|λ| to these percentiles of its own), --input bytes|ids, --quiet (no progress bar)
+--scaling FILE (per-layer Δ / A factors and decimation, JSON), --spectrum-percentiles LOW,HIGH (clip
+each layer's |λ| to these percentiles of its own), --decimate LAYERS (e.g. 2,3: DeciMamba in those
+layers; --decimation-base 2000, --decimation-beta 0.5, --decimation-min 20; CPU only),
+--input bytes|ids, --quiet (no progress bar)
 Byte-level models (vocab_size 256) read text as bytes, others token ids (one per line, or uint32 in a
 .bin file); --input overrides that.
 MODEL is a folder with config.json and model.safetensors (or a sharded index).
@@ -72,6 +86,20 @@ std::optional<long long> parse_integer(const std::string& text) {
     } catch (const std::exception&) {
     }
     return std::nullopt;
+}
+
+// "1,2,3" as numbers, each checked by `ok`.
+template <class T, class Parse>
+std::vector<T> parse_list(const std::string& option, const std::string& text, Parse&& parse) {
+    std::vector<T> out;
+    std::stringstream list(text);
+    for (std::string item; std::getline(list, item, ',');) {
+        const std::optional<T> v = parse(item);
+        ssm::detail::require(v.has_value(), "--", option, ": '", item, "' is not valid in '", text, "'");
+        out.push_back(*v);
+    }
+    ssm::detail::require(!out.empty(), "--", option, " is empty");
+    return out;
 }
 
 struct arguments {
@@ -218,16 +246,26 @@ int info(const Model& model, const fs::path& folder, const arguments& args) {
     return 0;
 }
 
+// The windows ppl and calibrate read: --window, --max-windows (default `max_windows`), --batch and
+// --score-last.
+ssm::models::window_options window_options(const arguments& args, index_t max_windows) {
+    ssm::models::window_options o{.window = args.integer("window", 2048, 2),
+                                  .max_windows = args.integer("max-windows", max_windows, 1),
+                                  .batch = args.integer("batch", 4, 1),
+                                  .scored = args.integer("score-last", 0, 1)};
+    ssm::detail::require(o.scored < o.window, "--score-last must be below --window (", o.window, "), got ", o.scored);
+    return o;
+}
+
 // Mean next-token loss over non-overlapping windows (ssm::models::window_losses), overall and in bins
 // of position.
 template <class Model>
 int perplexity(const Model& model, const arguments& args, const ssm::host_exec& exec) {
     ssm::detail::require(args.positional.size() == 2, "ppl needs MODEL and FILE");
     const std::vector<std::int32_t> tokens = read_tokens(args.positional[1], model.config());
-    const ssm::models::window_options options{.window = args.integer("window", 2048, 2),
-                                              .max_windows = args.integer("max-windows", 0, 1),
-                                              .batch = args.integer("batch", 4, 1)};
+    const ssm::models::window_options options = window_options(args, 0);
     const index_t window = options.window, bin_width = args.integer("bin-width", 0, 1);
+    const index_t first_scored = options.scored > 0 ? window - options.scored : 1;
     progress bar("ppl", !args.flags.contains("quiet") && !args.flags.contains("json"));
     const auto losses = ssm::models::window_losses(model, exec, tokens, options, [&](index_t done, index_t all) {
         bar.update(done, all, done * window);
@@ -240,7 +278,7 @@ int perplexity(const Model& model, const arguments& args, const ssm::host_exec& 
                                                             : std::max<index_t>(64, edges.back() * 2)));
     std::vector<double> bin_loss(edges.size() - 1, 0.0);
     std::vector<index_t> bin_count(edges.size() - 1, 0);
-    for (std::size_t bin = 0, t = 1; t < std::size_t(window); ++t) {
+    for (std::size_t bin = 0, t = std::size_t(first_scored); t < std::size_t(window); ++t) {
         while (index_t(t) >= edges[bin + 1]) ++bin;
         bin_loss[bin] += losses.loss[t];
         bin_count[bin] += windows;
@@ -249,10 +287,11 @@ int perplexity(const Model& model, const arguments& args, const ssm::host_exec& 
     index_t count = 0;
     nlohmann::json bins = nlohmann::json::array();
     for (std::size_t i = 0; i < bin_loss.size(); ++i) {
+        if (bin_count[i] == 0) continue;
         total += bin_loss[i];
         count += bin_count[i];
         const double mean = bin_loss[i] / double(std::max<index_t>(bin_count[i], 1));
-        bins.push_back({{"start", edges[i]}, {"end", edges[i + 1]}, {"tokens", bin_count[i]}, {"loss", mean},
+        bins.push_back({{"start", std::max(edges[i], first_scored)}, {"end", edges[i + 1]}, {"tokens", bin_count[i]}, {"loss", mean},
                         {"bits_per_token", mean / std::log(2.0)}});
     }
     const double mean = total / double(count);
@@ -278,9 +317,7 @@ int calibrate(Model& model, const arguments& args, const ssm::host_exec& exec) {
     ssm::detail::require(args.positional.size() == 2, "calibrate needs MODEL and FILE");
     ssm::detail::require(args.options.contains("out"), "calibrate needs --out SCALING.json");
     const std::vector<std::int32_t> tokens = read_tokens(args.positional[1], model.config());
-    const ssm::models::window_options windows{.window = args.integer("window", 2048, 2),
-                                              .max_windows = args.integer("max-windows", 4, 1),
-                                              .batch = args.integer("batch", 4, 1)};
+    const ssm::models::window_options windows = window_options(args, 4);
     ssm::models::calibration_options options;
     options.passes = int(args.integer("passes", 2, 1));
     const std::string factors = args.get("factors", "delta,a");
@@ -293,7 +330,7 @@ int calibrate(Model& model, const arguments& args, const ssm::host_exec& exec) {
     progress bar("calibrate", !args.flags.contains("quiet") && !args.flags.contains("json"));
     const auto result = ssm::models::calibrate(model, exec, tokens, windows, options,
                                                [&](int done, int all) { bar.update(done, all, done * tokens_per_step); });
-    ssm::models::write_scaling(args.get("out", ""), result.scaling);
+    ssm::models::write_scaling(args.get("out", ""), result.scaling, model.decimation());
     nlohmann::json factors_json = nlohmann::json::array();
     for (const auto& f : result.scaling) factors_json.push_back({{"delta", f.delta}, {"a", f.spectrum.alpha}});
     const nlohmann::json j{{"out", args.get("out", "")}, {"window", windows.window}, {"layers", layers},
@@ -309,6 +346,104 @@ int calibrate(Model& model, const arguments& args, const ssm::host_exec& exec) {
     for (std::size_t l = 0; l < layers; ++l)
         std::printf("layer %2zu: delta x%.3f  A x%.3f\n", l, result.scaling[l].delta, result.scaling[l].spectrum.alpha);
     std::printf("written to %s\n", args.get("out", "").c_str());
+    return 0;
+}
+
+// Passkey retrieval (byte-level models): filler text of a given length with a 5-digit key hidden at a
+// given depth, then the question; a trial succeeds when greedy decoding gives the key. The format is
+// the one tools/train_passkey.py trains on.
+namespace passkey {
+const std::string filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
+const std::string question = "What is the pass key? The pass key is ";
+std::string needle(int key) {
+    const std::string k = std::to_string(key);
+    return "The pass key is " + k + ". Remember it. " + k + " is the pass key. ";
+}
+
+// The prompt of exactly `length` bytes: the needle starts at the last sentence start of the filler at
+// or before floor(depth · room), room being what the needle and question leave.
+std::string prompt(index_t length, double depth, int key) {
+    const std::string n = needle(key);
+    const index_t room = length - index_t(n.size() + question.size());
+    ssm::detail::require(room >= 0, "passkey: length ", length, " is shorter than the needle and the question (",
+                         n.size() + question.size(), " bytes)");
+    std::string text;
+    while (index_t(text.size()) < room) text += filler;
+    text.resize(std::size_t(room));
+    const auto at = std::size_t(std::floor(depth * double(room)));
+    std::size_t start = 0;
+    for (auto i = text.find(". "); i != std::string::npos && i + 2 <= at; i = text.find(". ", i + 1)) start = i + 2;
+    return text.substr(0, start) + n + text.substr(start) + question;
+}
+}  // namespace passkey
+
+template <class Model>
+int passkey_grid(const Model& model, const arguments& args, const ssm::host_exec& exec) {
+    const auto& config = model.config();
+    ssm::detail::require(byte_level(config), "passkey needs a byte-level model (vocab_size 256)");
+    const auto lengths = parse_list<index_t>("lengths", args.get("lengths", "256,512,1024"), [](const std::string& t) {
+        const auto v = parse_integer(t);
+        return v && *v > 0 ? std::optional<index_t>(*v) : std::nullopt;
+    });
+    const auto depths = parse_list<double>("depths", args.get("depths", "0,0.25,0.5,0.75,1"), [](const std::string& t) {
+        std::size_t used = 0;
+        double v = -1;
+        try {
+            v = std::stod(t, &used);
+        } catch (const std::exception&) {
+        }
+        return used == t.size() && v >= 0.0 && v <= 1.0 ? std::optional<double>(v) : std::nullopt;
+    });
+    const index_t trials = args.integer("trials", 20, 1), vocab = config.vocab_size;
+    std::mt19937_64 rng(std::uint64_t(args.integer("seed", 0, 0)));
+    progress bar("passkey", !args.flags.contains("quiet") && !args.flags.contains("json"));
+    nlohmann::json cells = nlohmann::json::array();
+    index_t done = 0, tokens_done = 0;
+    for (const index_t length : lengths) {
+        for (const double depth : depths) {
+            // All trials of a cell in one batch: prompt, then four single-byte steps.
+            std::vector<std::string> keys;
+            std::vector<std::int32_t> ids;
+            for (index_t i = 0; i < trials; ++i) {
+                const int key = std::uniform_int_distribution<int>(10000, 99999)(rng);
+                keys.push_back(std::to_string(key));
+                for (const char c : passkey::prompt(length, depth, key)) ids.push_back(static_cast<unsigned char>(c));
+            }
+            auto cache = model.make_cache(trials);
+            std::vector<float> logits(static_cast<std::size_t>(trials * vocab));
+            model.forward(exec, {ids.data(), trials, length}, cache, {logits.data(), trials, 1, vocab});
+            std::vector<std::string> answers(static_cast<std::size_t>(trials));
+            std::vector<std::int32_t> next(static_cast<std::size_t>(trials));
+            for (int digit = 0; digit < 5; ++digit) {
+                for (index_t i = 0; i < trials; ++i) {
+                    const float* l = logits.data() + i * vocab;
+                    next[std::size_t(i)] = std::int32_t(std::max_element(l, l + vocab) - l);
+                    answers[std::size_t(i)] += char(next[std::size_t(i)]);
+                }
+                if (digit < 4) model.forward(exec, {next.data(), trials, 1}, cache, {logits.data(), trials, 1, vocab});
+            }
+            index_t hits = 0;
+            for (index_t i = 0; i < trials; ++i) hits += answers[std::size_t(i)] == keys[std::size_t(i)];
+            cells.push_back({{"length", length}, {"depth", depth}, {"trials", trials}, {"correct", hits},
+                             {"accuracy", double(hits) / double(trials)}, {"example_answer", answers[0]},
+                             {"example_key", keys[0]}});
+            tokens_done += trials * (length + 4);
+            bar.update(++done, index_t(lengths.size() * depths.size()), tokens_done);
+        }
+    }
+    if (args.flags.contains("json")) {
+        std::cout << nlohmann::json{{"trials", trials}, {"cells", cells}}.dump(2) << "\n";
+        return 0;
+    }
+    std::printf("passkey retrieval, %lld trials a cell (accuracy)\n%8s", (long long)trials, "length");
+    for (const double depth : depths) std::printf("  d=%-5.2f", depth);
+    std::printf("\n");
+    for (std::size_t l = 0; l < lengths.size(); ++l) {
+        std::printf("%8lld", (long long)lengths[l]);
+        for (std::size_t d = 0; d < depths.size(); ++d)
+            std::printf("  %7.2f", cells[l * depths.size() + d]["accuracy"].template get<double>());
+        std::printf("\n");
+    }
     return 0;
 }
 
@@ -379,16 +514,19 @@ int generate(const Model& model, const arguments& args, const ssm::host_exec& ex
 }  // namespace
 
 int main(int argc, char** argv) {
-    const std::set<std::string> common{"threads", "device", "dtype", "scaling", "spectrum-percentiles", "input"};
+    const std::set<std::string> common{"threads",  "device",          "dtype",           "scaling",
+                                       "spectrum-percentiles", "input", "decimate", "decimation-base",
+                                       "decimation-beta", "decimation-min"};
     auto with_common = [&](std::set<std::string> s) {
         s.insert(common.begin(), common.end());
         return s;
     };
     const std::map<std::string, std::set<std::string>> options{
         {"info", with_common({})},
-        {"ppl", with_common({"window", "max-windows", "batch", "bin-width"})},
+        {"ppl", with_common({"window", "max-windows", "batch", "bin-width", "score-last"})},
         {"generate", with_common({"prompt", "prompt-ids", "tokens", "temperature", "top-k", "seed"})},
-        {"calibrate", with_common({"window", "max-windows", "batch", "out", "factors", "passes"})}};
+        {"calibrate", with_common({"window", "max-windows", "batch", "out", "factors", "passes", "score-last"})},
+        {"passkey", with_common({"lengths", "depths", "trials", "seed"})}};
     try {
         if (argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
             std::cout << usage;
@@ -415,11 +553,39 @@ int main(int argc, char** argv) {
                 if (args.command == "calibrate") return calibrate(model, args, exec);
             }
             if (args.command == "ppl") return perplexity(model, args, exec);
+            if (args.command == "passkey") return passkey_grid(model, args, exec);
             return generate(model, args, exec);
         };
         return ssm::models::with_model(folder, [&](auto&& host) {
-            if (const std::string file = args.get("scaling", ""); !file.empty())
+            ssm::models::decimation_settings decimation;
+            if (const std::string file = args.get("scaling", ""); !file.empty()) {
                 host.set_scaling(ssm::models::read_scaling(file, host.config().layers));
+                decimation = ssm::models::read_decimation(file, host.config().layers);
+            }
+            if (args.options.contains("decimate")) {
+                decimation.layers = parse_list<index_t>("decimate", args.get("decimate", ""), [](const std::string& t) {
+                    const auto v = parse_integer(t);
+                    return v ? std::optional<index_t>(index_t(*v)) : std::nullopt;
+                });
+            }
+            for (const char* option : {"decimation-base", "decimation-beta", "decimation-min"})
+                ssm::detail::require(!args.options.contains(option) || decimation.enabled(), "--", option,
+                                     " needs --decimate LAYERS (or a scaling file with \"decimation\")");
+            decimation.schedule.base_length = args.integer("decimation-base", decimation.schedule.base_length, 1);
+            decimation.schedule.beta = args.number("decimation-beta", decimation.schedule.beta);
+            decimation.schedule.min_length = args.integer("decimation-min", decimation.schedule.min_length, 0);
+            if (decimation.enabled()) {
+                ssm::detail::require(device == "cpu", "decimation runs on the CPU only (--device cpu)");
+                // The tokens that must reach the head: see the comment at the top of this file.
+                if (args.command == "ppl" || args.command == "calibrate") {
+                    decimation.response_length = args.integer("score-last", 0, 0);
+                    ssm::detail::require(decimation.response_length > 0, args.command, " with decimation needs ",
+                                         "--score-last N: the loss is read on the tokens that reach the head");
+                }
+                if (args.command == "generate") decimation.response_length = 1;
+                if (args.command == "passkey") decimation.response_length = index_t(passkey::question.size());
+            }
+            host.set_decimation(decimation);
             if (const std::string p = args.get("spectrum-percentiles", ""); !p.empty()) {
                 const auto comma = p.find(',');
                 float low = 0.0f, high = 0.0f;

@@ -72,7 +72,7 @@ calibration_result coordinate_search(std::vector<layer_scaling> start, const cal
 // Calibrates `model` (causal_lm or any model with set_scaling / scaling and window_losses'
 // interface) on the windows of `tokens` described by `windows`, starting from its current factors,
 // and leaves the factors found set on the model. The objective is the mean next-token loss (nats)
-// over every predicted position of the windows.
+// over the scored positions of the windows.
 template <class Model, class Progress>
 calibration_result calibrate(Model& model, const host_exec& exec, std::span<const std::int32_t> tokens,
                              const window_options& windows, const calibration_options& options, Progress&& on_step) {
@@ -81,7 +81,8 @@ calibration_result calibrate(Model& model, const host_exec& exec, std::span<cons
         const position_losses p = window_losses(model, exec, tokens, windows, [](index_t, index_t) {});
         double sum = 0.0;
         for (double v : p.loss) sum += v;
-        return sum / double(p.windows * (index_t(p.loss.size()) - 1));
+        const index_t scored = windows.scored > 0 ? windows.scored : windows.window - 1;
+        return sum / double(p.windows * scored);
     };
     calibration_result r = coordinate_search(model.scaling(), options, objective, on_step);
     model.set_scaling(r.scaling);

@@ -7,7 +7,10 @@
 //   model.forward(exec, prompt, cache, logits);      // prefill: logits (batch, length, vocab)
 //   model.forward(exec, next_token, cache, last);    // decode: (batch, 1) tokens → (batch, 1, vocab)
 //
+// Logits may be asked for the last P positions of a call (batch, P, vocab), 1 <= P <= length.
+//
 // Weights are kept in float32 (bf16 and fp16 checkpoints are widened when loaded).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -18,26 +21,27 @@
 #include "../core/parallel.hpp"
 #include "../io/config.hpp"
 #include "../io/safetensors.hpp"
+#include "decimation.hpp"
 #include "mixers.hpp"
 #include "weights.hpp"
 
 namespace ssm::detail {
 // The checks every forward call makes on its arguments' shapes (not on their values, which may be in
-// device memory); returns whether logits are asked for every position (or the last one only).
-inline bool check_forward_shapes(const char* where, tensor_view<const std::int32_t, 2> tokens, index_t cache_batch,
-                                 index_t cache_layers, index_t layers, tensor_view<float, 3> logits, index_t vocab) {
+// device memory); returns for how many positions, the last ones, logits are asked (1 to length).
+inline index_t check_forward_shapes(const char* where, tensor_view<const std::int32_t, 2> tokens, index_t cache_batch,
+                                    index_t cache_layers, index_t layers, tensor_view<float, 3> logits, index_t vocab) {
     require(!tokens.empty(), where, ": tokens are missing");
     const index_t batch = tokens.extent(0), length = tokens.extent(1);
     require(batch > 0 && length > 0, where, ": tokens are empty (", batch, " x ", length, ")");
     require(tokens.stride(1) == 1 && tokens.stride(0) == length, where, ": tokens must be contiguous");
     require(cache_batch == batch && cache_layers == layers, where, ": the cache holds ", cache_batch,
             " sequences for ", cache_layers, " layers, the call has ", batch, " for ", layers);
-    const bool all_positions = logits.extent(1) == length;
-    check_shape(where, "logits", logits, {batch, all_positions ? length : 1, vocab},
-                {"batch", "positions (length or 1)", "vocab"});
+    const index_t positions = logits.extent(1);
+    check_shape(where, "logits", logits, {batch, std::clamp<index_t>(positions, 1, length), vocab},
+                {"batch", "positions (1 to length)", "vocab"});
     require(logits.stride(2) == 1 && logits.stride(1) == vocab && logits.stride(0) == logits.extent(1) * vocab,
             where, ": logits must be contiguous");
-    return all_positions;
+    return positions;
 }
 
 // Token ids in host memory must lie in [0, vocab).
@@ -135,6 +139,14 @@ public:
             mixers_[l].scaling = f;
         }
     }
+    // Decimation (DeciMamba; decimation.hpp). With it on, logits can be read only for positions that
+    // reach the head: the last response_length of a call are sure to.
+    const decimation_settings& decimation() const { return decimation_; }
+    void set_decimation(decimation_settings settings) {
+        settings.validate("set_decimation", index_t(mixers_.size()));
+        decimation_ = std::move(settings);
+    }
+
     // The weights outside the mixers (float32, as stored), e.g. for a copy on the device.
     const std::vector<float>& embeddings() const { return embeddings_; }
     const std::vector<std::vector<float>>& layer_norms() const { return norms_; }
@@ -159,42 +171,68 @@ public:
     }
 
     // Runs tokens (batch, length) through the model, continuing the sequences held in `cache`, and
-    // writes the logits of every position (logits (batch, length, vocab)) or of the last one only
-    // (logits (batch, 1, vocab)). Prefill and decoding are the same call; any split of a sequence into
-    // calls gives the same logits as one call.
+    // writes the logits of the last P positions (logits (batch, P, vocab), P = length for every
+    // position, 1 for the last). Prefill and decoding are the same call; without decimation any split
+    // of a sequence into calls gives the same logits as one call.
     void forward(const host_exec& exec, tensor_view<const std::int32_t, 2> tokens, cache& c,
                  tensor_view<float, 3> logits) const {
         constexpr const char* where = "causal_lm::forward";
-        const bool all_positions = detail::check_forward_shapes(where, tokens, c.batch, index_t(c.layers.size()),
-                                                                index_t(mixers_.size()), logits, config_.vocab_size);
+        const index_t positions = detail::check_forward_shapes(where, tokens, c.batch, index_t(c.layers.size()),
+                                                               index_t(mixers_.size()), logits, config_.vocab_size);
         detail::check_token_ids(where, tokens, config_.vocab_size);
-        const index_t batch = tokens.extent(0), length = tokens.extent(1), d = config_.hidden_size;
-        const index_t vocab = config_.vocab_size;
+        const index_t batch = tokens.extent(0), d = config_.hidden_size, vocab = config_.vocab_size;
+        index_t length = tokens.extent(1);
 
-        const index_t rows = batch * length;
-        const auto hidden = detail::buffer(c.hidden, rows, d);
-        const auto normed = detail::buffer(c.normed, rows, d);
-        const auto mixed = detail::buffer(c.mixed, rows, d);
-        ssm::detail::parallel_for(exec, rows, [&](index_t r) {
+        const auto hidden = detail::buffer(c.hidden, batch * length, d);
+        const auto normed = detail::buffer(c.normed, batch * length, d);
+        const auto mixed = detail::buffer(c.mixed, batch * length, d);
+        ssm::detail::parallel_for(exec, batch * length, [&](index_t r) {
             const float* e = embeddings_.data() + tokens(r / length, r % length) * d;
             std::copy(e, e + d, hidden.data() + r * d);
         });
+        // origin[b·length + t]: the call position of the sequence's t-th remaining token.
+        std::vector<index_t> origin;
+        if (decimation_.enabled())
+            for (index_t b = 0; b < batch; ++b)
+                for (index_t t = 0; t < length; ++t) origin.push_back(t);
         const rms_norm_inputs norm_options{.epsilon = config_.norm_epsilon};
         for (std::size_t l = 0; l < mixers_.size(); ++l) {
-            rms_norm(exec, tensor_view<const float, 2>(hidden), detail::optional_vector(norms_[l]), norm_options, normed);
-            mixers_[l].forward(exec, gemm_, normed, batch, length, c.layers[l], c.scratch, mixed);
-            ssm::detail::parallel_for(exec, rows, [&](index_t r) {
+            const index_t rows = batch * length;
+            rms_norm(exec, tensor_view<const float, 2>(hidden.data(), rows, d), detail::optional_vector(norms_[l]),
+                     norm_options, tensor_view<float, 2>(normed.data(), rows, d));
+            const auto decimating = decimation_.for_layer(index_t(l));
+            const index_t kept = mixers_[l].forward(exec, gemm_, tensor_view<const float, 2>(normed.data(), rows, d),
+                                                    batch, length, c.layers[l], c.scratch, mixed,
+                                                    decimating ? &*decimating : nullptr);
+            if (kept != length) {  // the residual stream and the positions follow the kept tokens
+                detail::keep_rows(hidden, batch, length, c.scratch.kept);
+                std::vector<index_t> kept_origin;
+                for (std::size_t i = 0; i < c.scratch.kept.size(); ++i)
+                    kept_origin.push_back(origin[std::size_t(index_t(i) / kept * length) + std::size_t(c.scratch.kept[i])]);
+                origin = std::move(kept_origin);
+                length = kept;
+            }
+            ssm::detail::parallel_for(exec, batch * length, [&](index_t r) {
                 for (index_t i = 0; i < d; ++i) hidden(r, i) += mixed(r, i);
             });
         }
-        c.position += length;
+        c.position += tokens.extent(1);
 
-        // Only the rows whose logits are asked for go through norm_f and the head.
-        tensor_view<const float, 2> final_rows = hidden;
-        if (!all_positions) {
-            const auto last = detail::buffer(c.last, batch, d);
+        // The last `positions` rows of each sequence go through norm_f and the head.
+        detail::require(positions <= length, where, ": logits are asked for the last ", positions,
+                        " positions, but decimation left ", length, " tokens per sequence; set the response length");
+        for (index_t b = 0; b < batch && !origin.empty(); ++b)
+            for (index_t j = 0; j < positions; ++j) {
+                const index_t want = tokens.extent(1) - positions + j, got = origin[std::size_t(b * length + length - positions + j)];
+                detail::require(got == want, where, ": decimation dropped position ", want, " of sequence ", b,
+                                ", whose logits are asked for; set the response length to at least ", positions);
+            }
+        tensor_view<const float, 2> final_rows(hidden.data(), batch * length, d);
+        if (positions != length) {
+            const auto last = detail::buffer(c.last, batch * positions, d);
             for (index_t b = 0; b < batch; ++b)
-                std::copy_n(hidden.data() + ((b + 1) * length - 1) * d, d, last.data() + b * d);
+                std::copy_n(hidden.data() + (b * length + length - positions) * d, positions * d,
+                            last.data() + b * positions * d);
             final_rows = last;
         }
         const index_t out_rows = final_rows.extent(0);
@@ -210,6 +248,7 @@ private:
     std::vector<float> embeddings_, norm_f_, lm_head_;  // lm_head_ empty when tied to the embeddings
     std::vector<std::vector<float>> norms_;
     std::vector<Mixer> mixers_;
+    decimation_settings decimation_;
 };
 
 using mamba_lm = causal_lm<mamba1_mixer>;

@@ -409,10 +409,13 @@ public:
     // sequence's logits NaN.
     void forward(const cuda_exec& exec, tensor_view<const std::int32_t, 2> tokens, cache_type& c,
                  tensor_view<float, 3> logits) const {
-        const bool all_positions =
-            detail::check_forward_shapes("device_causal_lm::forward", tokens, c.batch, index_t(c.layers.size()),
-                                         index_t(mixers_.size()), logits, config_.vocab_size);
+        constexpr const char* where = "device_causal_lm::forward";
+        const index_t positions = detail::check_forward_shapes(where, tokens, c.batch, index_t(c.layers.size()),
+                                                               index_t(mixers_.size()), logits, config_.vocab_size);
         const index_t batch = tokens.extent(0), length = tokens.extent(1), rows = batch * length;
+        detail::require(positions == length || positions == 1, where,
+                        ": logits are read for every position or the last one on the device, not the last ", positions);
+        const bool all_positions = positions == length;
         const index_t d = config_.hidden_size;
         // Single tokens have a workspace of their own: a longer call must not move what a graph uses.
         device_workspace<X>& ws = length == 1 ? c.decode : c.prefill;

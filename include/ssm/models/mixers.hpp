@@ -12,6 +12,7 @@
 #include "../io/config.hpp"
 #include "../layers/conv1d.hpp"
 #include "../layers/norm.hpp"
+#include "../modulation/decimator.hpp"
 #include "../modulation/modulation.hpp"
 #include "../scan/selective_scan.hpp"
 #include "weights.hpp"
@@ -35,6 +36,16 @@ template <class T>
 tensor_view<T, 4> grouped_columns(T* data, index_t batch, index_t length, index_t width, index_t first,
                                   index_t groups, index_t count) {
     return {data + first, {batch, length, groups, count / groups}, {length * width, width, count / groups, 1}};
+}
+// Moves rows (b, kept[b·k + j]) of a (batch·length, width) buffer to rows (b, j), in place: kept
+// positions ascend, so a row only ever moves to a lower one.
+inline void keep_rows(tensor_view<float, 2> rows, index_t batch, index_t length, const std::vector<index_t>& kept) {
+    const index_t k = index_t(kept.size()) / batch, width = rows.extent(1);
+    for (index_t b = 0; b < batch; ++b)
+        for (index_t j = 0; j < k; ++j) {
+            const index_t from = b * length + kept[std::size_t(b * k + j)], to = b * k + j;
+            if (from != to) std::copy_n(rows.data() + from * width, width, rows.data() + to * width);
+        }
 }
 inline tensor_view<const float, 1> optional_vector(const std::vector<float>& v) {
     return v.empty() ? tensor_view<const float, 1>{} : tensor_view<const float, 1>(v.data(), index_t(v.size()));
@@ -79,9 +90,35 @@ struct layer_scaling {
     }
 };
 
-// Scratch buffers a forward pass reuses from call to call.
+// Scratch buffers a forward pass reuses from call to call; `kept` holds the positions a decimating
+// layer kept, (batch, kept length), relative to the sequence the layer was given.
 struct workspace {
     std::vector<float> projected, convolved, x_projected, delta, y, gated;
+    std::vector<index_t> kept;
+};
+
+// What a decimating layer does (DeciMamba), handed to its mixer: after Δ is known, keep per sequence
+// the tokens `policy` picks, `layer_position` being the layer's index among the decimating layers and
+// the last `response_length` tokens never dropped. The scan, gate and output see only those tokens.
+struct layer_decimation {
+    decimator policy;
+    index_t layer_position = 0;
+    index_t response_length = 0;
+
+    // Picks the tokens from Δ (batch·length, Δ channels; after softplus), writes their positions to
+    // `kept` (batch, k) and compacts every buffer to the kept rows; returns k.
+    index_t apply(tensor_view<const float, 2> delta, index_t batch, index_t length, std::vector<index_t>& kept,
+                  std::initializer_list<tensor_view<float, 2>> buffers) const {
+        kept.clear();
+        for (index_t b = 0; b < batch; ++b) {
+            const tensor_view<const float, 2> sequence(delta.data() + b * length * delta.extent(1), length,
+                                                       delta.extent(1));
+            const auto picked = policy.select(sequence, layer_position, std::min(response_length, length));
+            kept.insert(kept.end(), picked.begin(), picked.end());
+        }
+        for (const auto& rows : buffers) detail::keep_rows(rows, batch, length, kept);
+        return index_t(kept.size()) / batch;
+    }
 };
 
 
@@ -126,11 +163,14 @@ struct mamba1_mixer {
     index_t state_size() const { return state; }
     index_t kernel_size() const { return kernel; }
 
-    // x: (batch·length, d_model) normalized hidden states; out: (batch·length, d_model).
+    // x: (batch·length, d_model) normalized hidden states; out: (batch·length, d_model), of which a
+    // decimating layer writes the first batch·k rows. Returns the length it leaves (k, or length).
     template <host_gemm Gemm>
-    void forward(const host_exec& exec, const Gemm& gemm, tensor_view<const float, 2> x, index_t batch,
-                 index_t length, layer_state& cache, workspace& ws, tensor_view<float, 2> out) const {
-        const index_t rows = batch * length, di = d_inner, n = state, width = 2 * di, xw = rank + 2 * n;
+    index_t forward(const host_exec& exec, const Gemm& gemm, tensor_view<const float, 2> x, index_t batch,
+                    index_t length, layer_state& cache, workspace& ws, tensor_view<float, 2> out,
+                    const layer_decimation* decimation = nullptr) const {
+        index_t rows = batch * length;
+        const index_t di = d_inner, n = state, width = 2 * di, xw = rank + 2 * n;
         const auto xz = detail::buffer(ws.projected, rows, width);
         detail::linear(exec, gemm, x, in_proj, in_proj_bias, xz);
 
@@ -148,6 +188,16 @@ struct mamba1_mixer {
         gemm.multiply(exec, tensor_view<const float, 2>(x_dbl.data(), {rows, rank}, {xw, 1}), detail::matrix(dt_proj, di, rank),
                       delta);
 
+        if (decimation) {
+            // Token importance from the step the scan will take: softplus(Δ + bias), before any factor.
+            const auto steps = detail::buffer(ws.gated, rows, di);
+            ssm::detail::parallel_for(exec, rows, [&](index_t r) {
+                for (index_t c = 0; c < di; ++c) steps(r, c) = math::softplus(delta(r, c) + dt_bias[std::size_t(c)]);
+            });
+            length = decimation->apply(steps, batch, length, ws.kept, {xz, conv_out, x_dbl, delta});
+            rows = batch * length;
+        }
+
         const auto y = detail::buffer(ws.y, rows, di);
         const tensor_view<float, 3> ssm_state(cache.ssm.data(), batch, di, n);
         // The sequential strategy reads a channel's state before writing it, so the cache can be both
@@ -163,7 +213,8 @@ struct mamba1_mixer {
                                           .delta_softplus = true,
                                           .initial_state = ssm_state},
                        scan_outputs<float>{.y = {y.data(), batch, length, di}, .final_state = ssm_state});
-        detail::linear(exec, gemm, y, out_proj, out_proj_bias, out);
+        detail::linear(exec, gemm, y, out_proj, out_proj_bias, tensor_view<float, 2>(out.data(), rows, d_model));
+        return length;
     }
 };
 
@@ -212,10 +263,13 @@ struct mamba2_mixer {
     index_t state_size() const { return state; }
     index_t kernel_size() const { return kernel; }
 
+    // As Mamba-1's forward; a decimating layer ranks tokens by their per-head Δ.
     template <host_gemm Gemm>
-    void forward(const host_exec& exec, const Gemm& gemm, tensor_view<const float, 2> x, index_t batch,
-                 index_t length, layer_state& cache, workspace& ws, tensor_view<float, 2> out) const {
-        const index_t rows = batch * length, di = d_inner, gn = groups * state, conv = conv_channels();
+    index_t forward(const host_exec& exec, const Gemm& gemm, tensor_view<const float, 2> x, index_t batch,
+                    index_t length, layer_state& cache, workspace& ws, tensor_view<float, 2> out,
+                    const layer_decimation* decimation = nullptr) const {
+        index_t rows = batch * length;
+        const index_t di = d_inner, gn = groups * state, conv = conv_channels();
         const index_t width = projection_width();
         const auto projected = detail::buffer(ws.projected, rows, width);  // [z | xBC | dt]
         detail::linear(exec, gemm, x, in_proj, in_proj_bias, projected);
@@ -237,6 +291,10 @@ struct mamba2_mixer {
                                                      delta_max);
             }
         });
+        if (decimation) {
+            length = decimation->apply(delta, batch, length, ws.kept, {projected, xbc, delta});
+            rows = batch * length;
+        }
 
         const auto y = detail::buffer(ws.y, rows, di);
         const tensor_view<float, 3> ssm_state(cache.ssm.data(), batch, di, state);
@@ -257,7 +315,8 @@ struct mamba2_mixer {
         gated_rms_norm(exec, tensor_view<const float, 2>(y),
                        tensor_view<const float, 2>(projected.data(), {rows, di}, {width, 1}),
                        detail::optional_vector(norm), rms_norm_inputs{.epsilon = norm_epsilon}, gated);
-        detail::linear(exec, gemm, gated, out_proj, out_proj_bias, out);
+        detail::linear(exec, gemm, gated, out_proj, out_proj_bias, tensor_view<float, 2>(out.data(), rows, d_model));
+        return length;
     }
 };
 
