@@ -4,10 +4,15 @@
 //   prefill/<arch>/batch:B/length:L/threads:T   one forward over B sequences of L tokens from an
 //                                               empty cache, logits of the last position
 //   decode/<arch>/batch:B/threads:T             one token per sequence after a 64-token prefill
+//   prefill/<arch>/.../variant:V                V = 0 as trained, 1 with Δ and spectrum factors on every
+//                                               layer (the cost of the fused policies), 2 with layer 12
+//                                               decimating to 2000 tokens (DeciMamba's setting for this
+//                                               model), logits of the last position
 //
 // items_per_second counts tokens (B·L for prefill, B per decode step).
 #include <benchmark/benchmark.h>
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -19,15 +24,25 @@ namespace {
 
 using ssm::index_t;
 
+enum variant { as_trained = 0, scaled = 1, decimated = 2 };
+
 template <class Model>
-const Model& model() {
-    static const Model m = Model::random(std::same_as<Model, ssm::models::mamba_lm> ? bench::mamba_130m() : bench::mamba2_130m(), 7);
-    return m;
+const Model& model(int v = as_trained) {
+    static const std::array<Model, 3> models = [] {
+        const Model m = Model::random(std::same_as<Model, ssm::models::mamba_lm> ? bench::mamba_130m() : bench::mamba2_130m(), 7);
+        std::array<Model, 3> out{m, m, m};
+        std::vector<ssm::models::layer_scaling> factors(static_cast<std::size_t>(m.config().layers));
+        for (auto& f : factors) f = {.delta = 0.9f, .clip = {0.01f, 50.0f}, .spectrum = {.alpha = 0.5f, .max_magnitude = 2.0f}};
+        out[scaled].set_scaling(factors);
+        out[decimated].set_decimation({.layers = {12}, .schedule = {.base_length = 2000}, .response_length = 1});
+        return out;
+    }();
+    return models[std::size_t(v)];
 }
 
 template <class Model>
 void bm_prefill(benchmark::State& state) {
-    const Model& m = model<Model>();
+    const Model& m = model<Model>(int(state.range(3)));
     const index_t batch = state.range(0), length = state.range(1), vocab = m.config().vocab_size;
     const ssm::host_exec exec{.threads = int(state.range(2))};
     const auto input = bench::tokens(batch * length, vocab);
@@ -64,11 +79,17 @@ void register_all() {
           std::tuple{"mamba2", &bm_prefill<ssm::models::mamba2_lm>, &bm_decode<ssm::models::mamba2_lm>}}) {
         for (const index_t length : {128, 512})
             benchmark::RegisterBenchmark((std::string("prefill/") + name).c_str(), prefill)
-                ->ArgsProduct({{1}, {length}, {threads}})
-                ->ArgNames({"batch", "length", "threads"})
+                ->ArgsProduct({{1}, {length}, {threads}, {as_trained, scaled}})
+                ->ArgNames({"batch", "length", "threads", "variant"})
                 ->Unit(benchmark::kMillisecond)
                 ->UseRealTime()
                 ->MinTime(1.0);
+        benchmark::RegisterBenchmark((std::string("prefill/") + name).c_str(), prefill)
+            ->ArgsProduct({{1}, {4096}, {threads}, {as_trained, decimated}})
+            ->ArgNames({"batch", "length", "threads", "variant"})
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime()
+            ->MinTime(1.0);
         benchmark::RegisterBenchmark((std::string("decode/") + name).c_str(), decode)
             ->ArgsProduct({{1, 16}, {threads}})
             ->ArgNames({"batch", "threads"})

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Train a small byte-level Mamba-1 (Hugging Face ``MambaForCausalLM``) on kjv.txt.
+"""Train a small byte-level Mamba-1 (Hugging Face ``MambaForCausalLM``) or, with --arch mamba2, Mamba-2
+(``Mamba2ForCausalLM``, through transformers' own torch path) on kjv.txt.
 
 Bytes are the token ids (vocab 256, no tokenizer).  The first floor(0.8 * len) bytes
 of the file are for training, the rest is held out.
@@ -124,8 +125,11 @@ def fast_mixer_forward(m, hidden_states):
 
 
 def patch_model(model):
-    """Route every mixer's cache-less forward through fast_mixer_forward. Returns an undo fn."""
+    """Route every Mamba-1 mixer's cache-less forward through fast_mixer_forward. Returns an undo fn.
+    Mamba-2 models are left alone (transformers' torch path is already a chunked scan)."""
     originals = []
+    if not is_mamba1(model):
+        return lambda: None
     for layer in model.backbone.layers:
         m = layer.mixer
         orig = m.forward
@@ -151,8 +155,22 @@ def patch_model(model):
 # Model construction / init (mamba_ssm's initialisation scheme)
 # ----------------------------------------------------------------------------------------
 
+def is_mamba1(model):
+    return type(model).__name__ == "MambaForCausalLM"
+
+
 def build_model(args):
+    """A byte-level model of args.arch: Mamba-1 with mamba_ssm's initialisation, or Mamba-2
+    (heads of --head-dim channels, one group, time_step_limit (0, inf)) with transformers' own."""
     from transformers import MambaConfig, MambaForCausalLM
+    if getattr(args, "arch", "mamba1") == "mamba2":
+        from transformers import Mamba2Config, Mamba2ForCausalLM
+        cfg = Mamba2Config(vocab_size=256, hidden_size=args.hidden, state_size=args.state,
+                           num_hidden_layers=args.layers, expand=args.expand, conv_kernel=args.conv,
+                           head_dim=args.head_dim, num_heads=args.expand * args.hidden // args.head_dim,
+                           n_groups=1, chunk_size=64, use_bias=False, use_conv_bias=True,
+                           tie_word_embeddings=True, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+        return Mamba2ForCausalLM(cfg), cfg
     cfg = MambaConfig(
         vocab_size=256,
         hidden_size=args.hidden,
@@ -286,6 +304,8 @@ def main():
     ap.add_argument("--state", type=int, default=16)
     ap.add_argument("--expand", type=int, default=2)
     ap.add_argument("--conv", type=int, default=4)
+    ap.add_argument("--arch", choices=["mamba1", "mamba2"], default="mamba1")
+    ap.add_argument("--head-dim", type=int, default=64, help="Mamba-2 only")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--no-fast", action="store_true", help="train through HF's own slow path")
@@ -310,7 +330,7 @@ def main():
     model.to(device)
     nparams = sum(p.numel() for p in model.parameters())
     tied = model.lm_head.weight.data_ptr() == model.backbone.embeddings.weight.data_ptr()
-    print(f"params {nparams} (tied lm_head: {tied}), time_step_rank {cfg.time_step_rank}", flush=True)
+    print(f"params {nparams} (tied lm_head: {tied}), {type(model).__name__}", flush=True)
 
     info = {"use_mambapy_in_config": hasattr(cfg, "use_mambapy")}
     try:
@@ -342,6 +362,8 @@ def main():
 
     worst = float("inf")
     try:
+        if not is_mamba1(model):
+            raise NotImplementedError("no fast path for Mamba-2: trained through transformers' torch path")
         model.eval()
         with torch.no_grad():
             ref = logits_of(model, ids)
@@ -489,11 +511,12 @@ def main():
 
     hyper = {k: v for k, v in vars(args).items()}
     training = {
-        "model": "MambaForCausalLM (byte-level, vocab 256, bytes are token ids)",
+        "model": f"{type(model).__name__} (byte-level, vocab 256, bytes are token ids)",
         "config": {"vocab_size": 256, "hidden_size": args.hidden, "num_hidden_layers": args.layers,
                    "state_size": args.state, "expand": args.expand, "conv_kernel": args.conv,
-                   "time_step_rank": cfg.time_step_rank, "use_bias": False, "use_conv_bias": True,
-                   "tie_word_embeddings": True, "weights_dtype": "float32"},
+                   "use_bias": False, "use_conv_bias": True, "tie_word_embeddings": True, "weights_dtype": "float32",
+                   **({"time_step_rank": cfg.time_step_rank} if is_mamba1(model) else
+                      {"num_heads": cfg.num_heads, "head_dim": cfg.head_dim, "n_groups": cfg.n_groups})},
         "parameters": nparams,
         "data": {"file": os.path.basename(args.data), "bytes": len(raw), "split": split,
                  "train_bytes": len(train), "heldout_bytes": len(held),
@@ -502,10 +525,11 @@ def main():
         "optimizer": "AdamW betas (0.9, 0.95) eps 1e-8; weight decay on 2-D weights except embeddings/lm_head; "
                      "linear warmup over --warmup steps, then cosine decay in wall-clock time to min-lr-frac*lr; "
                      "grad-norm clip; bf16 autocast, fp32 master weights; batches of random windows of context+1 bytes",
-        "init": "mamba_ssm scheme: embeddings N(0,0.02); Linear default (kaiming-uniform); out_proj / sqrt(n_layers); "
-                "dt_proj.weight U(-r^-0.5, r^-0.5); dt bias = softplus^-1(logU[1e-3,1e-1]); A_log = log(1..N); D = 1",
+        "init": ("mamba_ssm scheme: embeddings N(0,0.02); Linear default (kaiming-uniform); out_proj / sqrt(n_layers); "
+                 "dt_proj.weight U(-r^-0.5, r^-0.5); dt bias = softplus^-1(logU[1e-3,1e-1]); A_log = log(1..N); D = 1"
+                 if is_mamba1(model) else "transformers' Mamba2 initialisation"),
         "training_path": ("fast chunked-scan mixer (same math as HF MambaForCausalLM's forward; see equivalence_check)"
-                          if use_fast else "HF MambaForCausalLM slow path"),
+                          if use_fast else f"transformers' {type(model).__name__} forward"),
         "equivalence_check": check,
         "hf_info": info,
         "hf_slow_path_bench": bench,
@@ -526,8 +550,8 @@ def main():
 
     # ---- 5. evaluation: float32, no autocast, no TF32, through the saved checkpoint ----
     set_exact_fp32()
-    from transformers import MambaForCausalLM
-    ev_model = MambaForCausalLM.from_pretrained(args.out).float().to(device).eval()
+    from transformers import AutoModelForCausalLM
+    ev_model = AutoModelForCausalLM.from_pretrained(args.out).float().to(device).eval()
     results = {}
     t_e = time.time()
     nll256 = window_nll(ev_model, held, 256, 64, 64, device)

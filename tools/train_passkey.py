@@ -1,14 +1,9 @@
 #!/usr/bin/env python3
-"""Train a small byte-level Mamba-1 on passkey retrieval at a short length.
+"""Train a small byte-level Mamba-1 (or, with --arch mamba2, Mamba-2) on passkey retrieval at a short length.
 
 A prompt is filler text with a needle holding a random 5-digit key at some depth, then a question;
-the answer is the key. The prompt format is the one ``ssm-run passkey`` builds (keep them equal):
-
-  filler   "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-           repeated and cut to the room left by the needle and the question
-  needle   "The pass key is 12345. Remember it. 12345 is the pass key. "
-           inserted at the last sentence start at or before floor(depth * room)
-  question "What is the pass key? The pass key is "
+the answer is the key. The prompt format is tools/passkey_format.py's, the one ``ssm-run passkey``
+builds.
 
 Training draws a length uniformly in [context/4, context] per step and a depth in [0, 1] and a key in
 [10000, 99999] per sequence; the loss is the cross-entropy of the 5 answer bytes only. The model and
@@ -32,31 +27,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from passkey_format import QUESTION, needle, passkey_prompt  # noqa: E402
 from train_byte_mamba import build_model, patch_model, set_exact_fp32  # noqa: E402
-
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-QUESTION = "What is the pass key? The pass key is "
-
-
-def needle(key):
-    return f"The pass key is {key}. Remember it. {key} is the pass key. "
-
-
-def passkey_prompt(length, depth, key):
-    """The prompt of exactly `length` bytes (without the answer)."""
-    n = needle(key)
-    room = length - len(n) - len(QUESTION)
-    if room < 0:
-        raise ValueError(f"length {length} is shorter than the needle and question ({len(n) + len(QUESTION)})")
-    filler = (FILLER * (room // len(FILLER) + 1))[:room]
-    at = int(math.floor(depth * room))
-    start = 0
-    i = filler.find(". ")
-    while i >= 0 and i + 2 <= at:
-        start = i + 2
-        i = filler.find(". ", i + 1)
-    return (filler[:start] + n + filler[start:] + QUESTION).encode()
-
 
 def batch_of(rng, size, length):
     """Token ids (size, length + 4) and the answers (size, 5)."""
@@ -103,6 +75,8 @@ def main():
     ap.add_argument("--state", type=int, default=16)
     ap.add_argument("--expand", type=int, default=2)
     ap.add_argument("--conv", type=int, default=4)
+    ap.add_argument("--arch", choices=["mamba1", "mamba2"], default="mamba1")
+    ap.add_argument("--head-dim", type=int, default=64, help="Mamba-2 only")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trials", type=int, default=48)
     ap.add_argument("--log-every", type=int, default=100)
@@ -168,7 +142,7 @@ def main():
             print(grid[-1], flush=True)
     undo()
     with open(os.path.join(args.out, "training.json"), "w") as f:
-        json.dump({"model": "MambaForCausalLM (byte-level, vocab 256), trained on passkey retrieval",
+        json.dump({"model": f"{type(model).__name__} (byte-level, vocab 256), trained on passkey retrieval",
                    "parameters": nparams, "hyperparameters": vars(args), "steps": step,
                    "train_wall_time_s": time.time() - t0, "loss_curve": curve,
                    "passkey_grid_hf_fp32": grid, "command": "python3 " + " ".join(sys.argv),
