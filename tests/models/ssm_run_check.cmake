@@ -74,3 +74,44 @@ if(NOT rc EQUAL 0 OR NOT unclipped_digits STREQUAL plain_digits OR bad_rc EQUAL 
    OR NOT error MATCHES "--spectrum-percentiles must be LOW,HIGH")
   message(FATAL_ERROR "--spectrum-percentiles: 0,100 gives ${unclipped_loss} (plain ${plain_loss}); '5': exit ${bad_rc}, '${error}'")
 endif()
+
+# Decimation: ppl scores the last --score-last positions, which decimation must keep; the last bin of a
+# decimating run that keeps every token equals the plain run's; without --score-last it is refused.
+execute_process(COMMAND "${SSM_RUN}" ppl "${MODEL}" "${TEXT}" --window 128 --max-windows 2 --json --quiet
+                        --score-last 32 OUTPUT_VARIABLE scored RESULT_VARIABLE rc)
+execute_process(COMMAND "${SSM_RUN}" ppl "${MODEL}" "${TEXT}" --window 128 --max-windows 2 --json --quiet
+                        --score-last 32 --decimate 1,2 --decimation-base 200 OUTPUT_VARIABLE kept_all RESULT_VARIABLE rc2)
+execute_process(COMMAND "${SSM_RUN}" ppl "${MODEL}" "${TEXT}" --window 128 --max-windows 2 --json --quiet
+                        --score-last 32 --decimate 1,2 --decimation-base 40 OUTPUT_VARIABLE decimated RESULT_VARIABLE rc3)
+string(JSON scored_tokens GET "${scored}" predicted_tokens)
+string(JSON scored_start GET "${scored}" bins 0 start)
+string(JSON scored_loss GET "${scored}" loss)
+string(JSON kept_loss GET "${kept_all}" loss)
+string(JSON decimated_loss GET "${decimated}" loss)
+string(SUBSTRING "${scored_loss}" 0 12 scored_digits)
+string(SUBSTRING "${kept_loss}" 0 12 kept_digits)
+string(SUBSTRING "${decimated_loss}" 0 12 decimated_digits)
+if(NOT rc EQUAL 0 OR NOT rc2 EQUAL 0 OR NOT rc3 EQUAL 0 OR NOT scored_tokens EQUAL 64 OR NOT scored_start EQUAL 96
+   OR NOT kept_digits STREQUAL scored_digits OR decimated_digits STREQUAL scored_digits)
+  message(FATAL_ERROR "ppl --score-last 32: exit ${rc}/${rc2}/${rc3}, ${scored_tokens} tokens from ${scored_start}, "
+                      "loss ${scored_loss}; decimation keeping all: ${kept_loss}, to 40 tokens: ${decimated_loss}")
+endif()
+execute_process(COMMAND "${SSM_RUN}" ppl "${MODEL}" "${TEXT}" --decimate 2 ERROR_VARIABLE error RESULT_VARIABLE rc)
+if(rc EQUAL 0 OR NOT error MATCHES "ppl with decimation needs --score-last N")
+  message(FATAL_ERROR "--decimate without --score-last: exit ${rc}, '${error}'")
+endif()
+execute_process(COMMAND "${SSM_RUN}" ppl "${MODEL}" "${TEXT}" --decimate 4 --score-last 5 ERROR_VARIABLE error RESULT_VARIABLE rc)
+if(rc EQUAL 0 OR NOT error MATCHES "decimating layer 4 is outside the model's 4 layers")
+  message(FATAL_ERROR "--decimate 4: exit ${rc}, '${error}'")
+endif()
+
+# passkey: a grid of lengths x depths, one cell each, in JSON; a length too short for the needle is named.
+execute_process(COMMAND "${SSM_RUN}" passkey "${MODEL}" --lengths 150,300 --depths 0,1 --trials 2 --json
+                OUTPUT_VARIABLE grid RESULT_VARIABLE rc)
+string(JSON cells LENGTH "${grid}" cells)
+string(JSON last_length GET "${grid}" cells 3 length)
+execute_process(COMMAND "${SSM_RUN}" passkey "${MODEL}" --lengths 50 ERROR_VARIABLE error RESULT_VARIABLE bad_rc)
+if(NOT rc EQUAL 0 OR NOT cells EQUAL 4 OR NOT last_length EQUAL 300 OR bad_rc EQUAL 0
+   OR NOT error MATCHES "length 50 is shorter than the needle and the question")
+  message(FATAL_ERROR "passkey: exit ${rc}, ${cells} cells, last length ${last_length}; --lengths 50: '${error}'")
+endif()
