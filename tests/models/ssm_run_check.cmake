@@ -1,7 +1,8 @@
 # ssm-run on the shipped KJV model: its greedy sample against the one transformers wrote in eval.json
 # (tools/train_byte_mamba.py), ppl's JSON output, --scaling, then bad calls. (The held-out loss itself is checked
 # against eval.json in models_test.)
-# Variables: SSM_RUN (the program), MODEL (folder), TEXT (held-out text), WORK (a scratch folder).
+# Variables: SSM_RUN (the program), MODEL (folder), TEXT (held-out text), WORK (a scratch folder),
+# PASSKEY_MODEL (the shipped passkey model, tools/train_passkey.py).
 file(READ "${MODEL}/eval.json" eval)
 
 execute_process(COMMAND "${SSM_RUN}" generate "${MODEL}" --prompt "And God said" --tokens 200 --quiet
@@ -115,3 +116,14 @@ if(NOT rc EQUAL 0 OR NOT cells EQUAL 4 OR NOT last_length EQUAL 300 OR bad_rc EQ
    OR NOT error MATCHES "length 50 is shorter than the needle and the question")
   message(FATAL_ERROR "passkey: exit ${rc}, ${cells} cells, last length ${last_length}; --lengths 50: '${error}'")
 endif()
+
+# The shipped passkey model retrieves every key at its training length: the prompts ssm-run builds are
+# the ones it was trained on (tools/passkey_format.py).
+execute_process(COMMAND "${SSM_RUN}" passkey "${PASSKEY_MODEL}" --lengths 256 --depths 0,0.5,1 --trials 4 --json
+                OUTPUT_VARIABLE grid RESULT_VARIABLE rc)
+foreach(cell 0 1 2)
+  string(JSON accuracy GET "${grid}" cells ${cell} accuracy)
+  if(NOT rc EQUAL 0 OR NOT accuracy EQUAL 1)
+    message(FATAL_ERROR "passkey-mamba1 at 256 bytes: exit ${rc}, cell ${cell} accuracy ${accuracy}:\n${grid}")
+  endif()
+endforeach()
