@@ -287,11 +287,8 @@ def greedy(model, prompt, n, device):
 
 # ----------------------------------------------------------------------------------------
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seconds", type=float, default=240.0)
+def add_training_arguments(ap):
+    """The options both training scripts take: context, optimiser, schedule and model shape."""
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -307,6 +304,14 @@ def main():
     ap.add_argument("--arch", choices=["mamba1", "mamba2"], default="mamba1")
     ap.add_argument("--head-dim", type=int, default=64, help="Mamba-2 only")
     ap.add_argument("--seed", type=int, default=0)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seconds", type=float, default=240.0)
+    add_training_arguments(ap)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--no-fast", action="store_true", help="train through HF's own slow path")
     ap.add_argument("--skip-hf-bench", action="store_true")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from passkey_format import QUESTION, needle, passkey_prompt  # noqa: E402
-from train_byte_mamba import build_model, patch_model, set_exact_fp32  # noqa: E402
+from train_byte_mamba import add_training_arguments, build_model, patch_model, set_exact_fp32  # noqa: E402
 
 def batch_of(rng, size, length):
     """Token ids (size, length + 4) and the answers (size, 5)."""
@@ -63,21 +63,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--seconds", type=float, default=300.0)
-    ap.add_argument("--context", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--min-lr-frac", type=float, default=0.1)
-    ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--weight-decay", type=float, default=0.1)
-    ap.add_argument("--clip", type=float, default=1.0)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--state", type=int, default=16)
-    ap.add_argument("--expand", type=int, default=2)
-    ap.add_argument("--conv", type=int, default=4)
-    ap.add_argument("--arch", choices=["mamba1", "mamba2"], default="mamba1")
-    ap.add_argument("--head-dim", type=int, default=64, help="Mamba-2 only")
-    ap.add_argument("--seed", type=int, default=0)
+    add_training_arguments(ap)
     ap.add_argument("--trials", type=int, default=48)
     ap.add_argument("--log-every", type=int, default=100)
     args = ap.parse_args()
