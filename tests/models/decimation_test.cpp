@@ -238,7 +238,7 @@ TEST_CASE("decimating Mamba-1 layers equal a float64 reference, in prefill and t
     }
 }
 
-TEMPLATE_TEST_CASE("decimation that keeps every token changes nothing; scored windows equal full ones",
+TEMPLATE_TEST_CASE("decimation that keeps every token changes nothing, and scored windows equal full ones",
                    "[models][decimation]", mamba_lm, mamba2_lm) {
     SSM_SEEDED_RANDOM(rng);
     const auto config = three_layers(std::same_as<TestType, mamba_lm> ? checks::mamba1_config() : checks::mamba2_config());
