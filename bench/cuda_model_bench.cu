@@ -5,6 +5,8 @@
 //                                            cache, logits of the last position
 //   decode/<arch>/<type>/batch:B/graph:G     one token per sequence after a 64-token prefill; G = 1
 //                                            replays the captured CUDA graph, G = 0 launches each kernel
+//   prefill_decimated/<arch>/<type>/...      prefill with layer 12 decimating to 2000 tokens (DeciMamba's
+//                                            setting for this model)
 //
 // items_per_second counts tokens (B·L for prefill, B per decode step).
 #include <benchmark/benchmark.h>
@@ -30,9 +32,13 @@ const Host& host_model() {
     return m;
 }
 
-template <class Device>
+template <class Device, bool Decimated = false>
 const Device& device_model() {
-    static const Device m(host_model<typename Device::host_type>());
+    static const Device m = [] {
+        Device d(host_model<typename Device::host_type>());
+        if (Decimated) d.set_decimation({.layers = {12}, .schedule = {.base_length = 2000}, .response_length = 1});
+        return d;
+    }();
     return m;
 }
 
@@ -62,9 +68,9 @@ struct stream_holder {
     ~stream_holder() { cudaStreamDestroy(stream); }
 };
 
-template <class Device>
+template <class Device, bool Decimated = false>
 void bm_prefill(benchmark::State& state) {
-    const Device& m = device_model<Device>();
+    const Device& m = device_model<Device, Decimated>();
     const index_t batch = state.range(0), length = state.range(1), vocab = m.config().vocab_size;
     const auto tokens = device_array<std::int32_t>::copy_of(bench::tokens(batch * length, vocab));
     device_array<float> logits(std::size_t(batch * vocab));
@@ -108,7 +114,12 @@ void register_model(const std::string& name) {
         ->Unit(benchmark::kMillisecond)
         ->UseManualTime();
     benchmark::RegisterBenchmark(("prefill/" + name).c_str(), bm_prefill<Device>)
-        ->Args({1, 65536})
+        ->ArgsProduct({{1}, {8192, 65536}})
+        ->ArgNames({"batch", "length"})
+        ->Unit(benchmark::kMillisecond)
+        ->UseManualTime();
+    benchmark::RegisterBenchmark(("prefill_decimated/" + name).c_str(), bm_prefill<Device, true>)
+        ->ArgsProduct({{1}, {8192, 65536}})
         ->ArgNames({"batch", "length"})
         ->Unit(benchmark::kMillisecond)
         ->UseManualTime();

@@ -19,9 +19,9 @@
 // bf16 runs the device model's large matrix products in bf16. --scaling FILE applies per-layer Δ and
 // spectrum factors (ssm/models/scaling.hpp) for contexts longer than the training length;
 // --spectrum-percentiles 1,99 then clips each layer's |λ| to those percentiles of its own (data-free).
-// --decimate 2,3 makes those layers decimate (DeciMamba, ssm/models/decimation.hpp; CPU only); the
-// tokens never dropped are, per command, the scored ones (ppl, calibrate: --score-last N, required
-// then), the last prompt token (generate) and the question (passkey).
+// --decimate 2,3 makes those layers decimate (DeciMamba, ssm/models/decimation.hpp); the tokens never
+// dropped are, per command, the scored ones (ppl, calibrate: --score-last N, required then; on cuda
+// only N = 1), the last prompt token (generate) and the question (passkey).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -70,7 +70,7 @@ const char* const usage = R"(usage:
 common options: --threads N (0: all cores), --device cpu|cuda, --dtype fp32|bf16 (products on cuda),
 --scaling FILE (per-layer Δ / A factors and decimation, JSON), --spectrum-percentiles LOW,HIGH (clip
 each layer's |λ| to these percentiles of its own), --decimate LAYERS (e.g. 2,3: DeciMamba in those
-layers; --decimation-base 2000, --decimation-beta 0.5, --decimation-min 20; CPU only),
+layers; --decimation-base 2000, --decimation-beta 0.5, --decimation-min 20),
 --input bytes|ids, --quiet (no progress bar)
 Byte-level models (vocab_size 256) read text as bytes, others token ids (one per line, or uint32 in a
 .bin file); --input overrides that.
@@ -575,7 +575,6 @@ int main(int argc, char** argv) {
             decimation.schedule.beta = args.number("decimation-beta", decimation.schedule.beta);
             decimation.schedule.min_length = args.integer("decimation-min", decimation.schedule.min_length, 0);
             if (decimation.enabled()) {
-                ssm::detail::require(device == "cpu", "decimation runs on the CPU only (--device cpu)");
                 // The tokens that must reach the head: see the comment at the top of this file.
                 if (args.command == "ppl" || args.command == "calibrate") {
                     decimation.response_length = args.integer("score-last", 0, 0);

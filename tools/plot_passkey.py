@@ -23,7 +23,8 @@ def main():
     n = len(args.runs)
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols + 1, 2.8 * rows + 0.6), squeeze=False,
+                             constrained_layout=True)
     image = None
     for k, run in enumerate(args.runs):
         label, path = run.split("=", 1)
@@ -43,8 +44,10 @@ def main():
         if args.train_length in lengths:
             ax.axvline(lengths.index(args.train_length) + 0.5, color="black", linewidth=1)
         ax.set_title(f"{label} (mean {mean:.2f})", fontsize=8)
-        ax.set_xlabel("context length (bytes)", fontsize=7)
-        ax.set_ylabel("needle depth", fontsize=7)
+        if k // cols == rows - 1 or k + cols >= n:
+            ax.set_xlabel("context length (bytes)", fontsize=7)
+        if k % cols == 0:
+            ax.set_ylabel("needle depth", fontsize=7)
     for k in range(n, rows * cols):
         axes[k // cols][k % cols].axis("off")
     fig.colorbar(image, ax=axes, shrink=0.6, label="accuracy")

@@ -64,6 +64,41 @@ TEMPLATE_TEST_CASE("device models equal the host model (layers scaled); decoding
     }
 }
 
+TEMPLATE_TEST_CASE("device decimation keeps what the host keeps, in prefill and the decoding after it",
+                   "[cuda][models][decimation]", mamba_lm, mamba2_lm) {
+    SSM_SEEDED_RANDOM(rng);
+    auto config = std::same_as<TestType, mamba_lm> ? checks::mamba1_config() : checks::mamba2_config();
+    config.layers = 3;
+    TestType host = TestType::random(config, rng.integer(0, 1 << 30));
+    const TestType plain = host;
+    host.set_decimation({.layers = {1, 2}, .schedule = {.base_length = 100, .beta = 0.5, .min_length = 5},
+                         .response_length = 1});
+    const auto device = on_device<float>(host);
+    const index_t batch = 2, length = 300, vocab = config.vocab_size;
+    const auto tokens = checks::random_tokens(rng, batch * length, vocab);
+    const auto steps = checks::random_tokens(rng, batch * 3, vocab);
+    // The last position's logits after the prefill, then after each of 3 single-token steps.
+    auto run = [&](const auto& model) {
+        auto cache = model.make_cache(batch);
+        std::vector<float> all, logits(std::size_t(batch * vocab), NAN);
+        model.forward(checks::exec, {tokens.data(), batch, length}, cache, {logits.data(), batch, 1, vocab});
+        all.insert(all.end(), logits.begin(), logits.end());
+        for (index_t step = 0; step < 3; ++step) {
+            std::fill(logits.begin(), logits.end(), NAN);
+            model.forward(checks::exec, {steps.data() + step * batch, batch, 1}, cache, {logits.data(), batch, 1, vocab});
+            all.insert(all.end(), logits.begin(), logits.end());
+        }
+        return all;
+    };
+    const auto expected = run(host);
+    CHECK(checks::max_difference(run(device), expected) <= 1e-4);
+    CHECK(checks::max_difference(run(plain), expected) > 1e-3);  // the layers did decimate
+    std::vector<float> every(std::size_t(batch * length * vocab));
+    auto cache = device.make_cache(batch);
+    CHECK_THROWS_WITH(device.forward(checks::exec, {tokens.data(), batch, length}, cache, {every.data(), batch, length, vocab}),
+                      Catch::Contains("with decimation, logits are read for the last position only"));
+}
+
 TEMPLATE_TEST_CASE("decoding on the legacy default stream (no graph) equals the host", "[cuda][models]", mamba_lm,
                    mamba2_lm) {
     SSM_SEEDED_RANDOM(rng);

@@ -262,7 +262,7 @@ TEMPLATE_TEST_CASE("decimation reads logits only where tokens reach the head, an
                    "[models][decimation]", mamba_lm, mamba2_lm) {
     const auto config = three_layers(std::same_as<TestType, mamba_lm> ? checks::mamba1_config() : checks::mamba2_config());
     TestType model = TestType::random(config, 11);
-    model.set_decimation({.layers = {1}, .schedule = {.base_length = 1, .min_length = 0}, .response_length = 2});
+    model.set_decimation({.layers = {1}, .schedule = {.base_length = 1, .min_length = 1}, .response_length = 2});
     const index_t length = 40, vocab = config.vocab_size;
     std::vector<std::int32_t> tokens;
     for (index_t t = 0; t < length; ++t) tokens.push_back(std::int32_t(t * 7 % vocab));
@@ -280,6 +280,8 @@ TEMPLATE_TEST_CASE("decimation reads logits only where tokens reach the head, an
     CHECK_THROWS_WITH(model.set_decimation({.layers = {3}}), Catch::Contains("decimating layer 3 is outside"));
     CHECK_THROWS_WITH(model.set_decimation({.layers = {2, 1}}), Catch::Contains("ascending order"));
     CHECK_THROWS_WITH(model.set_decimation({.layers = {1}, .schedule = {.beta = 1.5}}), Catch::Contains("0 < beta <= 1"));
+    CHECK_THROWS_WITH(model.set_decimation({.layers = {1}, .schedule = {.min_length = 0}}),
+                      Catch::Contains("min_length must be >= 1"));
 }
 
 TEST_CASE("scaling files carry the decimation settings", "[models][decimation]") {

@@ -2,7 +2,8 @@
 // Device kernels for the layers around the scan in Mamba models: embedding lookup, the residual add
 // fused with RMSNorm, the causal depthwise convolution with its state, Mamba-2's Δ and its gated
 // RMSNorm. Activations are float32, row-major (batch·length, features); the kernels whose output
-// feeds a matrix product write it in the product's input type X (float32 or bf16).
+// feeds a matrix product write it in the product's input type X (float32 or bf16). Also decimation's
+// token importance and row gather.
 #include <cub/block/block_reduce.cuh>
 #include <cuda_runtime.h>
 
@@ -158,6 +159,27 @@ template <class T>
 __global__ void add_bias_kernel(T* y, index_t rows, index_t cols, const float* bias) {
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i < rows * cols) y[i] = from_float<T>(to_float(y[i]) + bias[i % cols]);
+}
+
+// Decimation's token importance: importance[r] = sqrt(sum_c f(delta[r, c])²), f(x) = softplus(x +
+// bias[c]) when a bias is given (Mamba-1's Δ before its softplus), else x. One block per row.
+__global__ void __launch_bounds__(row_threads) delta_norm_kernel(const float* delta, index_t cols, const float* bias,
+                                                                 float* importance) {
+    const index_t r = blockIdx.x;
+    float squares = 0.0f;
+    for (index_t c = threadIdx.x; c < cols; c += row_threads) {
+        const float v = bias ? math::softplus(delta[r * cols + c] + bias[c]) : delta[r * cols + c];
+        squares += v * v;
+    }
+    const float total = block_sum(squares);
+    if (threadIdx.x == 0) importance[r] = sqrtf(total);
+}
+
+// out[i, :] = in[rows[i], :] for i < count (the kept rows of a decimating layer).
+__global__ void gather_rows_kernel(const float* in, index_t width, const std::int64_t* rows, index_t count,
+                                   float* out) {
+    const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < count * width) out[i] = in[rows[i / width] * width + i % width];
 }
 
 template <class X>

@@ -5,7 +5,7 @@
 // gate and output, and every later layer, see only those (see decimator.hpp and mixers.hpp).
 //
 // Each forward call decimates its own tokens: prefill then decoding continues from the states the
-// kept tokens produced (a one-token call keeps its token, as k >= min(1, min_length)); a sequence
+// kept tokens produced (a one-token call keeps its token: min_length >= 1); a sequence
 // split into several prefill calls is decimated call by call, so splits no longer give equal logits.
 #include <algorithm>
 #include <optional>
@@ -39,6 +39,8 @@ struct decimation_settings {
                             ": decimating layers must be listed in ascending order, without repeats");
         }
         schedule.keep(0, 1);  // checks base_length, beta and min_length
+        detail::require(schedule.min_length >= 1, where, ": min_length must be >= 1 (a layer keeps at least one ",
+                        "token), got ", schedule.min_length);
         detail::require(response_length >= 0, where, ": response length must be >= 0, got ", response_length);
     }
 };

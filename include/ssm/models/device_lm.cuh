@@ -31,10 +31,14 @@ struct device_layer_state {
 };
 
 // Activations of one forward call; sized before any work is queued (never during graph capture).
+// Decimation's buffers (importance, gathered, kept_rows, kept) are used by multi-token calls only.
 template <class X>
 struct device_workspace {
     cuda::device_array<float> hidden, mixed, projected, convolved, x_projected, delta, y, final_state;
     cuda::device_array<X> normed, product_input;
+    cuda::device_array<float> importance, gathered;
+    cuda::device_array<std::int64_t> kept_rows;  // absolute rows (b·length + position) of the kept tokens
+    std::vector<index_t> kept;                   // (batch, k) positions, as layer_decimation::select gives
 };
 
 namespace device_detail {
@@ -122,6 +126,51 @@ void scan_with_state(const cuda_exec& exec, const Ssm& model, scan_inputs<float>
                 "scan: state copy");
 }
 
+// out[:rows·width] = in's kept rows (ws.kept_rows), through ws.gathered; in and out may be the same.
+template <class X>
+void gather_rows(const cuda_exec& exec, device_workspace<X>& ws, const float* in, index_t rows, index_t width,
+                 float* out) {
+    ws.gathered.reserve(std::size_t(rows * width));
+    cuda::gather_rows_kernel<<<blocks(rows * width), 256, 0, exec.stream>>>(in, width, ws.kept_rows.data(), rows,
+                                                                            ws.gathered.data());
+    check_launch("decimation: gather launch");
+    cuda::check(cudaMemcpyAsync(out, ws.gathered.data(), std::size_t(rows * width) * sizeof(float),
+                                cudaMemcpyDeviceToDevice, exec.stream),
+                "decimation: copy back");
+}
+
+// A decimating layer on the device: the importance of every token from Δ (delta (rows, cols), before
+// its softplus when bias is given) goes to the host, which picks the tokens as causal_lm does
+// (layer_decimation::select); the kept rows of every buffer (pointer, width) are gathered to the
+// front. Returns the kept length; ws.kept and ws.kept_rows hold the selection. Waits for the stream.
+template <class X>
+index_t decimate(const cuda_exec& exec, const layer_decimation& decimation, const float* delta, index_t cols,
+                 const float* bias, index_t batch, index_t length, device_workspace<X>& ws,
+                 std::initializer_list<std::pair<float*, index_t>> buffers) {
+    const index_t rows = batch * length;
+    ws.importance.reserve(std::size_t(rows));
+    cuda::delta_norm_kernel<<<unsigned(rows), cuda::row_threads, 0, exec.stream>>>(delta, cols, bias,
+                                                                                    ws.importance.data());
+    check_launch("decimation: importance launch");
+    std::vector<float> importance(static_cast<std::size_t>(rows));
+    cuda::check(cudaMemcpyAsync(importance.data(), ws.importance.data(), importance.size() * sizeof(float),
+                                cudaMemcpyDeviceToHost, exec.stream),
+                "decimation: importance copy");
+    cuda::check(cudaStreamSynchronize(exec.stream), "decimation: wait for the importance");
+    ws.kept = decimation.select(importance, batch, length);
+    const index_t k = index_t(ws.kept.size()) / batch;
+    std::vector<std::int64_t> absolute;
+    for (std::size_t i = 0; i < ws.kept.size(); ++i) absolute.push_back(index_t(i) / k * length + ws.kept[i]);
+    ws.kept_rows.reserve(absolute.size());
+    cuda::check(cudaMemcpyAsync(ws.kept_rows.data(), absolute.data(), absolute.size() * sizeof(std::int64_t),
+                                cudaMemcpyHostToDevice, exec.stream),
+                "decimation: rows copy");
+    for (const auto& [data, width] : buffers) gather_rows(exec, ws, data, batch * k, width, data);
+    // `absolute` must outlive the copy above.
+    cuda::check(cudaStreamSynchronize(exec.stream), "decimation: wait for the rows copy");
+    return k;
+}
+
 // The out_proj input in X: y itself when X is float, else y rounded into the workspace.
 template <class X>
 tensor_view<const X, 2> as_product_input(const cuda_exec& exec, const device_array<float>& y,
@@ -203,11 +252,14 @@ struct device_mamba1_mixer {
         if constexpr (!std::same_as<X, float>) ws.product_input.reserve(std::size_t(rows * d_inner));
     }
 
+    // As mamba1_mixer::forward; a single token is never decimated (it always keeps itself).
     template <device_gemm Gemm>
-    void forward(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, index_t batch,
-                 index_t length, device_layer_state& cache, device_workspace<X>& ws, tensor_view<float, 2> out) const {
+    index_t forward(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, index_t batch,
+                    index_t length, device_layer_state& cache, device_workspace<X>& ws, tensor_view<float, 2> out,
+                    const layer_decimation* decimation = nullptr) const {
         namespace dd = device_detail;
-        const index_t rows = batch * length, di = d_inner, n = state, width = 2 * di, xw = rank + 2 * n;
+        index_t rows = batch * length;
+        const index_t di = d_inner, n = state, width = 2 * di, xw = rank + 2 * n;
         const tensor_view<float, 2> xz(ws.projected.data(), rows, width);
         dd::linear(exec, gemm, x, in_proj, in_proj_bias, xz);
         dd::causal_conv(exec, xz.data(), width, batch, length, di, kernel, conv_weight, conv_bias, cache.conv,
@@ -218,6 +270,11 @@ struct device_mamba1_mixer {
         if (length > 1)  // a single token's dt_proj product is done by the step kernel (mamba1_token)
             gemm.multiply(exec, tensor_view<const float, 2>(x_dbl.data(), {rows, rank}, {xw, 1}),
                           dd::matrix(dt_proj, di, rank), tensor_view<float, 2>(ws.delta.data(), rows, di));
+        if (decimation && length > 1) {
+            length = dd::decimate(exec, *decimation, ws.delta.data(), di, dt_bias.data(), batch, length, ws,
+                                  {{xz.data(), width}, {ws.convolved.data(), di}, {x_dbl.data(), xw}, {ws.delta.data(), di}});
+            rows = batch * length;
+        }
         dd::scan_with_state(
             exec, ssm_type{{dd::matrix(A, di, n)}, {}, scaling.modulation()},
             scan_inputs<float>{.u = {conv_out.data(), batch, length, di},
@@ -231,7 +288,8 @@ struct device_mamba1_mixer {
             tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state,
             dd::mamba1_token{conv_out.data(), dt_proj.data(), dt_bias.data(), di, rank, x_dbl.data(), xw});
         dd::linear(exec, gemm, dd::as_product_input(exec, ws.y, ws.product_input, rows, di), out_proj, out_proj_bias,
-                   out);
+                   tensor_view<float, 2>(out.data(), rows, d_model));
+        return length;
     }
 
 };
@@ -274,11 +332,14 @@ struct device_mamba2_mixer {
         ws.product_input.reserve(std::size_t(rows * d_inner));
     }
 
+    // As mamba2_mixer::forward; a single token is never decimated (it always keeps itself).
     template <device_gemm Gemm>
-    void forward(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, index_t batch,
-                 index_t length, device_layer_state& cache, device_workspace<X>& ws, tensor_view<float, 2> out) const {
+    index_t forward(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, index_t batch,
+                    index_t length, device_layer_state& cache, device_workspace<X>& ws, tensor_view<float, 2> out,
+                    const layer_decimation* decimation = nullptr) const {
         namespace dd = device_detail;
-        const index_t rows = batch * length, di = d_inner, gn = groups * state, conv = conv_channels();
+        index_t rows = batch * length;
+        const index_t di = d_inner, gn = groups * state, conv = conv_channels();
         const index_t width = projection_width();
         const tensor_view<float, 2> projected(ws.projected.data(), rows, width);  // [z | xBC | dt]
         dd::linear(exec, gemm, x, in_proj, in_proj_bias, projected);
@@ -288,6 +349,11 @@ struct device_mamba2_mixer {
             cuda::clamped_delta_kernel<<<dd::blocks(rows * heads), 256, 0, exec.stream>>>(
                 projected.data() + di + conv, width, dt_bias.data(), delta_min, delta_max, rows, heads, ws.delta.data());
             dd::check_launch("mamba2 delta launch");
+        }
+        if (decimation && length > 1) {
+            length = dd::decimate(exec, *decimation, ws.delta.data(), heads, nullptr, batch, length, ws,
+                                  {{projected.data(), width}, {ws.convolved.data(), conv}, {ws.delta.data(), heads}});
+            rows = batch * length;
         }
         const float* xbc = ws.convolved.data();
         dd::scan_with_state(
@@ -304,7 +370,8 @@ struct device_mamba2_mixer {
             ws.y.data(), projected.data(), width, norm.data(), norm_epsilon, di, ws.product_input.data());
         dd::check_launch("mamba2 gated norm launch");
         dd::linear(exec, gemm, tensor_view<const X, 2>(ws.product_input.data(), rows, di), out_proj, out_proj_bias,
-                   out);
+                   tensor_view<float, 2>(out.data(), rows, d_model));
+        return length;
     }
 
 };
@@ -377,9 +444,10 @@ public:
     using host_type = causal_lm<typename mixer_type::host_type>;
     using cache_type = device_cache<X>;
 
-    // Copies the host model's weights to the current device.
+    // Copies the host model's weights (with its factors and decimation) to the current device.
     explicit device_causal_lm(const host_type& host, Gemm gemm = make_gemm())
-        : config_(host.config()), parameters_(host.parameter_count()), gemm_(std::move(gemm)),
+        : config_(host.config()), parameters_(host.parameter_count()), decimation_(host.decimation()),
+          gemm_(std::move(gemm)),
           embeddings_(cuda::device_array<X>::copy_of(host.embeddings())),
           norm_f_(cuda::device_array<float>::copy_of(host.final_norm())) {
         if (!config_.tie_word_embeddings) head_ = cuda::device_array<X>::copy_of(host.head());
@@ -389,6 +457,14 @@ public:
 
     const io::model_config& config() const { return config_; }
     index_t parameter_count() const { return parameters_; }
+
+    // Decimation as causal_lm has it (decimation.hpp): a decimating layer's selection goes through the
+    // host (the call waits for the token importance), so multi-token calls with decimation synchronize.
+    const decimation_settings& decimation() const { return decimation_; }
+    void set_decimation(decimation_settings settings) {
+        settings.validate("set_decimation", index_t(mixers_.size()));
+        decimation_ = std::move(settings);
+    }
 
     cache_type make_cache(index_t batch) const {
         detail::require(batch > 0, "make_cache: batch must be positive, got ", batch);
@@ -416,6 +492,8 @@ public:
         detail::require(positions == length || positions == 1, where,
                         ": logits are read for every position or the last one on the device, not the last ", positions);
         const bool all_positions = positions == length;
+        detail::require(!all_positions || length == 1 || !decimation_.enabled(), where,
+                        ": with decimation, logits are read for the last position only on the device");
         const index_t d = config_.hidden_size;
         // Single tokens have a workspace of their own: a longer call must not move what a graph uses.
         device_workspace<X>& ws = length == 1 ? c.decode : c.prefill;
@@ -437,22 +515,40 @@ private:
     void run(const cuda_exec& exec, tensor_view<const std::int32_t, 2> tokens, cache_type& c, device_workspace<X>& ws,
              tensor_view<float, 3> logits, bool all_positions) const {
         namespace dd = device_detail;
-        const index_t batch = tokens.extent(0), length = tokens.extent(1), rows = batch * length;
+        const index_t batch = tokens.extent(0), call_length = tokens.extent(1);
+        index_t length = call_length, rows = batch * length;
         const index_t d = config_.hidden_size, vocab = config_.vocab_size;
         const float epsilon = config_.norm_epsilon;
         constexpr int threads = cuda::row_threads;
         cuda::embedding_kernel<<<unsigned(rows), threads, 0, exec.stream>>>(tokens.data(), embeddings_.data(), vocab, d,
                                                                            ws.hidden.data());
         dd::check_launch("embedding launch");
-        const tensor_view<const X, 2> normed(ws.normed.data(), rows, d);
+        std::vector<index_t> origin;  // as in causal_lm::forward: the call position of each remaining token
+        if (decimation_.enabled() && length > 1)
+            for (index_t b = 0; b < batch; ++b)
+                for (index_t t = 0; t < length; ++t) origin.push_back(t);
         for (std::size_t l = 0; l < mixers_.size(); ++l) {
             cuda::residual_rms_norm_kernel<X><<<unsigned(rows), threads, 0, exec.stream>>>(
                 ws.hidden.data(), l == 0 ? nullptr : ws.mixed.data(), norms_[l].data(), epsilon, d,
                 cuda::row_selection{}, ws.normed.data());
             dd::check_launch("rms_norm launch");
-            mixers_[l].forward(exec, gemm_, normed, batch, length, c.layers[l], ws,
-                               tensor_view<float, 2>(ws.mixed.data(), rows, d));
+            const auto decimating = length > 1 ? decimation_.for_layer(index_t(l)) : std::nullopt;
+            const index_t kept = mixers_[l].forward(exec, gemm_, tensor_view<const X, 2>(ws.normed.data(), rows, d), batch,
+                                                    length, c.layers[l], ws, tensor_view<float, 2>(ws.mixed.data(), rows, d),
+                                                    decimating ? &*decimating : nullptr);
+            if (kept != length) {  // the residual stream follows the kept tokens
+                dd::gather_rows(exec, ws, ws.hidden.data(), batch * kept, d, ws.hidden.data());
+                std::vector<index_t> kept_origin;
+                for (std::size_t i = 0; i < ws.kept.size(); ++i)
+                    kept_origin.push_back(origin[std::size_t(index_t(i) / kept * length + ws.kept[i])]);
+                origin = std::move(kept_origin);
+                length = kept, rows = batch * kept;
+            }
         }
+        for (index_t b = 0; b < batch && !origin.empty(); ++b)
+            detail::require(origin[std::size_t((b + 1) * length - 1)] == call_length - 1, "device_causal_lm::forward: ",
+                            "decimation dropped the last position of sequence ", b, ", whose logits are asked for; ",
+                            "set the response length to at least 1");
         // Only the rows whose logits are asked for get the last residual add, norm_f and the head.
         const index_t out_rows = all_positions ? rows : batch;
         const cuda::row_selection selected = all_positions ? cuda::row_selection{} : cuda::row_selection{length, length - 1};
@@ -466,6 +562,7 @@ private:
 
     io::model_config config_;
     index_t parameters_ = 0;
+    decimation_settings decimation_;
     Gemm gemm_;
     cuda::device_array<X> embeddings_, head_;  // head_ empty when tied to the embeddings
     cuda::device_array<float> norm_f_;

@@ -105,17 +105,24 @@ struct layer_decimation {
     index_t layer_position = 0;
     index_t response_length = 0;
 
+    // The positions each sequence keeps, (batch, k) flattened, from the importance of its tokens
+    // (batch·length). Every sequence keeps the same number.
+    std::vector<index_t> select(std::span<const float> importance, index_t batch, index_t length) const {
+        const index_t response = std::min(response_length, length);
+        const index_t keep = policy.schedule.keep(layer_position, length - response);
+        std::vector<index_t> kept;
+        for (index_t b = 0; b < batch; ++b) {
+            const auto picked = decimate(importance.subspan(std::size_t(b * length), std::size_t(length)), keep, response);
+            kept.insert(kept.end(), picked.begin(), picked.end());
+        }
+        return kept;
+    }
+
     // Picks the tokens from Δ (batch·length, Δ channels; after softplus), writes their positions to
     // `kept` (batch, k) and compacts every buffer to the kept rows; returns k.
     index_t apply(tensor_view<const float, 2> delta, index_t batch, index_t length, std::vector<index_t>& kept,
                   std::initializer_list<tensor_view<float, 2>> buffers) const {
-        kept.clear();
-        for (index_t b = 0; b < batch; ++b) {
-            const tensor_view<const float, 2> sequence(delta.data() + b * length * delta.extent(1), length,
-                                                       delta.extent(1));
-            const auto picked = policy.select(sequence, layer_position, std::min(response_length, length));
-            kept.insert(kept.end(), picked.begin(), picked.end());
-        }
+        kept = select(delta_importance(delta), batch, length);
         for (const auto& rows : buffers) detail::keep_rows(rows, batch, length, kept);
         return index_t(kept.size()) / batch;
     }
