@@ -243,14 +243,21 @@ TEMPLATE_TEST_CASE("decimation that keeps every token changes nothing, and score
     SSM_SEEDED_RANDOM(rng);
     const auto config = three_layers(std::same_as<TestType, mamba_lm> ? checks::mamba1_config() : checks::mamba2_config());
     TestType model = TestType::random(config, rng.integer(0, 1 << 30));
-    const auto tokens = checks::random_tokens(rng, 2 * 57, config.vocab_size);
-    const auto plain = checks::prefill(model, tokens, 2);
-    const ssm::models::window_options all{.window = 19, .batch = 2}, last{.window = 19, .batch = 2, .scored = 5};
+    const index_t batch = 2, length = 57, last = 5, vocab = config.vocab_size;
+    const auto tokens = checks::random_tokens(rng, batch * length, vocab);
+    auto last_logits = [&] {
+        std::vector<float> logits(std::size_t(batch * last * vocab), NAN);
+        auto cache = model.make_cache(batch);
+        model.forward(exec, {tokens.data(), batch, length}, cache, {logits.data(), batch, last, vocab});
+        return logits;
+    };
+    const auto plain = last_logits();
+    const ssm::models::window_options all{.window = 19, .batch = 2}, scored_only{.window = 19, .batch = 2, .scored = last};
     const auto full = ssm::models::window_losses(model, exec, tokens, all, [](index_t, index_t) {});
 
-    model.set_decimation({.layers = {0, 2}, .schedule = {.base_length = 57, .beta = 1.0}, .response_length = 5});
-    CHECK(checks::max_difference(checks::prefill(model, tokens, 2), plain) == 0.0);
-    const auto scored = ssm::models::window_losses(model, exec, tokens, last, [](index_t, index_t) {});
+    model.set_decimation({.layers = {0, 2}, .schedule = {.base_length = length, .beta = 1.0}, .response_length = last});
+    CHECK(checks::max_difference(last_logits(), plain) == 0.0);
+    const auto scored = ssm::models::window_losses(model, exec, tokens, scored_only, [](index_t, index_t) {});
     REQUIRE(scored.windows == full.windows);
     for (index_t t = 0; t < 19; ++t) {
         INFO("position " << t);
@@ -258,7 +265,7 @@ TEMPLATE_TEST_CASE("decimation that keeps every token changes nothing, and score
     }
 }
 
-TEMPLATE_TEST_CASE("decimation reads logits only where tokens reach the head, and bad settings are named",
+TEMPLATE_TEST_CASE("decimation gives logits only for the positions never dropped, and bad settings are named",
                    "[models][decimation]", mamba_lm, mamba2_lm) {
     const auto config = three_layers(std::same_as<TestType, mamba_lm> ? checks::mamba1_config() : checks::mamba2_config());
     TestType model = TestType::random(config, 11);
@@ -268,12 +275,12 @@ TEMPLATE_TEST_CASE("decimation reads logits only where tokens reach the head, an
     for (index_t t = 0; t < length; ++t) tokens.push_back(std::int32_t(t * 7 % vocab));
     auto cache = model.make_cache(1);
     std::vector<float> logits(std::size_t(length * vocab));
-    // 1 + 2 tokens reach the head: all 40 positions cannot, nor the last 3 unless token 37 is the one kept.
+    // Only the last response_length (2) positions of a call are sure to reach the head.
     CHECK_THROWS_WITH(model.forward(exec, {tokens.data(), 1, length}, cache, {logits.data(), 1, length, vocab}),
-                      Catch::Contains("decimation left 3 tokens"));
+                      Catch::Contains("at most the last response_length (2) positions of a call, not 40"));
     CHECK_THROWS_WITH(model.forward(exec, {tokens.data(), 1, length}, cache, {logits.data(), 1, 3, vocab}),
-                      Catch::Contains("decimation dropped position 37"));
-    cache = model.make_cache(1);
+                      Catch::Contains("not 3"));
+    CHECK(cache.position == 0);  // refused before any work
     model.forward(exec, {tokens.data(), 1, length}, cache, {logits.data(), 1, 2, vocab});
     CHECK(std::isfinite(logits[0]));
 

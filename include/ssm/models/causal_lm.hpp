@@ -139,8 +139,8 @@ public:
             mixers_[l].scaling = f;
         }
     }
-    // Decimation (DeciMamba; decimation.hpp). With it on, logits can be read only for positions that
-    // reach the head: the last response_length of a call are sure to.
+    // Decimation (DeciMamba; decimation.hpp). With it on, a call of several tokens gives logits for
+    // at most its last response_length positions, the ones never dropped.
     const decimation_settings& decimation() const { return decimation_; }
     void set_decimation(decimation_settings settings) {
         settings.validate("set_decimation", index_t(mixers_.size()));
@@ -182,6 +182,9 @@ public:
         detail::check_token_ids(where, tokens, config_.vocab_size);
         const index_t batch = tokens.extent(0), d = config_.hidden_size, vocab = config_.vocab_size;
         index_t length = tokens.extent(1);
+        detail::require(!decimation_.enabled() || length == 1 || positions <= decimation_.response_length, where,
+                        ": with decimation, logits are read for at most the last response_length (",
+                        decimation_.response_length, ") positions of a call, not ", positions);
 
         const auto hidden = detail::buffer(c.hidden, batch * length, d);
         const auto normed = detail::buffer(c.normed, batch * length, d);
@@ -190,11 +193,6 @@ public:
             const float* e = embeddings_.data() + tokens(r / length, r % length) * d;
             std::copy(e, e + d, hidden.data() + r * d);
         });
-        // origin[b·length + t]: the call position of the sequence's t-th remaining token.
-        std::vector<index_t> origin;
-        if (decimation_.enabled())
-            for (index_t b = 0; b < batch; ++b)
-                for (index_t t = 0; t < length; ++t) origin.push_back(t);
         const rms_norm_inputs norm_options{.epsilon = config_.norm_epsilon};
         for (std::size_t l = 0; l < mixers_.size(); ++l) {
             const index_t rows = batch * length;
@@ -204,12 +202,8 @@ public:
             const index_t kept = mixers_[l].forward(exec, gemm_, tensor_view<const float, 2>(normed.data(), rows, d),
                                                     batch, length, c.layers[l], c.scratch, mixed,
                                                     decimating ? &*decimating : nullptr);
-            if (kept != length) {  // the residual stream and the positions follow the kept tokens
+            if (kept != length) {  // the residual stream follows the kept tokens
                 detail::keep_rows(hidden, batch, length, c.scratch.kept);
-                std::vector<index_t> kept_origin;
-                for (std::size_t i = 0; i < c.scratch.kept.size(); ++i)
-                    kept_origin.push_back(origin[std::size_t(index_t(i) / kept * length) + std::size_t(c.scratch.kept[i])]);
-                origin = std::move(kept_origin);
                 length = kept;
             }
             ssm::detail::parallel_for(exec, batch * length, [&](index_t r) {
@@ -218,15 +212,7 @@ public:
         }
         c.position += tokens.extent(1);
 
-        // The last `positions` rows of each sequence go through norm_f and the head.
-        detail::require(positions <= length, where, ": logits are asked for the last ", positions,
-                        " positions, but decimation left ", length, " tokens per sequence; set the response length");
-        for (index_t b = 0; b < batch && !origin.empty(); ++b)
-            for (index_t j = 0; j < positions; ++j) {
-                const index_t want = tokens.extent(1) - positions + j, got = origin[std::size_t(b * length + length - positions + j)];
-                detail::require(got == want, where, ": decimation dropped position ", want, " of sequence ", b,
-                                ", whose logits are asked for; set the response length to at least ", positions);
-            }
+        // The last `positions` rows of each sequence (never dropped) go through norm_f and the head.
         tensor_view<const float, 2> final_rows(hidden.data(), batch * length, d);
         if (positions != length) {
             const auto last = detail::buffer(c.last, batch * positions, d);

@@ -20,7 +20,8 @@ namespace ssm::models {
 struct decimation_settings {
     std::vector<index_t> layers;   // the decimating layers, ascending; empty: no decimation
     decimation_schedule schedule{};
-    index_t response_length = 0;   // the last tokens of each call, never dropped (those whose logits are read)
+    index_t response_length = 0;   // the last tokens of each call, never dropped: the only ones whose logits
+                                   // a call of several tokens can give
 
     bool enabled() const { return !layers.empty(); }
 

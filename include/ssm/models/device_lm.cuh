@@ -31,14 +31,13 @@ struct device_layer_state {
 };
 
 // Activations of one forward call; sized before any work is queued (never during graph capture).
-// Decimation's buffers (importance, gathered, kept_rows, kept) are used by multi-token calls only.
+// Decimation's buffers (importance, gathered, kept_rows) are used by multi-token calls only.
 template <class X>
 struct device_workspace {
     cuda::device_array<float> hidden, mixed, projected, convolved, x_projected, delta, y, final_state;
     cuda::device_array<X> normed, product_input;
     cuda::device_array<float> importance, gathered;
     cuda::device_array<std::int64_t> kept_rows;  // absolute rows (b·length + position) of the kept tokens
-    std::vector<index_t> kept;                   // (batch, k) positions, as layer_decimation::select gives
 };
 
 namespace device_detail {
@@ -142,7 +141,7 @@ void gather_rows(const cuda_exec& exec, device_workspace<X>& ws, const float* in
 // A decimating layer on the device: the importance of every token from Δ (delta (rows, cols), before
 // its softplus when bias is given) goes to the host, which picks the tokens as causal_lm does
 // (layer_decimation::select); the kept rows of every buffer (pointer, width) are gathered to the
-// front. Returns the kept length; ws.kept and ws.kept_rows hold the selection. Waits for the stream.
+// front. Returns the kept length; ws.kept_rows holds the selection. Waits for the stream.
 template <class X>
 index_t decimate(const cuda_exec& exec, const layer_decimation& decimation, const float* delta, index_t cols,
                  const float* bias, index_t batch, index_t length, device_workspace<X>& ws,
@@ -157,10 +156,10 @@ index_t decimate(const cuda_exec& exec, const layer_decimation& decimation, cons
                                 cudaMemcpyDeviceToHost, exec.stream),
                 "decimation: importance copy");
     cuda::check(cudaStreamSynchronize(exec.stream), "decimation: wait for the importance");
-    ws.kept = decimation.select(importance, batch, length);
-    const index_t k = index_t(ws.kept.size()) / batch;
+    const std::vector<index_t> kept = decimation.select(importance, batch, length);
+    const index_t k = index_t(kept.size()) / batch;
     std::vector<std::int64_t> absolute;
-    for (std::size_t i = 0; i < ws.kept.size(); ++i) absolute.push_back(index_t(i) / k * length + ws.kept[i]);
+    for (std::size_t i = 0; i < kept.size(); ++i) absolute.push_back(index_t(i) / k * length + kept[i]);
     ws.kept_rows.reserve(absolute.size());
     cuda::check(cudaMemcpyAsync(ws.kept_rows.data(), absolute.data(), absolute.size() * sizeof(std::int64_t),
                                 cudaMemcpyHostToDevice, exec.stream),
@@ -459,7 +458,8 @@ public:
     index_t parameter_count() const { return parameters_; }
 
     // Decimation as causal_lm has it (decimation.hpp): a decimating layer's selection goes through the
-    // host (the call waits for the token importance), so multi-token calls with decimation synchronize.
+    // host (the call waits for the token importance), so multi-token calls with decimation synchronize;
+    // they give the last position's logits only.
     const decimation_settings& decimation() const { return decimation_; }
     void set_decimation(decimation_settings settings) {
         settings.validate("set_decimation", index_t(mixers_.size()));
@@ -492,8 +492,9 @@ public:
         detail::require(positions == length || positions == 1, where,
                         ": logits are read for every position or the last one on the device, not the last ", positions);
         const bool all_positions = positions == length;
-        detail::require(!all_positions || length == 1 || !decimation_.enabled(), where,
-                        ": with decimation, logits are read for the last position only on the device");
+        detail::require(length == 1 || !decimation_.enabled() || (positions == 1 && decimation_.response_length >= 1),
+                        where, ": with decimation, logits are read for the last position only on the device, with a ",
+                        "response length of at least 1");
         const index_t d = config_.hidden_size;
         // Single tokens have a workspace of their own: a longer call must not move what a graph uses.
         device_workspace<X>& ws = length == 1 ? c.decode : c.prefill;
@@ -515,18 +516,14 @@ private:
     void run(const cuda_exec& exec, tensor_view<const std::int32_t, 2> tokens, cache_type& c, device_workspace<X>& ws,
              tensor_view<float, 3> logits, bool all_positions) const {
         namespace dd = device_detail;
-        const index_t batch = tokens.extent(0), call_length = tokens.extent(1);
-        index_t length = call_length, rows = batch * length;
+        const index_t batch = tokens.extent(0);
+        index_t length = tokens.extent(1), rows = batch * length;
         const index_t d = config_.hidden_size, vocab = config_.vocab_size;
         const float epsilon = config_.norm_epsilon;
         constexpr int threads = cuda::row_threads;
         cuda::embedding_kernel<<<unsigned(rows), threads, 0, exec.stream>>>(tokens.data(), embeddings_.data(), vocab, d,
                                                                            ws.hidden.data());
         dd::check_launch("embedding launch");
-        std::vector<index_t> origin;  // as in causal_lm::forward: the call position of each remaining token
-        if (decimation_.enabled() && length > 1)
-            for (index_t b = 0; b < batch; ++b)
-                for (index_t t = 0; t < length; ++t) origin.push_back(t);
         for (std::size_t l = 0; l < mixers_.size(); ++l) {
             cuda::residual_rms_norm_kernel<X><<<unsigned(rows), threads, 0, exec.stream>>>(
                 ws.hidden.data(), l == 0 ? nullptr : ws.mixed.data(), norms_[l].data(), epsilon, d,
@@ -538,17 +535,9 @@ private:
                                                     decimating ? &*decimating : nullptr);
             if (kept != length) {  // the residual stream follows the kept tokens
                 dd::gather_rows(exec, ws, ws.hidden.data(), batch * kept, d, ws.hidden.data());
-                std::vector<index_t> kept_origin;
-                for (std::size_t i = 0; i < ws.kept.size(); ++i)
-                    kept_origin.push_back(origin[std::size_t(index_t(i) / kept * length + ws.kept[i])]);
-                origin = std::move(kept_origin);
                 length = kept, rows = batch * kept;
             }
         }
-        for (index_t b = 0; b < batch && !origin.empty(); ++b)
-            detail::require(origin[std::size_t((b + 1) * length - 1)] == call_length - 1, "device_causal_lm::forward: ",
-                            "decimation dropped the last position of sequence ", b, ", whose logits are asked for; ",
-                            "set the response length to at least 1");
         // Only the rows whose logits are asked for get the last residual add, norm_f and the head.
         const index_t out_rows = all_positions ? rows : batch;
         const cuda::row_selection selected = all_positions ? cuda::row_selection{} : cuda::row_selection{length, length - 1};
