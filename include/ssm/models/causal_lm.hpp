@@ -198,7 +198,8 @@ public:
             const index_t rows = batch * length;
             rms_norm(exec, tensor_view<const float, 2>(hidden.data(), rows, d), detail::optional_vector(norms_[l]),
                      norm_options, tensor_view<float, 2>(normed.data(), rows, d));
-            const auto decimating = decimation_.for_layer(index_t(l));
+            // A single token always keeps itself (min_length >= 1): decoding skips the selection.
+            const auto decimating = length > 1 ? decimation_.for_layer(index_t(l)) : std::nullopt;
             const index_t kept = mixers_[l].forward(exec, gemm_, tensor_view<const float, 2>(normed.data(), rows, d),
                                                     batch, length, c.layers[l], c.scratch, mixed,
                                                     decimating ? &*decimating : nullptr);
