@@ -236,8 +236,10 @@ int info(const Model& model, const fs::path& folder, const arguments& args) {
                      {"intermediate_size", c.intermediate_size}, {"state_size", c.state_size},
                      {"conv_kernel", c.conv_kernel}, {"vocab_size", c.vocab_size},
                      {"tie_word_embeddings", c.tie_word_embeddings}, {"byte_level", byte_level(c)}};
-    if (c.architecture == ssm::io::architecture::mamba1) j["time_step_rank"] = c.time_step_rank;
-    else j["heads"] = c.heads, j["head_dim"] = c.head_dim, j["groups"] = c.groups;
+    if (c.architecture == ssm::io::architecture::mamba1) {
+        j["time_step_rank"] = c.time_step_rank;
+        if (c.global_selection_kernel > 0) j["global_selection_kernel"] = c.global_selection_kernel;
+    } else j["heads"] = c.heads, j["head_dim"] = c.head_dim, j["groups"] = c.groups;
     if (args.flags.contains("json")) {
         std::cout << j.dump(2) << "\n";
         return 0;

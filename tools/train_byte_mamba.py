@@ -113,6 +113,8 @@ def fast_mixer_forward(m, hidden_states):
     x, gate = projected.chunk(2, dim=-1)
     x = m.act(m.conv1d(x.transpose(1, 2))[..., :L]).transpose(1, 2)       # [B, L, Di]
     ssm_parameters = m.x_proj(x)
+    if hasattr(m, "global_conv"):  # the global selection module (tools/train_global_selection.py)
+        ssm_parameters = ssm_parameters + m.global_proj(m.global_conv(x.transpose(1, 2))[..., :L].transpose(1, 2))
     time_step, Bc, Cc = torch.split(ssm_parameters, [R, N, N], dim=-1)
     dt = F.softplus(m.dt_proj(time_step))                                 # [B, L, Di]
     A = -torch.exp(m.A_log.float())                                       # [Di, N]
@@ -139,6 +141,8 @@ def patch_model(model):
             cache = args[0] if args else kwargs.get("cache_params", None)
             mask = kwargs.get("attention_mask", None)
             if cache is not None or mask is not None:
+                if hasattr(_m, "global_conv"):
+                    raise RuntimeError("transformers' own forward has no global selection module")
                 return _orig(hidden_states, *args, **kwargs)
             return fast_mixer_forward(_m, hidden_states)
 

@@ -69,6 +69,8 @@ TEST_CASE("a Mamba-1 config gives the model's sizes", "[io][config]") {
     CHECK(c.use_conv_bias);
     CHECK_FALSE(c.use_bias);
     CHECK(c.tie_word_embeddings);  // PretrainedConfig's default
+    CHECK(c.global_selection_kernel == 0);
+    CHECK(ssm::io::parse_config(edited(mamba_130m, "global_selection_kernel", 32), "config.json").global_selection_kernel == 32);
 }
 
 TEST_CASE("a Mamba-2 config with Python's Infinity parses", "[io][config]") {
@@ -106,6 +108,10 @@ TEST_CASE("config errors name the key and the problem", "[io][config][errors]") 
     CHECK_THAT(error_of(edited(mamba2_small, "n_groups", 3)), Catch::Contains("n_groups 3 must divide num_heads 8"));
     CHECK_THAT(error_of(edited(mamba2_small, "rms_norm", false)), Catch::Contains("'rms_norm' = false is not supported"));
     CHECK_THAT(error_of(edited(mamba2_small, "time_step_limit", {1.0, 0.5})), Catch::Contains("'time_step_limit' must be [min, max]"));
+    CHECK_THAT(error_of(edited(mamba_130m, "global_selection_kernel", -2)),
+               Catch::Contains("'global_selection_kernel' must be a non-negative integer, got -2"));
+    CHECK_THAT(error_of(edited(mamba2_small, "global_selection_kernel", 8)),
+               Catch::Contains("'global_selection_kernel' is not supported for mamba2"));
     CHECK_THAT(error_of(nlohmann::json::array()), Catch::Contains("config must be a JSON object"));
     CHECK_THROWS_WITH(from_text("{\"model_type\": "), Catch::Contains("not valid JSON"));
 }

@@ -65,6 +65,7 @@ nlohmann::json config_json(const ssm::io::model_config& c) {
     if (c.architecture == ssm::io::architecture::mamba1) {
         j["model_type"] = "mamba";
         j["time_step_rank"] = c.time_step_rank;
+        if (c.global_selection_kernel > 0) j["global_selection_kernel"] = c.global_selection_kernel;
     } else {
         j["model_type"] = "mamba2";
         j["num_heads"] = c.heads, j["head_dim"] = c.head_dim, j["n_groups"] = c.groups;
@@ -177,6 +178,56 @@ TEMPLATE_TEST_CASE("a saved model loads back, and checkpoints that disagree with
     CHECK_THROWS_WITH(mamba_lm::load(std::same_as<TestType, mamba_lm> ? dir / "missing" : dir),
                       Catch::Contains(std::same_as<TestType, mamba_lm> ? "config.json: cannot open"
                                                                        : "this model type is the other architecture"));
+}
+
+// The module's forward against an independent reference is the fixture mamba1-global-selection (above).
+TEST_CASE("global selection: split prefills and decoding equal one prefill, and its tensors follow the config",
+          "[models][global]") {
+    SSM_SEEDED_RANDOM(rng);
+    auto config = checks::mamba1_config();
+    config.global_selection_kernel = 7;  // longer than the conv (3) and than some of the calls below
+    recording_weights recorded{ssm::models::random_weights(rng.integer(0, 1 << 30)), {}};
+    const mamba_lm original = mamba_lm::build(config, recorded);
+    const fs::path dir = scratch("global");
+    const nlohmann::json json = config_json(config);
+    write_checkpoint(dir, json, recorded.tensors);
+    const mamba_lm model = mamba_lm::load(dir);
+
+    const index_t batch = 2;
+    for (const index_t length : {1, 5, 23}) {
+        INFO("length " << length);
+        const auto tokens = random_tokens(rng, batch * length, config.vocab_size);
+        const auto whole = prefill(model, tokens, batch);
+        CHECK(max_difference(whole, prefill(original, tokens, batch)) == 0.0);
+        for (const index_t first : {index_t(1), index_t(3), length})
+            CHECK(max_difference(checks::prefill_then_decode(model, tokens, batch, std::min(first, length)), whole) <= 2e-5);
+    }
+
+    // The same weights without the module compute something else: the module is not a no-op.
+    auto plain_tensors = recorded.tensors;
+    std::erase_if(plain_tensors, [](const auto& t) { return t.first.find(".global_") != std::string::npos; });
+    auto plain_json = json;
+    plain_json.erase("global_selection_kernel");
+    const fs::path plain_dir = scratch("global_removed");
+    write_checkpoint(plain_dir, plain_json, plain_tensors);
+    const auto tokens = random_tokens(rng, batch * 30, config.vocab_size);
+    CHECK(max_difference(prefill(mamba_lm::load(plain_dir), tokens, batch), prefill(model, tokens, batch)) > 1e-3);
+
+    using tensors_t = std::map<std::string, ssm::io::float_tensor>;
+    auto with = [&](auto edit) {
+        auto tensors = recorded.tensors;
+        auto j = json;
+        edit(tensors, j);
+        write_checkpoint(dir, j, tensors);
+        return load_error(dir);
+    };
+    const std::string proj = "backbone.layers.1.mixer.global_proj.weight";
+    CHECK_THAT(with([&](tensors_t& t, nlohmann::json&) { t.erase(proj); }), Catch::Contains("no tensor '" + proj + "'"));
+    CHECK_THAT(with([&](tensors_t&, nlohmann::json& j) { j["global_selection_kernel"] = 6; }),
+               Catch::Contains("tensor 'backbone.layers.0.mixer.global_conv.weight' has shape"));
+    CHECK_THAT(with([&](tensors_t&, nlohmann::json& j) { j.erase("global_selection_kernel"); }),
+               Catch::Contains("global_conv.weight' is in the checkpoint but the config's 'global_selection_kernel' says "
+                               "the model has none"));
 }
 
 TEST_CASE("held-out loss of the shipped KJV model equals what transformers measured", "[models]") {

@@ -86,15 +86,17 @@ __global__ void __launch_bounds__(row_threads) gated_rms_norm_kernel(const float
     }
 }
 
-// Causal depthwise convolution over `channels` columns of x (row stride x_stride) followed by SiLU:
-// y[b, t, c] = SiLU(bias[c] + Σ_k weight[c, k]·x[b, t - K + 1 + k, c]), where inputs before t = 0 come
-// from state (batch, channels, K - 1), the sequence's last K - 1 inputs so far. One thread per output.
+// Causal depthwise convolution over `channels` columns of x (row stride x_stride), followed by SiLU
+// when `silu`: y[b, t, c] = SiLU(bias[c] + Σ_k weight[c, k]·x[b, t - K + 1 + k, c]), where inputs before
+// t = 0 come from state (batch, channels, K - 1), the sequence's last K - 1 inputs so far. One thread
+// per output.
 struct conv_geometry {
     index_t batch, length, channels, kernel, x_stride;
+    bool silu = true;
 };
 
 template <class T>
-__global__ void causal_conv1d_silu_kernel(const T* x, const float* weight, const float* bias, const T* state,
+__global__ void causal_conv1d_kernel(const T* x, const float* weight, const float* bias, const T* state,
                                           conv_geometry g, T* y) {
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= g.batch * g.length * g.channels) return;
@@ -107,10 +109,10 @@ __global__ void causal_conv1d_silu_kernel(const T* x, const float* weight, const
                                              : state[(b * g.channels + c) * past + past + source]);
         acc += weight[c * g.kernel + k] * v;
     }
-    y[i] = from_float<T>(math::silu(acc));
+    y[i] = from_float<T>(g.silu ? math::silu(acc) : acc);
 }
 
-// After causal_conv1d_silu_kernel: state becomes the last K - 1 inputs (older state entries shift
+// After causal_conv1d_kernel: state becomes the last K - 1 inputs (older state entries shift
 // down when the call had fewer than K - 1 tokens). One thread per (batch, channel).
 template <class T>
 __global__ void conv_state_update_kernel(const T* x, conv_geometry g, T* state) {
@@ -126,7 +128,7 @@ __global__ void conv_state_update_kernel(const T* x, conv_geometry g, T* state) 
 
 // Both of the above for one token (length 1) in one pass: one thread per (batch, channel).
 template <class T>
-__global__ void causal_conv1d_silu_step_kernel(const T* x, const float* weight, const float* bias, conv_geometry g,
+__global__ void causal_conv1d_step_kernel(const T* x, const float* weight, const float* bias, conv_geometry g,
                                                T* state, T* y) {
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= g.batch * g.channels) return;
@@ -141,7 +143,7 @@ __global__ void causal_conv1d_silu_step_kernel(const T* x, const float* weight, 
     }
     acc += weight[c * g.kernel + past] * input;
     if (past > 0) s[past - 1] = from_float<T>(input);
-    y[i] = from_float<T>(math::silu(acc));
+    y[i] = from_float<T>(g.silu ? math::silu(acc) : acc);
 }
 
 // Mamba-2's Δ: delta[r, h] = clamp(softplus(dt[r, h] + bias[h]), low, high), dt with row stride.
@@ -155,6 +157,12 @@ __global__ void clamped_delta_kernel(const T* dt, index_t dt_stride, const float
 }
 
 // y[r, c] += bias[c].
+// y += x, element by element.
+__global__ void add_kernel(float* y, const float* x, index_t count) {
+    const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < count) y[i] += x[i];
+}
+
 template <class T>
 __global__ void add_bias_kernel(T* y, index_t rows, index_t cols, const float* bias) {
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;

@@ -23,6 +23,7 @@ struct model_config {
     io::architecture architecture = architecture::mamba1;
     index_t hidden_size = 0, intermediate_size = 0, state_size = 0, layers = 0, conv_kernel = 0, vocab_size = 0;
     index_t time_step_rank = 0;                               // Mamba-1: width of dt_proj's input
+    index_t global_selection_kernel = 0;                      // Mamba-1: taps of the global selection module (0: none)
     index_t heads = 0, head_dim = 0, groups = 1, chunk_size = 0;  // Mamba-2
     float norm_epsilon = 1e-5f;
     bool use_bias = false, use_conv_bias = true, residual_in_fp32 = true, tie_word_embeddings = true;
@@ -80,6 +81,13 @@ struct config_reader {
         return index_t(v.get<std::int64_t>());
     }
     index_t positive_or(const char* key, index_t fallback) const { return has(key) ? positive(key) : fallback; }
+    index_t non_negative_or(const char* key, index_t fallback) const {
+        if (!has(key)) return fallback;
+        const auto& v = json[key];
+        ssm::detail::require(v.is_number_integer() && v.get<std::int64_t>() >= 0, source, ": config key '", key,
+                             "' must be a non-negative integer, got ", v.dump());
+        return index_t(v.get<std::int64_t>());
+    }
 
     bool flag_or(const char* key, bool fallback) const {
         if (!has(key)) return fallback;
@@ -147,6 +155,10 @@ inline model_config parse_config(const nlohmann::json& json, const std::string& 
     const index_t auto_rank = (c.hidden_size + 15) / 16;
     if (r.has("time_step_rank") && json["time_step_rank"] != "auto") c.time_step_rank = r.positive("time_step_rank");
     else c.time_step_rank = auto_rank;
+
+    c.global_selection_kernel = r.non_negative_or("global_selection_kernel", 0);
+    require(!mamba2 || c.global_selection_kernel == 0, source,
+            ": config key 'global_selection_kernel' is not supported for mamba2 (the module is a Mamba-1 one)");
 
     if (mamba2) {
         c.heads = r.positive("num_heads");

@@ -164,9 +164,7 @@ public:
         detail::require(batch > 0, "make_cache: batch must be positive, got ", batch);
         cache c;
         c.batch = batch;
-        for (const Mixer& m : mixers_)
-            c.layers.push_back({std::vector<float>(std::size_t(batch * m.conv_channels() * (m.kernel_size() - 1))),
-                                std::vector<float>(std::size_t(batch * m.scan_channels() * m.state_size()))});
+        for (const Mixer& m : mixers_) c.layers.push_back(m.make_state(batch));
         return c;
     }
 

@@ -26,8 +26,9 @@
 namespace ssm::models {
 
 struct device_layer_state {
-    cuda::device_array<float> conv;  // (batch, conv channels, K-1)
-    cuda::device_array<float> ssm;   // (batch, channels, state)
+    cuda::device_array<float> conv;    // (batch, conv channels, K-1)
+    cuda::device_array<float> ssm;     // (batch, channels, state)
+    cuda::device_array<float> global;  // (batch, d_inner, K_g-1): the global selection window
 };
 
 // Activations of one forward call; sized before any work is queued (never during graph capture).
@@ -35,6 +36,7 @@ struct device_layer_state {
 template <class X>
 struct device_workspace {
     cuda::device_array<float> hidden, mixed, projected, convolved, x_projected, delta, y, final_state;
+    cuda::device_array<float> global_window, global_term;  // the global selection module's
     cuda::device_array<X> normed, product_input;
     cuda::device_array<float> importance, gathered;
     cuda::device_array<std::int64_t> kept_rows;  // absolute rows (b·length + position) of the kept tokens
@@ -67,19 +69,20 @@ void linear(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, 
     check_launch("linear: bias launch");
 }
 
-// Causal conv + SiLU over the first `channels` columns of x (row stride x_stride) and the conv state
-// update: one kernel for a single token, else the convolution and then the update.
+// Causal conv (+ SiLU unless `silu` is false) over the first `channels` columns of x (row stride
+// x_stride) and the conv state update: one kernel for a single token, else the convolution and then
+// the update.
 inline void causal_conv(const cuda_exec& exec, const float* x, index_t x_stride, index_t batch, index_t length,
                         index_t channels, index_t kernel, const device_array<float>& weight,
-                        const device_array<float>& bias, device_array<float>& state, float* y) {
-    const cuda::conv_geometry g{batch, length, channels, kernel, x_stride};
+                        const device_array<float>& bias, device_array<float>& state, float* y, bool silu = true) {
+    const cuda::conv_geometry g{batch, length, channels, kernel, x_stride, silu};
     if (length == 1) {
-        cuda::causal_conv1d_silu_step_kernel<<<blocks(batch * channels), 256, 0, exec.stream>>>(
+        cuda::causal_conv1d_step_kernel<<<blocks(batch * channels), 256, 0, exec.stream>>>(
             x, weight.data(), bias.empty() ? nullptr : bias.data(), g, state.data(), y);
         check_launch("causal_conv: step launch");
         return;
     }
-    cuda::causal_conv1d_silu_kernel<<<blocks(batch * length * channels), 256, 0, exec.stream>>>(
+    cuda::causal_conv1d_kernel<<<blocks(batch * length * channels), 256, 0, exec.stream>>>(
         x, weight.data(), bias.empty() ? nullptr : bias.data(), state.data(), g, y);
     check_launch("causal_conv: launch");
     cuda::conv_state_update_kernel<<<blocks(batch * channels), 256, 0, exec.stream>>>(x, g, state.data());
@@ -222,24 +225,28 @@ struct device_mamba1_mixer {
     template <class T>
     using array = cuda::device_array<T>;
 
-    index_t d_model, d_inner, state, rank, kernel;
+    index_t d_model, d_inner, state, rank, kernel, global_kernel;
     layer_scaling scaling;
     array<X> in_proj, out_proj;
-    array<float> in_proj_bias, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A, D, out_proj_bias;
+    array<float> in_proj_bias, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A, D, out_proj_bias, global_conv,
+        global_proj;
 
     explicit device_mamba1_mixer(const mamba1_mixer& m)
-        : d_model(m.d_model), d_inner(m.d_inner), state(m.state), rank(m.rank), kernel(m.kernel), scaling(m.scaling),
+        : d_model(m.d_model), d_inner(m.d_inner), state(m.state), rank(m.rank), kernel(m.kernel),
+          global_kernel(m.global_kernel), scaling(m.scaling),
           in_proj(array<X>::copy_of(m.in_proj)), out_proj(array<X>::copy_of(m.out_proj)),
           in_proj_bias(array<float>::copy_of(m.in_proj_bias)), conv_weight(array<float>::copy_of(m.conv_weight)),
           conv_bias(array<float>::copy_of(m.conv_bias)), x_proj(array<float>::copy_of(m.x_proj)),
           dt_proj(array<float>::copy_of(m.dt_proj)), dt_bias(array<float>::copy_of(m.dt_bias)),
           A(array<float>::copy_of(m.A)), D(array<float>::copy_of(m.D)),
-          out_proj_bias(array<float>::copy_of(m.out_proj_bias)) {}
+          out_proj_bias(array<float>::copy_of(m.out_proj_bias)), global_conv(array<float>::copy_of(m.global_conv)),
+          global_proj(array<float>::copy_of(m.global_proj)) {}
 
     index_t conv_channels() const { return d_inner; }
     index_t scan_channels() const { return d_inner; }
     index_t state_size() const { return state; }
     index_t kernel_size() const { return kernel; }
+    index_t global_window() const { return global_kernel > 0 ? d_inner * (global_kernel - 1) : 0; }
 
     void reserve(device_workspace<X>& ws, index_t batch, index_t rows) const {
         ws.projected.reserve(std::size_t(rows * 2 * d_inner));
@@ -249,6 +256,10 @@ struct device_mamba1_mixer {
         ws.y.reserve(std::size_t(rows * d_inner));
         ws.final_state.reserve(std::size_t(batch * d_inner * state));
         if constexpr (!std::same_as<X, float>) ws.product_input.reserve(std::size_t(rows * d_inner));
+        if (global_kernel > 0) {
+            ws.global_window.reserve(std::size_t(rows * d_inner));
+            ws.global_term.reserve(std::size_t(rows * (rank + 2 * state)));
+        }
     }
 
     // As mamba1_mixer::forward; a single token is never decimated (it always keeps itself).
@@ -266,6 +277,15 @@ struct device_mamba1_mixer {
         const tensor_view<const float, 2> conv_out(ws.convolved.data(), rows, di);
         const tensor_view<float, 2> x_dbl(ws.x_projected.data(), rows, xw);
         gemm.multiply(exec, conv_out, dd::matrix(x_proj, xw, di), x_dbl);
+        if (global_kernel > 0) {  // x_dbl += global_conv(x)·global_projᵀ
+            dd::causal_conv(exec, conv_out.data(), di, batch, length, di, global_kernel, global_conv, {}, cache.global,
+                            ws.global_window.data(), false);
+            const tensor_view<float, 2> term(ws.global_term.data(), rows, xw);
+            gemm.multiply(exec, tensor_view<const float, 2>(ws.global_window.data(), rows, di),
+                          dd::matrix(global_proj, xw, di), term);
+            cuda::add_kernel<<<dd::blocks(rows * xw), 256, 0, exec.stream>>>(x_dbl.data(), term.data(), rows * xw);
+            dd::check_launch("global selection: add launch");
+        }
         if (length > 1)  // a single token's dt_proj product is done by the step kernel (mamba1_token)
             gemm.multiply(exec, tensor_view<const float, 2>(x_dbl.data(), {rows, rank}, {xw, 1}),
                           dd::matrix(dt_proj, di, rank), tensor_view<float, 2>(ws.delta.data(), rows, di));
@@ -318,6 +338,7 @@ struct device_mamba2_mixer {
 
     index_t conv_channels() const { return d_inner + 2 * groups * state; }
     index_t projection_width() const { return d_inner + conv_channels() + heads; }
+    index_t global_window() const { return 0; }
     index_t scan_channels() const { return d_inner; }
     index_t state_size() const { return state; }
     index_t kernel_size() const { return kernel; }
@@ -472,9 +493,10 @@ public:
         c.batch = batch;
         for (const mixer_type& m : mixers_) {
             device_layer_state s{cuda::device_array<float>(std::size_t(batch * m.conv_channels() * (m.kernel_size() - 1))),
-                                 cuda::device_array<float>(std::size_t(batch * m.scan_channels() * m.state_size()))};
-            cuda::check(cudaMemset(s.conv.data(), 0, s.conv.size() * sizeof(float)), "make_cache: clear");
-            cuda::check(cudaMemset(s.ssm.data(), 0, s.ssm.size() * sizeof(float)), "make_cache: clear");
+                                 cuda::device_array<float>(std::size_t(batch * m.scan_channels() * m.state_size())),
+                                 cuda::device_array<float>(std::size_t(batch * m.global_window()))};
+            for (auto* a : {&s.conv, &s.ssm, &s.global})
+                if (!a->empty()) cuda::check(cudaMemset(a->data(), 0, a->size() * sizeof(float)), "make_cache: clear");
             c.layers.push_back(std::move(s));
         }
         return c;

@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Train small Mamba-1 models with and without the global selection module on gapped associative
+recall, a synthetic task whose key information is spread out; also write the module's test fixture.
+
+Global selection (arXiv 2410.15678 introduces a global selection module: a long-range convolution
+that gives Mamba's selection mechanism a global view). As the library implements it: per layer, a
+causal depthwise convolution of K_g taps (no bias, no activation) over the scan input x (after the
+short conv and SiLU), projected by a (dt_rank + 2N, d_inner) matrix and added to x_proj(x), so that
+Δ, B and C see the last K_g tokens instead of the short conv's K. Weights
+``mixer.global_conv.weight`` (d_inner, 1, K_g) and ``mixer.global_proj.weight`` (dt_rank + 2N,
+d_inner); config key ``global_selection_kernel`` = K_g. The projection starts at zero, so the module
+starts as the identity of the plain model.
+
+The task (token ids: keys 1..K, values K+1..K+V): P key-value pairs laid out in blocks of G keys
+followed by their G values, so each value sits exactly G tokens after its key, then Q queries
+(a key, then its value). The loss and the accuracy count the value predicted at each query key.
+G = 1 is the local layout (key, value, key, value ...) of multi-query associative recall; larger G
+puts the association beyond the short convolution's reach.
+
+Usage (writes <out>/config.json, model.safetensors, training.json):
+  python3 tools/train_global_selection.py --out DIR --gap 16 --global-kernel 32 --seconds 240
+  python3 tools/train_global_selection.py --fixture tests/fixtures/hf/mamba1-global-selection
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_byte_mamba import init_weights, patch_model, set_exact_fp32  # noqa: E402
+
+
+def add_global_selection(model, kernel):
+    """Adds the module's two weights to every mixer (the filter small and random, the projection zero)."""
+    model.config.global_selection_kernel = kernel
+    for layer in model.backbone.layers:
+        m = layer.mixer
+        width = m.time_step_rank + 2 * m.ssm_state_size
+        m.global_conv = torch.nn.Conv1d(m.intermediate_size, m.intermediate_size, kernel, groups=m.intermediate_size,
+                                        bias=False, padding=kernel - 1)
+        torch.nn.init.normal_(m.global_conv.weight, 0.0, kernel ** -0.5)
+        m.global_proj = torch.nn.Linear(m.intermediate_size, width, bias=False)
+        torch.nn.init.zeros_(m.global_proj.weight)
+
+
+def build(vocab, args, kernel):
+    from transformers import MambaConfig, MambaForCausalLM
+    cfg = MambaConfig(vocab_size=vocab, hidden_size=args.hidden, state_size=args.state,
+                      num_hidden_layers=args.layers, expand=2, conv_kernel=4, use_bias=False, use_conv_bias=True,
+                      tie_word_embeddings=True, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    model = MambaForCausalLM(cfg)
+    init_weights(model, cfg)
+    if kernel:
+        add_global_selection(model, kernel)
+    return model
+
+
+def recall_batch(gen, batch, pairs, gap, queries, keys, values, device):
+    """Token ids (batch, 2·pairs + 2·queries) and targets (-100 except the value after each query key)."""
+    assert pairs % gap == 0 and queries <= pairs <= keys
+    k = torch.argsort(torch.rand(batch, keys, generator=gen), dim=1)[:, :pairs] + 1
+    v = torch.randint(keys + 1, keys + values + 1, (batch, pairs), generator=gen)
+    blocks = pairs // gap
+    context = torch.cat([k.view(batch, blocks, gap), v.view(batch, blocks, gap)], dim=2).view(batch, 2 * pairs)
+    asked = torch.argsort(torch.rand(batch, pairs, generator=gen), dim=1)[:, :queries]
+    q = torch.stack([k.gather(1, asked), v.gather(1, asked)], dim=2).view(batch, 2 * queries)
+    ids = torch.cat([context, q], dim=1)
+    targets = torch.full_like(ids, -100)
+    targets[:, 2 * pairs::2] = v.gather(1, asked)
+    return ids.to(device), targets.to(device)
+
+
+def accuracy(logits, targets):
+    mask = targets >= 0
+    return ((logits.argmax(-1) == targets) & mask).sum().item() / mask.sum().item()
+
+
+def reference_logits(model, ids):
+    """An independent float64 forward: the recurrence step by step, the module as documented above."""
+    sd = {k: v.double() for k, v in model.state_dict().items()}
+    cfg = model.config
+    x = sd["backbone.embeddings.weight"][ids]                                  # (B, L, d)
+    Bsz, L, _ = x.shape
+
+    def rms(h, w):
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + cfg.layer_norm_epsilon) * w
+
+    for i in range(cfg.num_hidden_layers):
+        p = f"backbone.layers.{i}.mixer."
+        h = rms(x, sd[f"backbone.layers.{i}.norm.weight"]) @ sd[p + "in_proj.weight"].T
+        u, z = h.chunk(2, dim=-1)
+        Di, N, R = u.shape[-1], cfg.state_size, model.backbone.layers[i].mixer.time_step_rank
+
+        def causal(seq, w):                                                     # w: (Di, 1, K)
+            K = w.shape[-1]
+            padded = F.pad(seq, (0, 0, K - 1, 0))
+            return sum(w[:, 0, j] * padded[:, j:j + L] for j in range(K))
+        u = causal(u, sd[p + "conv1d.weight"]) + sd[p + "conv1d.bias"]
+        u = u * torch.sigmoid(u)
+        sel = u @ sd[p + "x_proj.weight"].T
+        if p + "global_conv.weight" in sd:
+            sel = sel + causal(u, sd[p + "global_conv.weight"]) @ sd[p + "global_proj.weight"].T
+        dt = F.softplus(sel[..., :R] @ sd[p + "dt_proj.weight"].T + sd[p + "dt_proj.bias"])
+        Bm, Cm = sel[..., R:R + N], sel[..., R + N:]
+        A = -torch.exp(sd[p + "A_log"])
+        state = torch.zeros(Bsz, Di, N, dtype=torch.float64)
+        ys = []
+        for t in range(L):
+            state = torch.exp(dt[:, t, :, None] * A) * state + (dt[:, t] * u[:, t])[..., None] * Bm[:, t, None, :]
+            ys.append((state * Cm[:, t, None, :]).sum(-1))
+        y = (torch.stack(ys, 1) + u * sd[p + "D"]) * (z * torch.sigmoid(z))
+        x = x + y @ sd[p + "out_proj.weight"].T
+    x = rms(x, sd["backbone.norm_f.weight"])
+    return x @ sd["backbone.embeddings.weight"].T
+
+
+def write_fixture(folder):
+    """A random-init model with the module (filter and projection perturbed) and its float32 logits."""
+    from safetensors.torch import save_file
+    torch.manual_seed(5)
+    args = argparse.Namespace(hidden=24, state=8, layers=2)
+    model = build(50, args, kernel=6)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "A_log" not in n:
+                p.add_(0.05 * torch.randn_like(p))
+    set_exact_fp32()
+    ids = torch.randint(0, 50, (2, 37), generator=torch.Generator().manual_seed(11))
+    undo = patch_model(model)
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+    undo()
+    expected = reference_logits(model, ids)
+    diff = (logits.double() - expected).abs().max().item()
+    print(f"fixture: training-path float32 vs float64 reference max |diff| {diff:.2e}", flush=True)
+    assert diff < 1e-4, diff
+    os.makedirs(folder, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    save_file({"input_ids": ids.float().contiguous(), "logits": expected.float().contiguous()},
+              os.path.join(folder, "reference.safetensors"),
+              metadata={"fixture": "mamba1-global-selection", "made_by": "tools/train_global_selection.py",
+                        "logits": "F32 [2,37,vocab]: the script's float64 step-by-step forward"})
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    ap.add_argument("--fixture", help="write the test fixture to this folder and stop")
+    ap.add_argument("--gap", type=int, default=16)
+    ap.add_argument("--global-kernel", type=int, default=0, help="0: the plain model")
+    ap.add_argument("--pairs", type=int, default=32)
+    ap.add_argument("--queries", type=int, default=32)
+    ap.add_argument("--keys", type=int, default=64)
+    ap.add_argument("--values", type=int, default=64)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--state", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=240.0)
+    ap.add_argument("--eval-sequences", type=int, default=2048)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.fixture:
+        write_fixture(args.fixture)
+        return
+    if not args.out:
+        ap.error("--out or --fixture is required")
+
+    import transformers
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev_name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    torch.manual_seed(args.seed)
+    vocab = 1 + args.keys + args.values
+    model = build(vocab, args, args.global_kernel).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    extra = sum(p.numel() for n, p in model.named_parameters() if ".global_" in n)
+    print(f"{dev_name}: gap {args.gap}, global kernel {args.global_kernel}, {params} parameters ({extra} in the "
+          f"module)", flush=True)
+    task = dict(pairs=args.pairs, gap=args.gap, queries=args.queries, keys=args.keys, values=args.values,
+                device=device)
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    undo = patch_model(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    gen = torch.Generator().manual_seed(args.seed)
+    curve, step, t0, seen = [], 0, time.time(), []
+    while time.time() - t0 < args.seconds:
+        progress = (time.time() - t0) / args.seconds
+        for g in opt.param_groups:
+            g["lr"] = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        ids, targets = recall_batch(gen, args.batch, **task)
+        logits = model(input_ids=ids, use_cache=False).logits
+        loss = F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        seen.append(accuracy(logits.detach(), targets))
+        if step % 200 == 0:
+            curve.append({"step": step, "time_s": round(time.time() - t0, 1), "loss": round(loss.item(), 4),
+                          "batch_accuracy": round(sum(seen) / len(seen), 4)})
+            seen = []
+            print(curve[-1], flush=True)
+
+    model.eval()
+    set_exact_fp32()
+    gen = torch.Generator().manual_seed(12345)
+    hits = total = 0
+    with torch.no_grad():
+        for _ in range(0, args.eval_sequences, 256):
+            ids, targets = recall_batch(gen, 256, **task)
+            logits = model(input_ids=ids, use_cache=False).logits.float()
+            mask = targets >= 0
+            hits += ((logits.argmax(-1) == targets) & mask).sum().item()
+            total += mask.sum().item()
+    undo()
+    result = hits / total
+    print(f"held-out accuracy {result:.4f} over {total} queries", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    model.cpu().save_pretrained(args.out, safe_serialization=True)
+    with open(os.path.join(args.out, "training.json"), "w") as f:
+        json.dump({"task": {k: v for k, v in task.items() if k != "device"}, "accuracy": result, "queries": total,
+                   "parameters": params, "module_parameters": extra, "steps": step,
+                   "train_wall_time_s": round(time.time() - t0, 1), "curve": curve, "hyperparameters": vars(args),
+                   "command": "python3 " + " ".join(sys.argv), "device": dev_name, "torch": torch.__version__,
+                   "transformers": transformers.__version__}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
