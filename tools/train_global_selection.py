@@ -18,7 +18,7 @@ G = 1 is the local layout (key, value, key, value ...) of multi-query associativ
 puts the association beyond the short convolution's reach.
 
 Usage (writes <out>/config.json, model.safetensors, training.json):
-  python3 tools/train_global_selection.py --out DIR --gap 16 --global-kernel 32 --seconds 240
+  python3 tools/train_global_selection.py --out DIR --gap 8 --global-kernel 16 --seconds 240
   python3 tools/train_global_selection.py --fixture tests/fixtures/hf/mamba1-global-selection
 """
 
@@ -153,18 +153,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
     ap.add_argument("--fixture", help="write the test fixture to this folder and stop")
-    ap.add_argument("--gap", type=int, default=16)
+    ap.add_argument("--gap", type=int, default=8)
     ap.add_argument("--global-kernel", type=int, default=0, help="0: the plain model")
-    ap.add_argument("--pairs", type=int, default=32)
-    ap.add_argument("--queries", type=int, default=32)
+    ap.add_argument("--pairs", type=int, default=8)
+    ap.add_argument("--queries", type=int, default=8)
     ap.add_argument("--keys", type=int, default=64)
     ap.add_argument("--values", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--state", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=240.0)
     ap.add_argument("--eval-sequences", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
@@ -190,7 +190,10 @@ def main():
 
     torch.backends.cuda.matmul.allow_tf32 = True
     undo = patch_model(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    matrices = [p for n, p in model.named_parameters() if p.ndim == 2 and "embeddings" not in n]
+    others = [p for n, p in model.named_parameters() if not (p.ndim == 2 and "embeddings" not in n)]
+    opt = torch.optim.AdamW([{"params": matrices, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(args.seed)
     curve, step, t0, seen = [], 0, time.time(), []
     while time.time() - t0 < args.seconds:
