@@ -230,6 +230,62 @@ TEST_CASE("global selection: split prefills and decoding equal one prefill, and 
                                "the model has none"));
 }
 
+// Accuracy on gapped associative recall, laid out as tools/train_global_selection.py does: `pairs`
+// distinct keys (ids 1..64) in blocks of `gap` keys then their `gap` values (ids 65..128), then every
+// pair once as a query (key, value); a query counts when the logits at its key pick its value.
+double recall_accuracy(const mamba_lm& model, ref::random_source& rng, index_t gap, index_t sequences) {
+    constexpr index_t keys = 64, pairs = 8, length = 4 * pairs;
+    std::vector<std::int32_t> tokens;
+    std::vector<std::int32_t> answers;
+    for (index_t s = 0; s < sequences; ++s) {
+        std::vector<std::int32_t> key(keys), value(pairs), order(pairs);
+        for (index_t k = 0; k < keys; ++k) key[std::size_t(k)] = std::int32_t(k + 1);
+        for (index_t i = 0; i < pairs; ++i) {  // a partial Fisher-Yates shuffle picks the pairs' keys
+            std::swap(key[std::size_t(i)], key[std::size_t(rng.integer(i, keys - 1))]);
+            value[std::size_t(i)] = std::int32_t(keys + 1 + rng.integer(0, keys - 1));
+            order[std::size_t(i)] = std::int32_t(i);
+        }
+        for (index_t i = pairs - 1; i > 0; --i) std::swap(order[std::size_t(i)], order[std::size_t(rng.integer(0, i))]);
+        for (index_t block = 0; block < pairs; block += gap) {
+            for (index_t i = block; i < block + gap; ++i) tokens.push_back(key[std::size_t(i)]);
+            for (index_t i = block; i < block + gap; ++i) tokens.push_back(value[std::size_t(i)]);
+        }
+        for (const std::int32_t i : order) {
+            tokens.push_back(key[std::size_t(i)]);
+            tokens.push_back(value[std::size_t(i)]);
+            answers.push_back(value[std::size_t(i)]);
+        }
+    }
+    const index_t vocab = model.config().vocab_size;
+    const auto logits = prefill(model, tokens, sequences);
+    index_t hits = 0;
+    for (index_t s = 0; s < sequences; ++s)
+        for (index_t q = 0; q < pairs; ++q) {
+            const float* row = logits.data() + (s * length + 2 * pairs + 2 * q) * vocab;
+            hits += std::max_element(row, row + vocab) - row == answers[std::size_t(s * pairs + q)];
+        }
+    return double(hits) / double(sequences * pairs);
+}
+
+TEST_CASE("the shipped recall models: global selection's gain holds in the library", "[models][global]") {
+    SSM_SEEDED_RANDOM(rng);
+    const fs::path models = SSM_RECALL_MODELS_DIR;
+    for (const char* gap : {"1"}) {
+        const auto accuracy_of = [&](const std::string& variant) {
+            const fs::path folder = models / ("recall-gap" + std::string(gap) + "-" + variant);
+            std::ifstream training(folder / "training.json");
+            REQUIRE(training);
+            const double trained = nlohmann::json::parse(training)["accuracy"].get<double>();
+            const double ours = recall_accuracy(mamba_lm::load(folder), rng, std::stoi(gap), 512);
+            INFO(folder.filename().string() << ": ours " << ours << ", PyTorch measured " << trained);
+            CHECK(std::abs(ours - trained) <= 0.04);  // 4096 queries: a standard error of at most 0.008
+            return ours;
+        };
+        const double plain = accuracy_of("plain"), global = accuracy_of("global");
+        CHECK(global >= plain + 0.3);
+    }
+}
+
 TEST_CASE("held-out loss of the shipped KJV model equals what transformers measured", "[models]") {
     const fs::path folder = SSM_KJV_MODEL_DIR;
     std::ifstream eval_file(folder / "eval.json");
