@@ -7,7 +7,8 @@
 //   prefill/<arch>/.../variant:V                V = 0 as trained, 1 with Δ and spectrum factors on every
 //                                               layer (the cost of the fused policies), 2 with layer 12
 //                                               decimating to 2000 tokens (DeciMamba's setting for this
-//                                               model), logits of the last position
+//                                               model), 3 with the global selection module (K_g = 32;
+//                                               Mamba-1 only), logits of the last position
 //
 // items_per_second counts tokens (B·L for prefill, B per decode step).
 #include <benchmark/benchmark.h>
@@ -24,13 +25,16 @@ namespace {
 
 using ssm::index_t;
 
-enum variant { as_trained = 0, scaled = 1, decimated = 2 };
+enum variant { as_trained = 0, scaled = 1, decimated = 2, global = 3 };
 
 template <class Model>
 const Model& model(int v = as_trained) {
-    static const std::array<Model, 3> models = [] {
-        const Model m = Model::random(std::same_as<Model, ssm::models::mamba_lm> ? bench::mamba_130m() : bench::mamba2_130m(), 7);
-        std::array<Model, 3> out{m, m, m};
+    static const std::array<Model, 4> models = [] {
+        constexpr bool mamba1 = std::same_as<Model, ssm::models::mamba_lm>;
+        const Model m = Model::random(mamba1 ? bench::mamba_130m() : bench::mamba2_130m(), 7);
+        auto with_module = bench::mamba_130m();
+        with_module.global_selection_kernel = 32;
+        std::array<Model, 4> out{m, m, m, mamba1 ? Model::random(with_module, 7) : m};
         std::vector<ssm::models::layer_scaling> factors(static_cast<std::size_t>(m.config().layers));
         for (auto& f : factors) f = {.delta = 0.9f, .clip = {0.01f, 50.0f}, .spectrum = {.alpha = 0.5f, .max_magnitude = 2.0f}};
         out[scaled].set_scaling(factors);
@@ -77,9 +81,11 @@ void register_all() {
     for (auto [name, prefill, decode] :
          {std::tuple{"mamba", &bm_prefill<ssm::models::mamba_lm>, &bm_decode<ssm::models::mamba_lm>},
           std::tuple{"mamba2", &bm_prefill<ssm::models::mamba2_lm>, &bm_decode<ssm::models::mamba2_lm>}}) {
+        const bool mamba1 = std::string(name) == "mamba";
         for (const index_t length : {128, 512})
             benchmark::RegisterBenchmark((std::string("prefill/") + name).c_str(), prefill)
-                ->ArgsProduct({{1}, {length}, {threads}, {as_trained, scaled}})
+                ->ArgsProduct({{1}, {length}, {threads}, mamba1 ? std::vector<std::int64_t>{as_trained, scaled, global}
+                                                                : std::vector<std::int64_t>{as_trained, scaled}})
                 ->ArgNames({"batch", "length", "threads", "variant"})
                 ->Unit(benchmark::kMillisecond)
                 ->UseRealTime()

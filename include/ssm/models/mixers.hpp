@@ -275,6 +275,7 @@ struct mamba2_mixer {
 
     template <weight_source Source>
     static mamba2_mixer load(Source& source, const std::string& prefix, const io::model_config& c) {
+        detail::require(c.global_selection_kernel == 0, "mamba2_mixer: the global selection module is a Mamba-1 one");
         mamba2_mixer m;
         m.d_model = c.hidden_size, m.d_inner = c.intermediate_size, m.state = c.state_size;
         m.heads = c.heads, m.head_dim = c.head_dim, m.groups = c.groups, m.kernel = c.conv_kernel;
