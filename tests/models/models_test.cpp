@@ -267,23 +267,22 @@ double recall_accuracy(const mamba_lm& model, ref::random_source& rng, index_t g
     return double(hits) / double(sequences * pairs);
 }
 
+// On the local layout (gap 1) the model with the module learned the task and the plain one did not
+// (docs/results.md); the library must measure what PyTorch measured for both.
 TEST_CASE("the shipped recall models: global selection's gain holds in the library", "[models][global]") {
     SSM_SEEDED_RANDOM(rng);
-    const fs::path models = SSM_RECALL_MODELS_DIR;
-    for (const char* gap : {"1"}) {
-        const auto accuracy_of = [&](const std::string& variant) {
-            const fs::path folder = models / ("recall-gap" + std::string(gap) + "-" + variant);
-            std::ifstream training(folder / "training.json");
-            REQUIRE(training);
-            const double trained = nlohmann::json::parse(training)["accuracy"].get<double>();
-            const double ours = recall_accuracy(mamba_lm::load(folder), rng, std::stoi(gap), 512);
-            INFO(folder.filename().string() << ": ours " << ours << ", PyTorch measured " << trained);
-            CHECK(std::abs(ours - trained) <= 0.04);  // 4096 queries: a standard error of at most 0.008
-            return ours;
-        };
-        const double plain = accuracy_of("plain"), global = accuracy_of("global");
-        CHECK(global >= plain + 0.3);
-    }
+    const auto accuracy_of = [&](const char* name) {
+        const fs::path folder = fs::path(SSM_RECALL_MODELS_DIR) / name;
+        std::ifstream training(folder / "training.json");
+        REQUIRE(training);
+        const double trained = nlohmann::json::parse(training)["accuracy"].get<double>();
+        const double ours = recall_accuracy(mamba_lm::load(folder), rng, 1, 512);
+        INFO(name << ": ours " << ours << ", PyTorch measured " << trained);
+        CHECK(std::abs(ours - trained) <= 0.04);  // 4096 queries: a standard error of at most 0.008
+        return ours;
+    };
+    const double plain = accuracy_of("recall-gap1-plain"), global = accuracy_of("recall-gap1-global");
+    CHECK(global >= plain + 0.3);
 }
 
 TEST_CASE("held-out loss of the shipped KJV model equals what transformers measured", "[models]") {
