@@ -7,6 +7,8 @@
 //                                            replays the captured CUDA graph, G = 0 launches each kernel
 //   prefill_decimated/<arch>/<type>/...      prefill with layer 12 decimating to 2000 tokens (DeciMamba's
 //                                            setting for this model)
+//   prefill_global/mamba/..., decode_global/mamba/...
+//                                            with the global selection module (K_g = 32) in every layer
 //
 // items_per_second counts tokens (B·L for prefill, B per decode step).
 #include <benchmark/benchmark.h>
@@ -25,18 +27,23 @@ namespace {
 using ssm::index_t;
 using ssm::cuda::device_array;
 
-template <class Host>
+enum variant { plain, decimated, global };
+
+template <class Host, bool Global>
 const Host& host_model() {
-    static const Host m =
-        Host::random(std::same_as<Host, ssm::models::mamba_lm> ? bench::mamba_130m() : bench::mamba2_130m(), 7);
+    static const Host m = [] {
+        auto config = std::same_as<Host, ssm::models::mamba_lm> ? bench::mamba_130m() : bench::mamba2_130m();
+        if (Global) config.global_selection_kernel = 32;
+        return Host::random(config, 7);
+    }();
     return m;
 }
 
-template <class Device, bool Decimated = false>
+template <class Device, variant V = plain>
 const Device& device_model() {
     static const Device m = [] {
-        Device d(host_model<typename Device::host_type>());
-        if (Decimated) d.set_decimation({.layers = {12}, .schedule = {.base_length = 2000}, .response_length = 1});
+        Device d(host_model<typename Device::host_type, V == global>());
+        if (V == decimated) d.set_decimation({.layers = {12}, .schedule = {.base_length = 2000}, .response_length = 1});
         return d;
     }();
     return m;
@@ -68,9 +75,9 @@ struct stream_holder {
     ~stream_holder() { cudaStreamDestroy(stream); }
 };
 
-template <class Device, bool Decimated = false>
+template <class Device, variant V = plain>
 void bm_prefill(benchmark::State& state) {
-    const Device& m = device_model<Device, Decimated>();
+    const Device& m = device_model<Device, V>();
     const index_t batch = state.range(0), length = state.range(1), vocab = m.config().vocab_size;
     const auto tokens = device_array<std::int32_t>::copy_of(bench::tokens(batch * length, vocab));
     device_array<float> logits(std::size_t(batch * vocab));
@@ -79,18 +86,18 @@ void bm_prefill(benchmark::State& state) {
     timed_loop(state, s.stream, [&] {
         // A prefill continues from the cache's state: clear it, as in a fresh cache (no allocation timed).
         cache.position = 0;
-        for (auto& layer : cache.layers) {
-            ssm::cuda::check(cudaMemsetAsync(layer.conv.data(), 0, layer.conv.size() * sizeof(float), s.stream), "clear");
-            ssm::cuda::check(cudaMemsetAsync(layer.ssm.data(), 0, layer.ssm.size() * sizeof(float), s.stream), "clear");
-        }
+        for (auto& layer : cache.layers)
+            for (auto* a : {&layer.conv, &layer.ssm, &layer.global})
+                if (!a->empty())
+                    ssm::cuda::check(cudaMemsetAsync(a->data(), 0, a->size() * sizeof(float), s.stream), "clear");
         m.forward(ssm::cuda_exec{s.stream}, {tokens.data(), batch, length}, cache, {logits.data(), batch, 1, vocab});
     });
     state.SetItemsProcessed(state.iterations() * batch * length);
 }
 
-template <class Device>
+template <class Device, variant V = plain>
 void bm_decode(benchmark::State& state) {
-    const Device& m = device_model<Device>();
+    const Device& m = device_model<Device, V>();
     const index_t batch = state.range(0), vocab = m.config().vocab_size, prompt = 64;
     const bool graph = state.range(1) != 0;
     const auto prompt_tokens = device_array<std::int32_t>::copy_of(bench::tokens(batch * prompt, vocab));
@@ -118,7 +125,7 @@ void register_model(const std::string& name) {
         ->ArgNames({"batch", "length"})
         ->Unit(benchmark::kMillisecond)
         ->UseManualTime();
-    benchmark::RegisterBenchmark(("prefill_decimated/" + name).c_str(), bm_prefill<Device, true>)
+    benchmark::RegisterBenchmark(("prefill_decimated/" + name).c_str(), bm_prefill<Device, decimated>)
         ->ArgsProduct({{1}, {8192, 65536}})
         ->ArgNames({"batch", "length"})
         ->Unit(benchmark::kMillisecond)
@@ -128,6 +135,18 @@ void register_model(const std::string& name) {
         ->ArgNames({"batch", "graph"})
         ->Unit(benchmark::kMicrosecond)
         ->UseManualTime();
+    if constexpr (std::same_as<typename Device::host_type, ssm::models::mamba_lm>) {
+        benchmark::RegisterBenchmark(("prefill_global/" + name).c_str(), bm_prefill<Device, global>)
+            ->ArgsProduct({{1}, {2048, 8192}})
+            ->ArgNames({"batch", "length"})
+            ->Unit(benchmark::kMillisecond)
+            ->UseManualTime();
+        benchmark::RegisterBenchmark(("decode_global/" + name).c_str(), bm_decode<Device, global>)
+            ->ArgsProduct({{1}, {1}})
+            ->ArgNames({"batch", "graph"})
+            ->Unit(benchmark::kMicrosecond)
+            ->UseManualTime();
+    }
 }
 
 }  // namespace
