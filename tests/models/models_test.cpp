@@ -40,10 +40,12 @@ fs::path scratch(const std::string& name) {
 }
 
 
+using tensor_map = std::map<std::string, ssm::io::float_tensor>;
+
 // A weight source that keeps what it hands out, to write the model back as a checkpoint.
 struct recording_weights {
     ssm::models::random_weights random;
-    std::map<std::string, ssm::io::float_tensor> tensors;
+    tensor_map tensors;
 
     std::vector<float> required(const std::string& name, const std::vector<index_t>& shape) {
         auto values = random.required(name, shape);
@@ -76,7 +78,7 @@ nlohmann::json config_json(const ssm::io::model_config& c) {
 }
 
 void write_checkpoint(const fs::path& folder, const nlohmann::json& config,
-                      const std::map<std::string, ssm::io::float_tensor>& tensors) {
+                      const tensor_map& tensors) {
     std::ofstream(folder / "config.json") << config.dump(2);
     ssm::io::save_safetensors(folder / "model.safetensors", tensors);
 }
@@ -88,6 +90,14 @@ std::string load_error(const fs::path& folder) {
     } catch (const ssm::error& e) {
         return e.what();
     }
+}
+
+// The error loading a checkpoint gets once `edit` has changed its tensors and config (written to dir).
+template <class Edit>
+std::string edited_load_error(const fs::path& dir, tensor_map tensors, nlohmann::json config, Edit edit) {
+    edit(tensors, config);
+    write_checkpoint(dir, config, tensors);
+    return load_error(dir);
 }
 
 }  // namespace
@@ -134,33 +144,26 @@ TEMPLATE_TEST_CASE("a saved model loads back, and checkpoints that disagree with
     const auto tokens = random_tokens(rng, 2 * 9, config.vocab_size);
     CHECK(max_difference(prefill(TestType::load(dir), tokens, 2), prefill(original, tokens, 2)) == 0.0);
 
-    auto with = [&](auto edit) {
-        auto tensors = recorded.tensors;
-        auto j = json;
-        edit(tensors, j);
-        write_checkpoint(dir, j, tensors);
-        return load_error(dir);
-    };
-    using tensors_t = std::map<std::string, ssm::io::float_tensor>;
+    auto with = [&](auto edit) { return edited_load_error(dir, recorded.tensors, json, edit); };
     const std::string in_proj = "backbone.layers.1.mixer.in_proj.weight";
-    CHECK_THAT(with([&](tensors_t& t, nlohmann::json&) { t.erase(in_proj); }),
+    CHECK_THAT(with([&](tensor_map& t, nlohmann::json&) { t.erase(in_proj); }),
                Catch::Contains("no tensor '" + in_proj + "'"));
-    CHECK_THAT(with([&](tensors_t& t, nlohmann::json&) {
+    CHECK_THAT(with([&](tensor_map& t, nlohmann::json&) {
                    auto& w = t[in_proj];
                    w.shape[0] -= 1;
                    w.values.resize(std::size_t(w.shape[0] * w.shape[1]));
                }),
                Catch::Contains("tensor '" + in_proj + "' has shape"));
-    CHECK_THAT(with([&](tensors_t& t, nlohmann::json&) {
+    CHECK_THAT(with([&](tensor_map& t, nlohmann::json&) {
                    t["backbone.layers.0.mixer.conv1d.bias"] = {{config.intermediate_size}, {}};
                    t["backbone.layers.0.mixer.conv1d.bias"].values.resize(std::size_t(config.intermediate_size));
                }),
                Catch::Contains("'use_conv_bias' says the model has none"));
-    CHECK_THAT(with([&](tensors_t&, nlohmann::json& j) { j["num_hidden_layers"] = 1; }),
+    CHECK_THAT(with([&](tensor_map&, nlohmann::json& j) { j["num_hidden_layers"] = 1; }),
                Catch::Contains("the config does not account for") && Catch::Contains("backbone.layers.1."));
-    CHECK_THAT(with([&](tensors_t&, nlohmann::json& j) { j["num_hidden_layers"] = 3; }),
+    CHECK_THAT(with([&](tensor_map&, nlohmann::json& j) { j["num_hidden_layers"] = 3; }),
                Catch::Contains("no tensor 'backbone.layers.2.norm.weight'"));
-    CHECK_THAT(with([&](tensors_t&, nlohmann::json& j) { j["vocab_size"] = config.vocab_size + 1; }),
+    CHECK_THAT(with([&](tensor_map&, nlohmann::json& j) { j["vocab_size"] = config.vocab_size + 1; }),
                Catch::Contains("'backbone.embeddings.weight' has shape"));
 
     // Calls that do not fit the model or the cache.
@@ -213,19 +216,12 @@ TEST_CASE("global selection: split prefills and decoding equal one prefill, and 
     const auto tokens = random_tokens(rng, batch * 30, config.vocab_size);
     CHECK(max_difference(prefill(mamba_lm::load(plain_dir), tokens, batch), prefill(model, tokens, batch)) > 1e-3);
 
-    using tensors_t = std::map<std::string, ssm::io::float_tensor>;
-    auto with = [&](auto edit) {
-        auto tensors = recorded.tensors;
-        auto j = json;
-        edit(tensors, j);
-        write_checkpoint(dir, j, tensors);
-        return load_error(dir);
-    };
+    auto with = [&](auto edit) { return edited_load_error(dir, recorded.tensors, json, edit); };
     const std::string proj = "backbone.layers.1.mixer.global_proj.weight";
-    CHECK_THAT(with([&](tensors_t& t, nlohmann::json&) { t.erase(proj); }), Catch::Contains("no tensor '" + proj + "'"));
-    CHECK_THAT(with([&](tensors_t&, nlohmann::json& j) { j["global_selection_kernel"] = 6; }),
+    CHECK_THAT(with([&](tensor_map& t, nlohmann::json&) { t.erase(proj); }), Catch::Contains("no tensor '" + proj + "'"));
+    CHECK_THAT(with([&](tensor_map&, nlohmann::json& j) { j["global_selection_kernel"] = 6; }),
                Catch::Contains("tensor 'backbone.layers.0.mixer.global_conv.weight' has shape"));
-    CHECK_THAT(with([&](tensors_t&, nlohmann::json& j) { j.erase("global_selection_kernel"); }),
+    CHECK_THAT(with([&](tensor_map&, nlohmann::json& j) { j.erase("global_selection_kernel"); }),
                Catch::Contains("global_conv.weight' is in the checkpoint but the config's 'global_selection_kernel' says "
                                "the model has none"));
 }
