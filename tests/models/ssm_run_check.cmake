@@ -2,7 +2,8 @@
 # (tools/train_byte_mamba.py), ppl's JSON output, --scaling, then bad calls. (The held-out loss itself is checked
 # against eval.json in models_test.)
 # Variables: SSM_RUN (the program), MODEL (folder), TEXT (held-out text), WORK (a scratch folder),
-# PASSKEY_MODEL (the shipped passkey model, tools/train_passkey.py).
+# PASSKEY_MODEL (the shipped passkey model, tools/train_passkey.py), RECALL_MODEL (a model with the
+# global selection module, tools/train_global_selection.py).
 file(READ "${MODEL}/eval.json" eval)
 
 execute_process(COMMAND "${SSM_RUN}" generate "${MODEL}" --prompt "And God said" --tokens 200 --quiet
@@ -127,3 +128,10 @@ foreach(cell 0 1 2)
     message(FATAL_ERROR "passkey-mamba1 at 256 bytes: exit ${rc}, cell ${cell} accuracy ${accuracy}:\n${grid}")
   endif()
 endforeach()
+
+# info names the global selection module of a model that has one.
+execute_process(COMMAND "${SSM_RUN}" info "${RECALL_MODEL}" --json OUTPUT_VARIABLE info RESULT_VARIABLE rc)
+string(JSON kernel GET "${info}" global_selection_kernel)
+if(NOT rc EQUAL 0 OR NOT kernel EQUAL 16)
+  message(FATAL_ERROR "info on a model with global selection: exit ${rc}:\n${info}")
+endif()
