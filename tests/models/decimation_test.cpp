@@ -51,19 +51,21 @@ vec rms_norm(const vec& x, const std::vector<float>& w, double epsilon) {
     return y;
 }
 
-// One sequence through a Mamba-1 model in float64, carrying the conv and SSM states from call to
-// call. A decimating layer keeps the last `response` tokens and, of the others, the k most important
+// One sequence through a Mamba-1 model in float64, carrying the conv, global selection and SSM states
+// from call to call. A decimating layer keeps the last `response` tokens and, of the others, the k most important
 // (largest L2 norm of softplus(Δ + bias) over channels; the earlier token on a tie), in order.
 struct reference_mamba1 {
     const mamba_lm& model;
     decimation_settings decimation;
-    std::vector<std::vector<vec>> conv;  // [layer][channel]: the last K-1 inputs
-    std::vector<vec> state;              // [layer]: (channels, state)
+    std::vector<std::vector<vec>> conv;    // [layer][channel]: the last K-1 inputs
+    std::vector<std::vector<vec>> global;  // [layer][channel]: the last K_g-1 scan inputs
+    std::vector<vec> state;                // [layer]: (channels, state)
     bool near_tie = false;               // a selection too close to call in float32
 
     reference_mamba1(const mamba_lm& m, decimation_settings d) : model(m), decimation(std::move(d)) {
         for (const auto& mixer : model.mixers()) {
             conv.emplace_back(std::size_t(mixer.d_inner), vec(std::size_t(mixer.kernel - 1), 0.0));
+            global.emplace_back(std::size_t(mixer.d_inner), vec(std::size_t(std::max<index_t>(mixer.global_kernel - 1, 0)), 0.0));
             state.emplace_back(std::size_t(mixer.d_inner * mixer.state), 0.0);
         }
     }
@@ -107,14 +109,33 @@ struct reference_mamba1 {
                     conv[l][std::size_t(ch)][std::size_t(k)] =
                         at >= 0 ? x[std::size_t(at)][std::size_t(ch)] : conv[l][std::size_t(ch)][std::size_t(k + length)];
                 }
+            const index_t G = m.global_kernel;
             for (std::size_t t = 0; t < length; ++t) {
-                const vec dbl = product(m.x_proj, {}, u[t], rank + 2 * n);
+                vec dbl = product(m.x_proj, {}, u[t], rank + 2 * n);
+                if (G > 0) {  // global selection: a G-tap causal window over u, projected into the selection
+                    vec window(static_cast<std::size_t>(di), 0.0);
+                    for (index_t ch = 0; ch < di; ++ch)
+                        for (index_t k = 0; k < G; ++k) {
+                            const index_t at = index_t(t) - (G - 1) + k;
+                            const double v = at >= 0 ? u[std::size_t(at)][std::size_t(ch)]
+                                                     : global[l][std::size_t(ch)][std::size_t(G - 1 + at)];
+                            window[std::size_t(ch)] += double(m.global_conv[std::size_t(ch * G + k)]) * v;
+                        }
+                    const vec term = product(m.global_proj, {}, window, rank + 2 * n);
+                    for (std::size_t i = 0; i < dbl.size(); ++i) dbl[i] += term[i];
+                }
                 const vec low(dbl.begin(), dbl.begin() + rank);
                 Bs[t].assign(dbl.begin() + rank, dbl.begin() + rank + n);
                 Cs[t].assign(dbl.begin() + rank + n, dbl.end());
                 steps[t] = product(m.dt_proj, m.dt_bias, low, di);
                 for (double& s : steps[t]) s = ref::softplus(s);
             }
+            for (index_t ch = 0; ch < di; ++ch)  // the global window, as the conv state above
+                for (index_t k = 0; k < G - 1; ++k) {
+                    const index_t at = index_t(length) - (G - 1) + k;
+                    global[l][std::size_t(ch)][std::size_t(k)] =
+                        at >= 0 ? u[std::size_t(at)][std::size_t(ch)] : global[l][std::size_t(ch)][std::size_t(k + length)];
+                }
             std::vector<std::size_t> keep(length);
             std::iota(keep.begin(), keep.end(), std::size_t(0));
             if (std::find(decimation.layers.begin(), decimation.layers.end(), index_t(l)) != decimation.layers.end()) {
@@ -196,10 +217,13 @@ double difference(const std::vector<float>& ours, const std::vector<std::vector<
 }  // namespace
 
 TEST_CASE("decimating Mamba-1 layers equal a float64 reference, in prefill and the decoding after it",
-          "[models][decimation]") {
+          "[models][decimation][global]") {
     SSM_SEEDED_RANDOM(rng);
-    mamba_lm model = mamba_lm::random(three_layers(checks::mamba1_config()), rng.integer(0, 1 << 30));
+    auto config = three_layers(checks::mamba1_config());
+    config.global_selection_kernel = GENERATE(0, 6);  // with it, this is also the module's own reference
+    mamba_lm model = mamba_lm::random(config, rng.integer(0, 1 << 30));
     const index_t batch = 2, length = GENERATE(61, 200), response = 3, vocab = model.config().vocab_size;
+    INFO("global selection kernel " << config.global_selection_kernel << ", length " << length);
     decimation_settings settings{.layers = {1, 2}, .schedule = {.base_length = 24, .beta = 0.5, .min_length = 5},
                                  .response_length = response};
     model.set_decimation(settings);
