@@ -156,13 +156,13 @@ __global__ void clamped_delta_kernel(const T* dt, index_t dt_stride, const float
     delta[i] = from_float<T>(math::clamped_softplus(to_float(dt[r * dt_stride + h]) + bias[h], low, high));
 }
 
-// y[r, c] += bias[c].
 // y += x, element by element.
 __global__ void add_kernel(float* y, const float* x, index_t count) {
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i < count) y[i] += x[i];
 }
 
+// y[r, c] += bias[c].
 template <class T>
 __global__ void add_bias_kernel(T* y, index_t rows, index_t cols, const float* bias) {
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
