@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Train small Mamba-1 models with and without the global selection module on gapped associative
-recall, a synthetic task whose key information is spread out; also write the module's test fixture.
+recall (each value G tokens after its key, so G > 1 spreads the key information out); also write the
+module's test fixture.
 
 Global selection (arXiv 2410.15678 introduces a global selection module: a long-range convolution
 that gives Mamba's selection mechanism a global view). As the library implements it: per layer, a
@@ -26,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import random
 import sys
 import time
 
