@@ -32,9 +32,12 @@ const Model& model(int v = as_trained) {
     static const std::array<Model, 4> models = [] {
         constexpr bool mamba1 = std::same_as<Model, ssm::models::mamba_lm>;
         const Model m = Model::random(mamba1 ? bench::mamba_130m() : bench::mamba2_130m(), 7);
-        auto with_module = bench::mamba_130m();
-        with_module.global_selection_kernel = 32;
-        std::array<Model, 4> out{m, m, m, mamba1 ? Model::random(with_module, 7) : m};
+        std::array<Model, 4> out{m, m, m, m};
+        if constexpr (mamba1) {
+            auto with_module = bench::mamba_130m();
+            with_module.global_selection_kernel = 32;
+            out[global] = Model::random(with_module, 7);
+        }
         std::vector<ssm::models::layer_scaling> factors(static_cast<std::size_t>(m.config().layers));
         for (auto& f : factors) f = {.delta = 0.9f, .clip = {0.01f, 50.0f}, .spectrum = {.alpha = 0.5f, .max_magnitude = 2.0f}};
         out[scaled].set_scaling(factors);
