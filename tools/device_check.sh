@@ -15,11 +15,12 @@ libs=(-L"$deps/openblas/lib" -lopenblas -lcublas -L"$deps/benchmark/lib")
 b=build-device
 nvcc "${flags[@]}" -lineinfo -c tests/cuda/selective_scan_test.cu -o $b/selective_scan_test.o &
 nvcc "${flags[@]}" -lineinfo -c tests/cuda/models_test.cu -o $b/models_test.o &
+nvcc "${flags[@]}" -lineinfo -c tests/cuda/matvec_test.cu -o $b/matvec_test.o &
 nvcc "${flags[@]}" bench/cuda_scan_bench.cu "${libs[@]}" -lbenchmark -o $b/cuda_scan_bench &
 nvcc "${flags[@]}" bench/cuda_model_bench.cu "${libs[@]}" -lbenchmark -o $b/cuda_model_bench &
 nvcc "${flags[@]}" -DSSM_RUN_CUDA -x cu examples/ssm_run.cpp "${libs[@]}" -o $b/ssm-run &
 for job in $(jobs -p); do wait "$job"; done
-nvcc -arch=sm_90 $b/selective_scan_test.o $b/models_test.o "${libs[@]}" -o $b/cuda_test
+nvcc -arch=sm_90 $b/selective_scan_test.o $b/models_test.o $b/matvec_test.o "${libs[@]}" -o $b/cuda_test
 export LD_LIBRARY_PATH="$PWD/$deps/benchmark/lib:$PWD/$deps/openblas/lib:${LD_LIBRARY_PATH:-}"
 
 echo "== tests"
@@ -33,6 +34,7 @@ compute-sanitizer --tool memcheck --error-exitcode 1 \
   $b/cuda_test "device models match Hugging Face transformers on the reference fixtures" 2>&1 |
   tee "$out/memcheck_models.txt" | tail -n 3
 compute-sanitizer --tool memcheck --error-exitcode 1 $b/cuda_test "[decimation]" 2>&1 | tail -n 3
+compute-sanitizer --tool memcheck --error-exitcode 1 $b/cuda_test "[matvec]" 2>&1 | tail -n 3
 echo "== ssm-run on the shipped model"
 for dev in "--device cpu --threads 16" "--device cuda" "--device cuda --dtype bf16"; do
   /usr/bin/time -f "%e s wall" $b/ssm-run ppl examples/models/kjv-mamba1 examples/data/kjv-heldout.txt \

@@ -56,7 +56,9 @@ TEMPLATE_TEST_CASE("device models equal the host model (layers scaled); decoding
     }
     host.set_scaling(factors);
     const auto device = on_device<float>(host);
-    const index_t batch = 3;
+    // 11 rows: more than one tile of the decoding products (cuda::matvec_tile).
+    const index_t batch = GENERATE(3, 11);
+    INFO("batch " << batch);
     // 1 and 7: single-chunk scans; 300 and 1031: several chunks of the device scan.
     for (const index_t length : {1, 7, 300, 1031}) {
         INFO("length " << length);

@@ -126,24 +126,21 @@ __global__ void conv_state_update_kernel(const T* x, conv_geometry g, T* state) 
     }
 }
 
-// Both of the above for one token (length 1) in one pass: one thread per (batch, channel).
-template <class T>
-__global__ void causal_conv1d_step_kernel(const T* x, const float* weight, const float* bias, conv_geometry g,
-                                               T* state, T* y) {
-    const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= g.batch * g.channels) return;
-    const index_t c = i % g.channels, b = i / g.channels, past = g.kernel - 1;
-    T* s = state + i * past;
-    const float input = to_float(x[b * g.x_stride + c]);
-    float acc = bias ? bias[c] : 0.0f;
+// One token through one channel's causal convolution (decoding): returns bias + Σ_k weight[k]·v_k over
+// the last K inputs v (the K - 1 in state, oldest first, then `input`), after SiLU when `silu`, and
+// shifts `input` into the state.
+__device__ inline float conv_step(float input, const float* weight, float bias, float* state, index_t kernel,
+                                  bool silu) {
+    const index_t past = kernel - 1;
+    float acc = bias;
     for (index_t k = 0; k < past; ++k) {
-        const float v = to_float(s[k]);
-        acc += weight[c * g.kernel + k] * v;
-        if (k > 0) s[k - 1] = from_float<T>(v);
+        const float v = state[k];
+        acc += weight[k] * v;
+        if (k > 0) state[k - 1] = v;
     }
-    acc += weight[c * g.kernel + past] * input;
-    if (past > 0) s[past - 1] = from_float<T>(input);
-    y[i] = from_float<T>(g.silu ? math::silu(acc) : acc);
+    acc += weight[past] * input;
+    if (past > 0) state[past - 1] = input;
+    return silu ? math::silu(acc) : acc;
 }
 
 // Mamba-2's Δ: delta[r, h] = clamp(softplus(dt[r, h] + bias[h]), low, high), dt with row stride.
@@ -156,8 +153,10 @@ __global__ void clamped_delta_kernel(const T* dt, index_t dt_stride, const float
     delta[i] = from_float<T>(math::clamped_softplus(to_float(dt[r * dt_stride + h]) + bias[h], low, high));
 }
 
-// y += x, element by element.
-__global__ void add_kernel(float* y, const float* x, index_t count) {
+// y += x, element by element. (The kernels here are templates, as a header's must be: a plain
+// __global__ function would be defined again in every file that includes it.)
+template <class T>
+__global__ void add_kernel(T* y, const T* x, index_t count) {
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i < count) y[i] += x[i];
 }
@@ -171,12 +170,14 @@ __global__ void add_bias_kernel(T* y, index_t rows, index_t cols, const float* b
 
 // Decimation's token importance: importance[r] = sqrt(sum_c f(delta[r, c])²), f(x) = softplus(x +
 // bias[c]) when a bias is given (Mamba-1's Δ before its softplus), else x. One block per row.
-__global__ void __launch_bounds__(row_threads) delta_norm_kernel(const float* delta, index_t cols, const float* bias,
+template <class T>
+__global__ void __launch_bounds__(row_threads) delta_norm_kernel(const T* delta, index_t cols, const float* bias,
                                                                  float* importance) {
     const index_t r = blockIdx.x;
     float squares = 0.0f;
     for (index_t c = threadIdx.x; c < cols; c += row_threads) {
-        const float v = bias ? math::softplus(delta[r * cols + c] + bias[c]) : delta[r * cols + c];
+        const float dt = to_float(delta[r * cols + c]);
+        const float v = bias ? math::softplus(dt + bias[c]) : dt;
         squares += v * v;
     }
     const float total = block_sum(squares);
@@ -184,8 +185,8 @@ __global__ void __launch_bounds__(row_threads) delta_norm_kernel(const float* de
 }
 
 // out[i, :] = in[rows[i], :] for i < count (the kept rows of a decimating layer).
-__global__ void gather_rows_kernel(const float* in, index_t width, const std::int64_t* rows, index_t count,
-                                   float* out) {
+template <class T>
+__global__ void gather_rows_kernel(const T* in, index_t width, const std::int64_t* rows, index_t count, T* out) {
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i < count * width) out[i] = in[rows[i / width] * width + i % width];
 }

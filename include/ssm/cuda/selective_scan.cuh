@@ -18,6 +18,38 @@ inline void check(cudaError_t status, const char* what) {
     detail::require(status == cudaSuccess, what, ": ", cudaGetErrorName(status), ": ", cudaGetErrorString(status));
 }
 
+// Overlapped launches (programmatic dependent launch, sm_90): a kernel started by launch_overlapped
+// may begin while the kernel before it in the stream still runs, once every block of that one has
+// called let_next_kernel_start (or ended), so that its launch and its weight loads hide behind the
+// other's tail. Before wait_for_previous_kernel returns (when the earlier kernels have finished and
+// their writes are visible) it may read only what no kernel writes, and write nothing. On other
+// devices, and for kernels launched the usual way, both calls do nothing.
+__device__ inline void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ inline void let_next_kernel_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+template <class... Params, class... Args>
+void launch_overlapped(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared_bytes,
+                       cudaStream_t stream, const Args&... args) {
+    cudaLaunchAttribute overlap{};
+    overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    overlap.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shared_bytes;
+    config.stream = stream;
+    config.attrs = &overlap;
+    config.numAttrs = 1;
+    check(cudaLaunchKernelEx(&config, kernel, args...), what);
+}
+
 // One thread per (batch, channel), sequential in time: the simplest device strategy, and the
 // baseline the faster kernels are measured against.
 template <class Ssm, class T>
@@ -300,6 +332,8 @@ __device__ inline float lanes_sum(float v, int lanes) {
 template <int S, class Ssm, class T, class Token>
 __global__ void step_kernel(Ssm model, scan_problem<T> p, int lanes, Token token) {
     using V = typename Ssm::value_type;
+    let_next_kernel_start();
+    wait_for_previous_kernel();
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
     const index_t slot = i / lanes;
     const int lane = int(i % lanes);
@@ -401,9 +435,9 @@ void run_step_with(const cuda_exec& exec, const Ssm& model, const scan_problem<T
     int lanes = 1;
     while (lanes * S < p.shape.state) lanes *= 2;
     constexpr int block = 128;
-    step_kernel<S><<<blocks_for(p.shape.batch * p.shape.channels * lanes, block), block, 0, exec.stream>>>(
-        model, p, lanes, token);
-    check(cudaGetLastError(), "step: kernel launch");
+    launch_overlapped("step: kernel launch", step_kernel<S, Ssm, T, Token>,
+                      blocks_for(p.shape.batch * p.shape.channels * lanes, block), block, 0, exec.stream, model, p,
+                      lanes, token);
 }
 
 template <class Ssm, class T, class Token>

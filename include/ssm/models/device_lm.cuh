@@ -9,8 +9,10 @@
 //
 // X, the type of the large matrices (in_proj, out_proj, embeddings, head), is float or bfloat16; the
 // products' other input is rounded to X, accumulation and everything else (activations, the residual
-// stream, conv, norms, x_proj, dt_proj and the scan) stay float32. Single-token calls on a stream of
-// one's own (not the legacy default stream) are replayed from a CUDA graph captured at the first one.
+// stream, conv, norms, x_proj, dt_proj and the scan) stay float32. Single-token calls (decoding) run
+// on matrix-vector kernels with the layers around each product fused in (cuda/matvec.cuh), a few
+// kernels a layer; on a stream of one's own (not the legacy default stream) they are replayed from a
+// CUDA graph captured at the first one.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "../cuda/layers.cuh"
+#include "../cuda/matvec.cuh"
 #include "../cuda/memory.cuh"
 #include "../cuda/selective_scan.cuh"
 #include "../gemm/cublas.cuh"
@@ -70,18 +73,11 @@ void linear(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, 
 }
 
 // Causal conv (+ SiLU unless `silu` is false) over the first `channels` columns of x (row stride
-// x_stride) and the conv state update: one kernel for a single token, else the convolution and then
-// the update.
+// x_stride), then the conv state update.
 inline void causal_conv(const cuda_exec& exec, const float* x, index_t x_stride, index_t batch, index_t length,
                         index_t channels, index_t kernel, const device_array<float>& weight,
                         const device_array<float>& bias, device_array<float>& state, float* y, bool silu = true) {
     const cuda::conv_geometry g{batch, length, channels, kernel, x_stride, silu};
-    if (length == 1) {
-        cuda::causal_conv1d_step_kernel<<<blocks(batch * channels), 256, 0, exec.stream>>>(
-            x, weight.data(), bias.empty() ? nullptr : bias.data(), g, state.data(), y);
-        check_launch("causal_conv: step launch");
-        return;
-    }
     cuda::causal_conv1d_kernel<<<blocks(batch * length * channels), 256, 0, exec.stream>>>(
         x, weight.data(), bias.empty() ? nullptr : bias.data(), state.data(), g, y);
     check_launch("causal_conv: launch");
@@ -99,24 +95,22 @@ inline index_t scan_chunk(index_t batch, index_t length, index_t channels, index
     return (length + chunks - 1) / chunks;
 }
 
-// Runs the scan with the cache's state as initial and final state; a single token goes through the
-// step kernel with x and Δ from step_token (see cuda::step_kernel). A step or one chunk reads each
-// state before writing it, in the same thread, so the state is updated in place; with several
-// chunks the first chunk's blocks read it while the last chunk's write, so the final state goes to
-// the workspace first.
-template <class Ssm, class Token>
+// The cache's state of a layer as the scan sees it: (batch, channels, state).
+inline tensor_view<float, 3> cached_state(device_array<float>& state, index_t batch, index_t channels) {
+    return {state.data(), batch, channels, index_t(state.size()) / (batch * channels)};
+}
+
+// Runs the scan with the cache's state as initial and final state. One chunk reads each state before
+// writing it, in the same thread, so the state is updated in place; with several chunks the first
+// chunk's blocks read it while the last chunk's write, so the final state goes to the workspace first.
+template <class Ssm>
 void scan_with_state(const cuda_exec& exec, const Ssm& model, scan_inputs<float> in, tensor_view<float, 3> y,
-                     device_array<float>& state, device_array<float>& final_state, const Token& step_token) {
+                     device_array<float>& state, device_array<float>& final_state) {
     const index_t batch = y.extent(0), length = y.extent(1), channels = y.extent(2);
-    const index_t n = index_t(state.size()) / (batch * channels);
+    const tensor_view<float, 3> cached = cached_state(state, batch, channels);
+    const index_t n = cached.extent(2);
     const index_t chunk = scan_chunk(batch, length, channels, n);
-    const tensor_view<float, 3> cached(state.data(), batch, channels, n);
     in.initial_state = cached;
-    if (length == 1) {
-        const auto problem = make_problem("step", model, in, scan_outputs<float>{.y = y, .final_state = cached});
-        cuda::run_step(exec, model, problem, step_token);
-        return;
-    }
     if (chunk >= length) {
         selective_scan(exec, chunked{.chunk = chunk}, model, in, scan_outputs<float>{.y = y, .final_state = cached});
         return;
@@ -126,6 +120,17 @@ void scan_with_state(const cuda_exec& exec, const Ssm& model, scan_inputs<float>
     cuda::check(cudaMemcpyAsync(state.data(), end.data(), state.size() * sizeof(float), cudaMemcpyDeviceToDevice,
                                 exec.stream),
                 "scan: state copy");
+}
+
+// A decoding step of the scan, the cache's state updated in place, with x and Δ from `token` (see
+// cuda::step_kernel).
+template <class Ssm, class Token>
+void step_with_state(const cuda_exec& exec, const Ssm& model, scan_inputs<float> in, tensor_view<float, 3> y,
+                     device_array<float>& state, const Token& token) {
+    const tensor_view<float, 3> cached = cached_state(state, y.extent(0), y.extent(2));
+    in.initial_state = cached;
+    cuda::run_step(exec, model, make_problem("step", model, in, scan_outputs<float>{.y = y, .final_state = cached}),
+                   token);
 }
 
 // out[:rows·width] = in's kept rows (ws.kept_rows), through ws.gathered; in and out may be the same.
@@ -228,25 +233,25 @@ struct device_mamba1_mixer {
     index_t d_model, d_inner, state, rank, kernel, global_kernel;
     layer_scaling scaling;
     array<X> in_proj, out_proj;
-    array<float> in_proj_bias, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A, D, out_proj_bias, global_conv,
-        global_proj;
+    // x_proj, with global selection [x_proj | global_proj] side by side: (rank + 2N, d_inner or 2·d_inner)
+    array<float> in_proj_bias, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A, D, out_proj_bias, global_conv;
 
     explicit device_mamba1_mixer(const mamba1_mixer& m)
         : d_model(m.d_model), d_inner(m.d_inner), state(m.state), rank(m.rank), kernel(m.kernel),
           global_kernel(m.global_kernel), scaling(m.scaling),
           in_proj(array<X>::copy_of(m.in_proj)), out_proj(array<X>::copy_of(m.out_proj)),
           in_proj_bias(array<float>::copy_of(m.in_proj_bias)), conv_weight(array<float>::copy_of(m.conv_weight)),
-          conv_bias(array<float>::copy_of(m.conv_bias)), x_proj(array<float>::copy_of(m.x_proj)),
+          conv_bias(array<float>::copy_of(m.conv_bias)), x_proj(array<float>::copy_of(selection_weights(m))),
           dt_proj(array<float>::copy_of(m.dt_proj)), dt_bias(array<float>::copy_of(m.dt_bias)),
           A(array<float>::copy_of(m.A)), D(array<float>::copy_of(m.D)),
-          out_proj_bias(array<float>::copy_of(m.out_proj_bias)), global_conv(array<float>::copy_of(m.global_conv)),
-          global_proj(array<float>::copy_of(m.global_proj)) {}
+          out_proj_bias(array<float>::copy_of(m.out_proj_bias)), global_conv(array<float>::copy_of(m.global_conv)) {}
 
     index_t conv_channels() const { return d_inner; }
     index_t scan_channels() const { return d_inner; }
     index_t state_size() const { return state; }
     index_t kernel_size() const { return kernel; }
     index_t global_window() const { return global_kernel > 0 ? d_inner * (global_kernel - 1) : 0; }
+    index_t selection_inputs() const { return global_kernel > 0 ? 2 * d_inner : d_inner; }
 
     void reserve(device_workspace<X>& ws, index_t batch, index_t rows) const {
         ws.projected.reserve(std::size_t(rows * 2 * d_inner));
@@ -262,7 +267,7 @@ struct device_mamba1_mixer {
         }
     }
 
-    // As mamba1_mixer::forward; a single token is never decimated (it always keeps itself).
+    // As mamba1_mixer::forward (device_causal_lm sends single tokens to decode).
     template <device_gemm Gemm>
     index_t forward(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, index_t batch,
                     index_t length, device_layer_state& cache, device_workspace<X>& ws, tensor_view<float, 2> out,
@@ -276,39 +281,84 @@ struct device_mamba1_mixer {
                         ws.convolved.data());
         const tensor_view<const float, 2> conv_out(ws.convolved.data(), rows, di);
         const tensor_view<float, 2> x_dbl(ws.x_projected.data(), rows, xw);
-        gemm.multiply(exec, conv_out, dd::matrix(x_proj, xw, di), x_dbl);
+        const index_t sw = selection_inputs();
+        gemm.multiply(exec, conv_out, tensor_view<const float, 2>(x_proj.data(), {xw, di}, {sw, 1}), x_dbl);
         if (global_kernel > 0) {  // x_dbl += global_conv(x)·global_projᵀ
             dd::causal_conv(exec, conv_out.data(), di, batch, length, di, global_kernel, global_conv, {}, cache.global,
                             ws.global_window.data(), false);
             const tensor_view<float, 2> term(ws.global_term.data(), rows, xw);
             gemm.multiply(exec, tensor_view<const float, 2>(ws.global_window.data(), rows, di),
-                          dd::matrix(global_proj, xw, di), term);
+                          tensor_view<const float, 2>(x_proj.data() + di, {xw, di}, {sw, 1}), term);
             cuda::add_kernel<<<dd::blocks(rows * xw), 256, 0, exec.stream>>>(x_dbl.data(), term.data(), rows * xw);
             dd::check_launch("global selection: add launch");
         }
-        if (length > 1)  // a single token's dt_proj product is done by the step kernel (mamba1_token)
-            gemm.multiply(exec, tensor_view<const float, 2>(x_dbl.data(), {rows, rank}, {xw, 1}),
-                          dd::matrix(dt_proj, di, rank), tensor_view<float, 2>(ws.delta.data(), rows, di));
-        if (decimation && length > 1) {
+        gemm.multiply(exec, tensor_view<const float, 2>(x_dbl.data(), {rows, rank}, {xw, 1}),
+                      dd::matrix(dt_proj, di, rank), tensor_view<float, 2>(ws.delta.data(), rows, di));
+        if (decimation) {
             length = dd::decimate(exec, *decimation, ws.delta.data(), di, dt_bias.data(), batch, length, ws,
                                   {{xz.data(), width}, {ws.convolved.data(), di}, {x_dbl.data(), xw}, {ws.delta.data(), di}});
             rows = batch * length;
         }
-        dd::scan_with_state(
-            exec, ssm_type{{dd::matrix(A, di, n)}, {}, scaling.modulation()},
-            scan_inputs<float>{.u = {conv_out.data(), batch, length, di},
-                               .delta = {ws.delta.data(), batch, length, di},
-                               .B = detail::grouped_columns<const float>(x_dbl.data(), batch, length, xw, rank, 1, n),
-                               .C = detail::grouped_columns<const float>(x_dbl.data(), batch, length, xw, rank + n, 1, n),
-                               .z = detail::columns<const float>(xz.data(), batch, length, width, di, di),
-                               .D = dd::optional_vector(D),
-                               .delta_bias = dd::optional_vector(dt_bias),
-                               .delta_softplus = true},
-            tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state,
-            dd::mamba1_token{conv_out.data(), dt_proj.data(), dt_bias.data(), di, rank, x_dbl.data(), xw});
+        dd::scan_with_state(exec, ssm(), scan_input(ws, batch, length),
+                            tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state);
         dd::linear(exec, gemm, dd::as_product_input(exec, ws.y, ws.product_input, rows, di), out_proj, out_proj_bias,
                    tensor_view<float, 2>(out.data(), rows, d_model));
         return length;
+    }
+
+    // One token a sequence, the residual stream `hidden` (batch, d_model) updated in place: four
+    // kernels — the norm, in_proj and the convolutions; x_proj (with global_proj); the scan step with
+    // dt_proj's product; out_proj with the residual add.
+    void decode(const cuda_exec& exec, const float* norm, float epsilon, index_t batch, device_layer_state& cache,
+                device_workspace<X>& ws, float* hidden) const {
+        namespace dd = device_detail;
+        const index_t di = d_inner, width = 2 * di, xw = rank + 2 * state;
+        const bool global = global_kernel > 0;
+        cuda::matvec(exec, in_proj.data(), dd::bias_or_null(in_proj_bias), width, d_model, batch,
+                     cuda::rms_normed_input{hidden, norm, epsilon},
+                     cuda::conv_step_output{ws.projected.data(), width, 0, di, kernel, conv_weight.data(),
+                                            dd::bias_or_null(conv_bias), cache.conv.data(), ws.convolved.data(),
+                                            global_kernel, global_conv.data(), cache.global.data(),
+                                            ws.global_window.data()});
+        cuda::matvec(exec, x_proj.data(), nullptr, xw, selection_inputs(), batch,
+                     cuda::rows_input{ws.convolved.data(), di, global ? ws.global_window.data() : nullptr, di, di},
+                     cuda::store_output{ws.x_projected.data(), xw});
+        dd::step_with_state(exec, ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di),
+                            cache.ssm,
+                            dd::mamba1_token{ws.convolved.data(), dt_proj.data(), dt_bias.data(), di, rank,
+                                             ws.x_projected.data(), xw});
+        cuda::matvec(exec, out_proj.data(), dd::bias_or_null(out_proj_bias), d_model, di, batch,
+                     cuda::rows_input{ws.y.data(), di}, cuda::residual_output{hidden, d_model});
+    }
+
+private:
+    ssm_type ssm() const { return {{device_detail::matrix(A, d_inner, state)}, {}, scaling.modulation()}; }
+
+    // The scan's inputs in the workspace: u the convolved x, Δ (before bias and softplus), B and C from
+    // x_proj's output, z from in_proj's.
+    scan_inputs<float> scan_input(const device_workspace<X>& ws, index_t batch, index_t length) const {
+        const index_t di = d_inner, n = state, xw = rank + 2 * n;
+        const float* x_dbl = ws.x_projected.data();
+        return {.u = {ws.convolved.data(), batch, length, di},
+                .delta = {ws.delta.data(), batch, length, di},
+                .B = detail::grouped_columns<const float>(x_dbl, batch, length, xw, rank, 1, n),
+                .C = detail::grouped_columns<const float>(x_dbl, batch, length, xw, rank + n, 1, n),
+                .z = detail::columns<const float>(ws.projected.data(), batch, length, 2 * di, di, di),
+                .D = device_detail::optional_vector(D),
+                .delta_bias = device_detail::optional_vector(dt_bias),
+                .delta_softplus = true};
+    }
+
+    static std::vector<float> selection_weights(const mamba1_mixer& m) {
+        if (m.global_kernel == 0) return m.x_proj;
+        const std::size_t rows = std::size_t(m.rank + 2 * m.state), cols = std::size_t(m.d_inner);
+        std::vector<float> both(rows * 2 * cols);
+        for (std::size_t r = 0; r < rows; ++r) {
+            std::copy_n(m.x_proj.begin() + std::ptrdiff_t(r * cols), cols, both.begin() + std::ptrdiff_t(2 * r * cols));
+            std::copy_n(m.global_proj.begin() + std::ptrdiff_t(r * cols), cols,
+                        both.begin() + std::ptrdiff_t((2 * r + 1) * cols));
+        }
+        return both;
     }
 
 };
@@ -352,39 +402,28 @@ struct device_mamba2_mixer {
         ws.product_input.reserve(std::size_t(rows * d_inner));
     }
 
-    // As mamba2_mixer::forward; a single token is never decimated (it always keeps itself).
+    // As mamba2_mixer::forward (device_causal_lm sends single tokens to decode).
     template <device_gemm Gemm>
     index_t forward(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, index_t batch,
                     index_t length, device_layer_state& cache, device_workspace<X>& ws, tensor_view<float, 2> out,
                     const layer_decimation* decimation = nullptr) const {
         namespace dd = device_detail;
         index_t rows = batch * length;
-        const index_t di = d_inner, gn = groups * state, conv = conv_channels();
-        const index_t width = projection_width();
+        const index_t di = d_inner, conv = conv_channels(), width = projection_width();
         const tensor_view<float, 2> projected(ws.projected.data(), rows, width);  // [z | xBC | dt]
         dd::linear(exec, gemm, x, in_proj, in_proj_bias, projected);
         dd::causal_conv(exec, projected.data() + di, width, batch, length, conv, kernel, conv_weight, conv_bias,
                         cache.conv, ws.convolved.data());
-        if (length > 1) {  // a single token's Δ is computed by the step kernel (mamba2_token)
-            cuda::clamped_delta_kernel<<<dd::blocks(rows * heads), 256, 0, exec.stream>>>(
-                projected.data() + di + conv, width, dt_bias.data(), delta_min, delta_max, rows, heads, ws.delta.data());
-            dd::check_launch("mamba2 delta launch");
-        }
-        if (decimation && length > 1) {
+        cuda::clamped_delta_kernel<<<dd::blocks(rows * heads), 256, 0, exec.stream>>>(
+            projected.data() + di + conv, width, dt_bias.data(), delta_min, delta_max, rows, heads, ws.delta.data());
+        dd::check_launch("mamba2 delta launch");
+        if (decimation) {
             length = dd::decimate(exec, *decimation, ws.delta.data(), heads, nullptr, batch, length, ws,
                                   {{projected.data(), width}, {ws.convolved.data(), conv}, {ws.delta.data(), heads}});
             rows = batch * length;
         }
-        const float* xbc = ws.convolved.data();
-        dd::scan_with_state(
-            exec, ssm_type{{tensor_view<const float, 1>(A.data(), heads), head_dim, state}, {}, scaling.modulation()},
-            scan_inputs<float>{.u = detail::columns<const float>(xbc, batch, length, conv, 0, di),
-                               .delta = {ws.delta.data(), batch, length, heads},
-                               .B = detail::grouped_columns<const float>(xbc, batch, length, conv, di, groups, gn),
-                               .C = detail::grouped_columns<const float>(xbc, batch, length, conv, di + gn, groups, gn),
-                               .D = dd::optional_vector(D)},
-            tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state,
-            dd::mamba2_token{xbc, conv, projected.data() + di + conv, width, dt_bias.data(), delta_min, delta_max});
+        dd::scan_with_state(exec, ssm(), scan_input(ws, batch, length),
+                            tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state);
         // One norm over all of d_inner, as transformers computes it (see mamba2_mixer).
         cuda::gated_rms_norm_kernel<X><<<unsigned(rows), cuda::row_threads, 0, exec.stream>>>(
             ws.y.data(), projected.data(), width, norm.data(), norm_epsilon, di, ws.product_input.data());
@@ -394,6 +433,42 @@ struct device_mamba2_mixer {
         return length;
     }
 
+    // One token a sequence, the residual stream `hidden` (batch, d_model) updated in place: three
+    // kernels — the norm, in_proj and the convolution; the scan step with Δ's softplus; the gated
+    // norm, out_proj and the residual add.
+    void decode(const cuda_exec& exec, const float* norm_weight, float epsilon, index_t batch,
+                device_layer_state& cache, device_workspace<X>& ws, float* hidden) const {
+        namespace dd = device_detail;
+        const index_t di = d_inner, conv = conv_channels(), width = projection_width();
+        float* projected = ws.projected.data();
+        cuda::matvec(exec, in_proj.data(), dd::bias_or_null(in_proj_bias), width, d_model, batch,
+                     cuda::rms_normed_input{hidden, norm_weight, epsilon},
+                     cuda::conv_step_output{projected, width, di, conv, kernel, conv_weight.data(),
+                                            dd::bias_or_null(conv_bias), cache.conv.data(), ws.convolved.data()});
+        dd::step_with_state(exec, ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di),
+                            cache.ssm,
+                            dd::mamba2_token{ws.convolved.data(), conv, projected + di + conv, width, dt_bias.data(),
+                                             delta_min, delta_max});
+        cuda::matvec(exec, out_proj.data(), dd::bias_or_null(out_proj_bias), d_model, di, batch,
+                     cuda::gated_normed_input{ws.y.data(), projected, width, norm.data(), norm_epsilon},
+                     cuda::residual_output{hidden, d_model});
+    }
+
+private:
+    ssm_type ssm() const {
+        return {{tensor_view<const float, 1>(A.data(), heads), head_dim, state}, {}, scaling.modulation()};
+    }
+
+    // The scan's inputs in the workspace: x, B and C from the convolved [x | B | C], Δ after its softplus.
+    scan_inputs<float> scan_input(const device_workspace<X>& ws, index_t batch, index_t length) const {
+        const index_t di = d_inner, gn = groups * state, conv = conv_channels();
+        const float* xbc = ws.convolved.data();
+        return {.u = detail::columns<const float>(xbc, batch, length, conv, 0, di),
+                .delta = {ws.delta.data(), batch, length, heads},
+                .B = detail::grouped_columns<const float>(xbc, batch, length, conv, di, groups, gn),
+                .C = detail::grouped_columns<const float>(xbc, batch, length, conv, di + gn, groups, gn),
+                .D = device_detail::optional_vector(D)};
+    }
 };
 
 // A decoding step captured once and replayed: valid while the tokens, logits and stream it was
@@ -524,7 +599,10 @@ public:
         ws.mixed.reserve(std::size_t(rows * d));
         ws.normed.reserve(std::size_t(rows * d));
         for (const mixer_type& m : mixers_) m.reserve(ws, batch, rows);
-        auto work = [&] { run(exec, tokens, c, ws, logits, all_positions); };
+        auto work = [&] {
+            if (length == 1) decode(exec, tokens, c, ws, logits);
+            else run(exec, tokens, c, ws, logits, all_positions);
+        };
         if (length == 1 && exec.stream) c.graph.run(exec, tokens.data(), logits.data(), work);
         else work();
         c.position += length;
@@ -535,6 +613,23 @@ private:
         cuda::require_device("device_causal_lm");
         return Gemm{};
     }
+    // One token a sequence: the residual stream stays in ws.hidden, each layer's norm runs inside its
+    // mixer's first product and its residual add inside the last, norm_f inside the head's product.
+    void decode(const cuda_exec& exec, tensor_view<const std::int32_t, 2> tokens, cache_type& c,
+                device_workspace<X>& ws, tensor_view<float, 3> logits) const {
+        const index_t batch = tokens.extent(0), d = config_.hidden_size, vocab = config_.vocab_size;
+        const float epsilon = config_.norm_epsilon;
+        cuda::embedding_kernel<<<unsigned(batch), cuda::row_threads, 0, exec.stream>>>(
+            tokens.data(), embeddings_.data(), vocab, d, ws.hidden.data());
+        device_detail::check_launch("embedding launch");
+        for (std::size_t l = 0; l < mixers_.size(); ++l)
+            mixers_[l].decode(exec, norms_[l].data(), epsilon, batch, c.layers[l], ws, ws.hidden.data());
+        const auto& head = head_.empty() ? embeddings_ : head_;
+        cuda::matvec(exec, head.data(), nullptr, vocab, d, batch,
+                     cuda::rms_normed_input{ws.hidden.data(), norm_f_.data(), epsilon},
+                     cuda::store_output{logits.data(), vocab});
+    }
+
     void run(const cuda_exec& exec, tensor_view<const std::int32_t, 2> tokens, cache_type& c, device_workspace<X>& ws,
              tensor_view<float, 3> logits, bool all_positions) const {
         namespace dd = device_detail;
