@@ -150,11 +150,11 @@ TEST_CASE("matvec: normalized inputs (RMSNorm, Mamba-2's gated norm) equal the f
     const ssm::cuda::store_output out{y.data(), outs};
     if (gated)
         ssm::cuda::matvec(exec, weight.data(), nullptr, outs, ins, batch,
-                          ssm::cuda::gated_normed_input{h_d.data(), z_d.data(), z_stride, norm_d.data(), float(epsilon)},
+                          ssm::cuda::gated_normed_input{h_d.data(), ins, z_d.data(), z_stride, {norm_d.data(), float(epsilon)}},
                           out);
     else
         ssm::cuda::matvec(exec, weight.data(), nullptr, outs, ins, batch,
-                          ssm::cuda::rms_normed_input{h_d.data(), norm_d.data(), float(epsilon)}, out);
+                          ssm::cuda::rms_normed_input{h_d.data(), ins, {norm_d.data(), float(epsilon)}}, out);
     REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
     // Unlike multiply's, these inputs are computed in float on the device: compare with x exactly.
     std::vector<double> expected(std::size_t(batch * outs)), magnitude(expected.size());

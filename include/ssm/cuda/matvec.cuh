@@ -32,21 +32,12 @@ __device__ inline float rounded_to(float v) {
     return to_float(from_float<X>(v));
 }
 
-// x[0, ins) = value(i)·scale·weight[i], scale = 1 / sqrt(mean(value²) + ε), by one warp.
-template <class X, class Value>
-__device__ void warp_rms_norm(float* x, index_t ins, const Value& value, const float* weight, float epsilon) {
-    const int lane = int(threadIdx.x % 32);
-    float squares = 0.0f;
-    for (index_t i = lane; i < ins; i += 32) {
-        const float v = value(i);
-        squares += v * v;
-    }
-    const float scale = rsqrtf(lanes_sum(squares, 32) / float(ins) + epsilon);
-    for (index_t i = lane; i < ins; i += 32) x[i] = rounded_to<X>(value(i) * scale * weight[i]);
-}
-
-// Input policies: load(x, b0, rows, ins) fills x (rows, ins) with the product inputs of batch rows
-// b0.. b0 + rows - 1; every thread of the block calls it.
+// Input policies: value(b, i) is input i of batch row b; `norm` (weight, ε) when the rows are then
+// RMS-normalized, x = value / sqrt(mean(value²) + ε) · weight (RMSNorm's weight null: taken as they are).
+struct rms_norm {
+    const float* weight = nullptr;
+    float epsilon = 0.0f;
+};
 
 // Rows of a float matrix (row stride `stride`); with `second`, columns from `split` on come from a
 // second matrix (row stride second_stride): the two inputs of products summed as one.
@@ -55,51 +46,75 @@ struct rows_input {
     index_t stride;
     const float* second = nullptr;
     index_t second_stride = 0, split = 0;
+    rms_norm norm{};
 
-    template <class X>
-    __device__ void load(float* x, index_t b0, int rows, index_t ins) const {
-        for (index_t k = threadIdx.x; k < rows * ins; k += blockDim.x) {
-            const index_t b = b0 + k / ins, i = k % ins;
-            const float v = second && i >= split ? second[b * second_stride + i - split] : first[b * stride + i];
-            x[k] = rounded_to<X>(v);
-        }
+    __device__ float operator()(index_t b, index_t i) const {
+        return second && i >= split ? second[b * second_stride + i - split] : first[b * stride + i];
     }
 };
 
-// RMSNorm of residual stream rows (row stride ins): hidden / sqrt(mean(hidden²) + ε) · weight.
+// RMSNorm of residual stream rows (row stride `stride`).
 struct rms_normed_input {
     const float* hidden;
-    const float* weight;
-    float epsilon;
+    index_t stride;
+    rms_norm norm;
 
-    template <class X>
-    __device__ void load(float* x, index_t b0, int rows, index_t ins) const {
-        for (int r = int(threadIdx.x / 32); r < rows; r += int(blockDim.x / 32)) {
-            const float* h = hidden + (b0 + r) * ins;
-            warp_rms_norm<X>(x + r * ins, ins, [h](index_t i) { return h[i]; }, weight, epsilon);
-        }
-    }
+    __device__ float operator()(index_t b, index_t i) const { return hidden[b * stride + i]; }
 };
 
-// Mamba-2's gated norm: g = y·SiLU(z), g / sqrt(mean(g²) + ε) · weight; y rows of ins, z with row
-// stride z_stride.
+// Mamba-2's gated norm: y·SiLU(z), normalized; y with row stride y_stride, z with z_stride.
 struct gated_normed_input {
     const float* y;
+    index_t y_stride;
     const float* z;
     index_t z_stride;
-    const float* weight;
-    float epsilon;
+    rms_norm norm;
 
-    template <class X>
-    __device__ void load(float* x, index_t b0, int rows, index_t ins) const {
-        for (int r = int(threadIdx.x / 32); r < rows; r += int(blockDim.x / 32)) {
-            const float* yr = y + (b0 + r) * ins;
-            const float* zr = z + (b0 + r) * z_stride;
-            warp_rms_norm<X>(x + r * ins, ins, [yr, zr](index_t i) { return yr[i] * math::silu(zr[i]); }, weight,
-                             epsilon);
+    __device__ float operator()(index_t b, index_t i) const { return y[b * y_stride + i] * math::silu(z[b * z_stride + i]); }
+};
+
+// x (rows, ins) = the input policy's values of batch rows b0.., normalized when the policy says so,
+// rounded to X. All threads of the block call it; each keeps several loads in flight.
+template <class X, class Input>
+__device__ void load_inputs(const Input& input, float* x, index_t b0, int rows, int ins) {
+    constexpr int ahead = 8;
+    const int count = rows * ins, threads = int(blockDim.x);
+    for (int base = int(threadIdx.x); base < count; base += ahead * threads) {
+        float v[ahead];
+#pragma unroll
+        for (int u = 0; u < ahead; ++u) {
+            const int k = base + u * threads;
+            if (k < count) v[u] = input(b0 + k / ins, k % ins);
+        }
+#pragma unroll
+        for (int u = 0; u < ahead; ++u) {
+            const int k = base + u * threads;
+            if (k < count) x[k] = v[u];
         }
     }
-};
+    __syncthreads();
+    const rms_norm norm = input.norm;
+    if (!norm.weight) {
+        for (int k = int(threadIdx.x); k < count; k += threads) x[k] = rounded_to<X>(x[k]);
+        return;
+    }
+    __shared__ float partial[matvec_tile][matvec_warps];
+    const int warp = int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
+    for (int r = 0; r < rows; ++r) {
+        float squares = 0.0f;
+        for (int i = int(threadIdx.x); i < ins; i += threads) squares += x[r * ins + i] * x[r * ins + i];
+        squares = lanes_sum(squares, 32);
+        if (lane == 0) partial[r][warp] = squares;
+    }
+    __syncthreads();
+    for (int r = 0; r < rows; ++r) {
+        float squares = 0.0f;
+        for (int w = 0; w < matvec_warps; ++w) squares += partial[r][w];
+        const float scale = rsqrtf(squares / float(ins) + norm.epsilon);
+        for (int i = int(threadIdx.x); i < ins; i += threads)
+            x[r * ins + i] = rounded_to<X>(x[r * ins + i] * scale * norm.weight[i]);
+    }
+}
 
 // Output policies: (b, o, y) for each output, called once each.
 
@@ -183,7 +198,7 @@ __global__ void __launch_bounds__(matvec_warps * 32)
     wait_for_previous_kernel();
     const index_t b0 = index_t(blockIdx.y) * tile;
     const int rows = batch - b0 < tile ? int(batch - b0) : tile;
-    input.template load<X>(x, b0, rows, ins);
+    load_inputs<X>(input, x, b0, rows, int(ins));
     __syncthreads();
     for (index_t o = first; o < outs; o += step) {
         float acc[matvec_tile] = {};
@@ -219,6 +234,7 @@ __global__ void __launch_bounds__(matvec_warps * 32)
         float mine = 0.0f;  // lane r reduces and writes batch row r
 #pragma unroll
         for (int r = 0; r < matvec_tile; ++r) {
+            if (r >= rows) continue;  // rows is the same in the whole warp
             const float sum = lanes_sum(acc[r], 32);
             if (lane == r) mine = sum;
         }

@@ -315,7 +315,7 @@ struct device_mamba1_mixer {
         const index_t di = d_inner, width = 2 * di, xw = rank + 2 * state;
         const bool global = global_kernel > 0;
         cuda::matvec(exec, in_proj.data(), dd::bias_or_null(in_proj_bias), width, d_model, batch,
-                     cuda::rms_normed_input{hidden, norm, epsilon},
+                     cuda::rms_normed_input{hidden, d_model, {norm, epsilon}},
                      cuda::conv_step_output{ws.projected.data(), width, 0, di, kernel, conv_weight.data(),
                                             dd::bias_or_null(conv_bias), cache.conv.data(), ws.convolved.data(),
                                             global_kernel, global_conv.data(), cache.global.data(),
@@ -442,7 +442,7 @@ struct device_mamba2_mixer {
         const index_t di = d_inner, conv = conv_channels(), width = projection_width();
         float* projected = ws.projected.data();
         cuda::matvec(exec, in_proj.data(), dd::bias_or_null(in_proj_bias), width, d_model, batch,
-                     cuda::rms_normed_input{hidden, norm_weight, epsilon},
+                     cuda::rms_normed_input{hidden, d_model, {norm_weight, epsilon}},
                      cuda::conv_step_output{projected, width, di, conv, kernel, conv_weight.data(),
                                             dd::bias_or_null(conv_bias), cache.conv.data(), ws.convolved.data()});
         dd::step_with_state(exec, ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di),
@@ -450,7 +450,7 @@ struct device_mamba2_mixer {
                             dd::mamba2_token{ws.convolved.data(), conv, projected + di + conv, width, dt_bias.data(),
                                              delta_min, delta_max});
         cuda::matvec(exec, out_proj.data(), dd::bias_or_null(out_proj_bias), d_model, di, batch,
-                     cuda::gated_normed_input{ws.y.data(), projected, width, norm.data(), norm_epsilon},
+                     cuda::gated_normed_input{ws.y.data(), di, projected, width, {norm.data(), norm_epsilon}},
                      cuda::residual_output{hidden, d_model});
     }
 
@@ -626,7 +626,7 @@ private:
             mixers_[l].decode(exec, norms_[l].data(), epsilon, batch, c.layers[l], ws, ws.hidden.data());
         const auto& head = head_.empty() ? embeddings_ : head_;
         cuda::matvec(exec, head.data(), nullptr, vocab, d, batch,
-                     cuda::rms_normed_input{ws.hidden.data(), norm_f_.data(), epsilon},
+                     cuda::rms_normed_input{ws.hidden.data(), d, {norm_f_.data(), epsilon}},
                      cuda::store_output{logits.data(), vocab});
     }
 
