@@ -131,7 +131,7 @@ void register_model(const std::string& name) {
         ->Unit(benchmark::kMillisecond)
         ->UseManualTime();
     benchmark::RegisterBenchmark(("decode/" + name).c_str(), bm_decode<Device>)
-        ->ArgsProduct({{1, 16}, {0, 1}})
+        ->ArgsProduct({{1, 4, 16}, {0, 1}})
         ->ArgNames({"batch", "graph"})
         ->Unit(benchmark::kMicrosecond)
         ->UseManualTime();

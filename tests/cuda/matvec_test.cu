@@ -1,6 +1,6 @@
 // The decoding matrix-vector kernel (cuda/matvec.cuh) against a float64 reference on fresh random
-// inputs: awkward shapes (one element, primes, rows that are not whole 16-byte loads, more outputs
-// than the grid holds at once, batches over one tile), each input and output policy but the
+// inputs: awkward shapes (one element, primes, rows that are not whole 16-byte pieces, many row
+// groups, the widest rows a block holds, batches over one tile), each input and output policy but the
 // convolution step (which the model tests cover), outputs poisoned before the call.
 #include <catch2/catch.hpp>
 #include <cuda_runtime.h>
@@ -79,10 +79,10 @@ TEMPLATE_TEST_CASE("matvec: a few rows times a matrix equal the float64 referenc
     struct shape {
         index_t outs, ins;
     };
-    // 1031 x 771: rows of 771 elements are no whole number of 16-byte loads; 20000 outputs exceed what
-    // the grid holds at once for small inputs; 12288 inputs fill the shared memory with one row.
+    // 1031 x 771: rows of 771 elements are no whole number of 16-byte pieces; 20000 x 24: many row
+    // groups; 11776 inputs: rows wider than the default 48 KiB of shared memory holds.
     const shape s = GENERATE(shape{1, 1}, shape{5, 7}, shape{130, 64}, shape{1031, 771}, shape{67, 1536},
-                             shape{20000, 24}, shape{3, 12288});
+                             shape{20000, 24}, shape{3, 11776});
     const index_t batch = GENERATE(1, 3, 8, 11, 17);
     const bool split = s.ins > 1 && rng.coin(), with_bias = rng.coin(), residual = rng.coin();
     INFO("outs " << s.outs << ", ins " << s.ins << ", batch " << batch << ", second matrix " << split << ", bias "
@@ -170,7 +170,7 @@ TEST_CASE("matvec: normalized inputs (RMSNorm, Mamba-2's gated norm) equal the f
 
 TEST_CASE("matvec: inputs too wide for shared memory are refused", "[cuda][matvec]") {
     const ssm::cuda::device_array<float> w(4), x(4), y(4);
-    CHECK_THROWS_WITH(ssm::cuda::matvec(ssm::cuda_exec{}, w.data(), nullptr, 1, 20000, 1,
-                                        ssm::cuda::rows_input{x.data(), 20000}, ssm::cuda::store_output{y.data(), 1}),
-                      Catch::Contains("20000 input features do not fit in shared memory"));
+    CHECK_THROWS_WITH(ssm::cuda::matvec(ssm::cuda_exec{}, w.data(), nullptr, 1, 30000, 1,
+                                        ssm::cuda::rows_input{x.data(), 30000}, ssm::cuda::store_output{y.data(), 1}),
+                      Catch::Contains("30000 input features do not fit in shared memory"));
 }

@@ -143,6 +143,17 @@ __device__ inline float conv_step(float input, const float* weight, float bias, 
     return silu ? math::silu(acc) : acc;
 }
 
+// conv_step for every (batch, channel) of a single token: one thread each.
+template <class T>
+__global__ void causal_conv1d_step_kernel(const T* x, const float* weight, const float* bias, conv_geometry g,
+                                          float* state, T* y) {
+    const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= g.batch * g.channels) return;
+    const index_t c = i % g.channels, b = i / g.channels;
+    y[i] = conv_step(x[b * g.x_stride + c], weight + c * g.kernel, bias ? bias[c] : 0.0f, state + i * (g.kernel - 1),
+                     g.kernel, g.silu);
+}
+
 // Mamba-2's Δ: delta[r, h] = clamp(softplus(dt[r, h] + bias[h]), low, high), dt with row stride.
 template <class T>
 __global__ void clamped_delta_kernel(const T* dt, index_t dt_stride, const float* bias, float low, float high,

@@ -6,13 +6,15 @@
 // rounded to X, as the GEMM path rounds a product's input; each y goes to an output policy (a store,
 // an add to the residual stream, or a convolution step), so the layers around a product run in it.
 //
-// A warp per output row, weights read once in 16-byte loads; a warp requests its first row before
-// waiting for the previous kernel (launch_overlapped), so that the weight traffic of a decoding step
-// overlaps the small kernels it alternates with.
+// Each block copies a group of W's rows into shared memory before waiting for the previous kernel
+// (launch_overlapped), so that the weight traffic of a decoding step overlaps the small kernels it
+// alternates with; warps then take the group's rows, lanes 16-byte pieces of a row.
+#include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <concepts>
+#include <cstdint>
 
 #include "../core/math.hpp"
 #include "../core/storage.hpp"
@@ -21,10 +23,16 @@
 
 namespace ssm::cuda {
 
-inline constexpr int matvec_warps = 4;        // warps a block
-inline constexpr int matvec_tile = 8;         // batch rows a block serves: accumulators a lane
-inline constexpr int matvec_prefetch = 8;     // 16-byte loads a lane has in flight
-inline constexpr index_t matvec_shared = 48 * 1024;
+inline constexpr int matvec_warps = 4;               // warps a block
+inline constexpr int matvec_tile = 8;                // batch rows a block serves: accumulators a lane
+inline constexpr int matvec_group = 64;              // most rows of W a block takes
+#ifndef SSM_MATVEC_ROWS_KB
+#define SSM_MATVEC_ROWS_KB 24
+#endif
+inline constexpr index_t matvec_rows_bytes = SSM_MATVEC_ROWS_KB * 1024;  // bytes of W a block takes, one row at least
+inline constexpr index_t matvec_shared = 160 * 1024;  // dynamic shared memory a block at most
+
+SSM_HOST_DEVICE constexpr std::size_t aligned_bytes(std::size_t bytes) { return (bytes + 15) / 16 * 16; }
 
 // A float rounded to X and back: the value a product with X inputs sees.
 template <class X>
@@ -73,10 +81,23 @@ struct gated_normed_input {
     __device__ float operator()(index_t b, index_t i) const { return y[b * y_stride + i] * math::silu(z[b * z_stride + i]); }
 };
 
-// x (rows, ins) = the input policy's values of batch rows b0.., normalized when the policy says so,
-// rounded to X. All threads of the block call it; each keeps several loads in flight.
+// Copies count elements to shared memory: asynchronously in 16-byte pieces when `pieces` (count a
+// multiple of 16 bytes, both ends aligned; the caller commits and waits), else one by one.
+template <class T>
+__device__ void stage(T* to, const T* from, int count, bool pieces) {
+    if (pieces) {
+        for (int k = int(threadIdx.x); k < count * int(sizeof(T)) / 16; k += int(blockDim.x))
+            __pipeline_memcpy_async(reinterpret_cast<uint4*>(to) + k, reinterpret_cast<const uint4*>(from) + k, 16);
+    } else {
+        for (int k = int(threadIdx.x); k < count; k += int(blockDim.x)) to[k] = from[k];
+    }
+}
+
+// x (rows, ins) = the input policy's values of batch rows b0.., normalized with norm_weight (staged in
+// shared memory) when the policy has a norm, rounded to X. All threads of the block call it; each
+// keeps several loads in flight.
 template <class X, class Input>
-__device__ void load_inputs(const Input& input, float* x, index_t b0, int rows, int ins) {
+__device__ void load_inputs(const Input& input, const float* norm_weight, float* x, index_t b0, int rows, int ins) {
     constexpr int ahead = 8;
     const int count = rows * ins, threads = int(blockDim.x);
     for (int base = int(threadIdx.x); base < count; base += ahead * threads) {
@@ -92,9 +113,9 @@ __device__ void load_inputs(const Input& input, float* x, index_t b0, int rows, 
             if (k < count) x[k] = v[u];
         }
     }
+    __pipeline_wait_prior(1);  // the norm's weight, staged before W
     __syncthreads();
-    const rms_norm norm = input.norm;
-    if (!norm.weight) {
+    if (!norm_weight) {
         for (int k = int(threadIdx.x); k < count; k += threads) x[k] = rounded_to<X>(x[k]);
         return;
     }
@@ -110,9 +131,9 @@ __device__ void load_inputs(const Input& input, float* x, index_t b0, int rows, 
     for (int r = 0; r < rows; ++r) {
         float squares = 0.0f;
         for (int w = 0; w < matvec_warps; ++w) squares += partial[r][w];
-        const float scale = rsqrtf(squares / float(ins) + norm.epsilon);
+        const float scale = rsqrtf(squares / float(ins) + input.norm.epsilon);
         for (int i = int(threadIdx.x); i < ins; i += threads)
-            x[r * ins + i] = rounded_to<X>(x[r * ins + i] * scale * norm.weight[i]);
+            x[r * ins + i] = rounded_to<X>(x[r * ins + i] * scale * norm_weight[i]);
     }
 }
 
@@ -175,96 +196,119 @@ __device__ inline void unpack(const uint4& v, float (&out)[16 / sizeof(X)]) {
     }
 }
 
-// Grid: (blocks over the output rows, tiles of `tile` batch rows); warps take output rows in turn.
-// Rows of W whose bytes are not a multiple of 16 are read element by element.
+// Where a block's dynamic shared memory holds a group of W's rows, the norm's weight (inputs with a
+// norm) and the tile of x: byte offsets, 16-byte aligned.
+struct matvec_layout {
+    std::size_t norm = 0, x = 0, bytes = 0;
+};
+
+// Grid: (groups of `group` output rows, tiles of `tile` batch rows). A block copies its rows of W (and
+// the norm's weight) to shared memory asynchronously before it waits for the previous kernel, so that
+// the bytes are in flight without holding registers; then it stages x, each warp takes rows of the
+// group (lanes 16-byte pieces of a row), and last the outputs go to the output policy all at once.
+// With `pieces` false (rows not whole 16-byte pieces, or W not aligned) W is copied and read element
+// by element.
 template <class X, class Input, class Output>
 __global__ void __launch_bounds__(matvec_warps * 32)
-    matvec_kernel(const X* weight, const float* bias, index_t outs, index_t ins, index_t batch, int tile, Input input,
-                  Output output) {
-    extern __shared__ float x[];  // (rows, ins)
+    matvec_kernel(const X* weight, const float* bias, index_t outs, index_t ins, index_t batch, int group, int tile,
+                  bool pieces, matvec_layout layout, Input input, Output output) {
+    extern __shared__ __align__(16) unsigned char staged[];
+    __shared__ float results[matvec_group * matvec_tile];
     constexpr int per_load = 16 / sizeof(X);
-    const int lane = int(threadIdx.x % 32);
-    const index_t loads = ins % per_load == 0 ? ins / per_load : 0;  // 16-byte loads a row
-    const index_t first = index_t(blockIdx.x) * matvec_warps + threadIdx.x / 32;
-    const index_t step = index_t(gridDim.x) * matvec_warps;
-    const auto* w4 = reinterpret_cast<const uint4*>(weight);
-    uint4 ahead[matvec_prefetch];
-#pragma unroll
-    for (int k = 0; k < matvec_prefetch; ++k) {
-        const index_t j = lane + 32 * k;
-        if (first < outs && j < loads) ahead[k] = __ldg(w4 + first * loads + j);
-    }
-    let_next_kernel_start();
+    X* w = reinterpret_cast<X*>(staged);  // (group, ins)
+    float* norm_weight = input.norm.weight ? reinterpret_cast<float*>(staged + layout.norm) : nullptr;
+    float* x = reinterpret_cast<float*>(staged + layout.x);  // (tile, ins)
+    const index_t o0 = index_t(blockIdx.x) * group;
+    const int here = outs - o0 < group ? int(outs - o0) : group;
+    // Two groups of copies: the norm's weight (possibly none), then W, which may still be in flight
+    // while x is staged.
+    if (norm_weight)
+        stage(norm_weight, input.norm.weight, int(ins),
+              ins % 4 == 0 && reinterpret_cast<std::uintptr_t>(input.norm.weight) % 16 == 0);
+    __pipeline_commit();
+    stage(w, weight + o0 * ins, here * int(ins), pieces);
+    __pipeline_commit();
     wait_for_previous_kernel();
     const index_t b0 = index_t(blockIdx.y) * tile;
     const int rows = batch - b0 < tile ? int(batch - b0) : tile;
-    load_inputs<X>(input, x, b0, rows, int(ins));
+    load_inputs<X>(input, norm_weight, x, b0, rows, int(ins));
+    __pipeline_wait_prior(0);
     __syncthreads();
-    for (index_t o = first; o < outs; o += step) {
+    const int lane = int(threadIdx.x % 32), loads = pieces ? int(ins) / per_load : 0;
+    for (int r = int(threadIdx.x / 32); r < here; r += matvec_warps) {
+        const X* wr = w + r * ins;
         float acc[matvec_tile] = {};
-        for (index_t j0 = 0; j0 < loads; j0 += 32 * matvec_prefetch) {
-            uint4 w[matvec_prefetch];
-            const bool fetched = o == first && j0 == 0;
+        for (int j = lane; j < loads; j += 32) {
+            float wf[per_load];
+            unpack<X>(reinterpret_cast<const uint4*>(wr)[j], wf);
 #pragma unroll
-            for (int k = 0; k < matvec_prefetch; ++k) {
-                const index_t j = j0 + lane + 32 * k;
-                if (j < loads) w[k] = fetched ? ahead[k] : __ldg(w4 + o * loads + j);
-            }
+            for (int b = 0; b < matvec_tile; ++b) {
+                if (b >= rows) continue;  // x's rows are 16-byte aligned when W's are whole pieces
+                const float4* xb = reinterpret_cast<const float4*>(x + b * ins) + j * (per_load / 4);
 #pragma unroll
-            for (int k = 0; k < matvec_prefetch; ++k) {
-                const index_t j = j0 + lane + 32 * k;
-                if (j >= loads) continue;
-                float wf[per_load];
-                unpack<X>(w[k], wf);
-#pragma unroll
-                for (int r = 0; r < matvec_tile; ++r) {
-                    if (r >= rows) continue;
-                    const float* xr = x + r * ins + j * per_load;
-#pragma unroll
-                    for (int e = 0; e < per_load; ++e) acc[r] += wf[e] * xr[e];
+                for (int q = 0; q < per_load / 4; ++q) {
+                    const float4 v = xb[q];
+                    acc[b] += wf[4 * q] * v.x + wf[4 * q + 1] * v.y + wf[4 * q + 2] * v.z + wf[4 * q + 3] * v.w;
                 }
             }
         }
-        for (index_t i = loads * per_load + lane; i < ins; i += 32) {
-            const float wi = to_float(weight[o * ins + i]);
+        for (int i = loads * per_load + lane; i < ins; i += 32) {
+            const float wi = to_float(wr[i]);
 #pragma unroll
-            for (int r = 0; r < matvec_tile; ++r)
-                if (r < rows) acc[r] += wi * x[r * ins + i];
+            for (int b = 0; b < matvec_tile; ++b)
+                if (b < rows) acc[b] += wi * x[b * ins + i];
         }
-        float mine = 0.0f;  // lane r reduces and writes batch row r
 #pragma unroll
-        for (int r = 0; r < matvec_tile; ++r) {
-            if (r >= rows) continue;  // rows is the same in the whole warp
-            const float sum = lanes_sum(acc[r], 32);
-            if (lane == r) mine = sum;
+        for (int b = 0; b < matvec_tile; ++b) {
+            if (b >= rows) continue;  // rows is the same in the whole warp
+            const float sum = lanes_sum(acc[b], 32);
+            if (lane == 0) results[r * rows + b] = sum + (bias ? bias[o0 + r] : 0.0f);
         }
-        if (lane < rows) output(b0 + lane, o, mine + (bias ? bias[o] : 0.0f));
     }
+    let_next_kernel_start();
+    __syncthreads();
+    for (int k = int(threadIdx.x); k < here * rows; k += int(blockDim.x))
+        output(b0 + k % rows, o0 + k / rows, results[k]);
 }
 
-// Queues y = x·Wᵀ (+ bias) for `batch` rows, launched overlapped. ins is at most 12,288 (one row of x
-// in shared memory). Grids stop at what the device holds at once; warps then take further rows.
+// Queues y = x·Wᵀ (+ bias) for `batch` rows, launched overlapped. A block's shared memory holds a row
+// of W, one of x and the norm's weight at least: ins·(sizeof(X) + 8) bytes may not exceed
+// matvec_shared (13,653 inputs in float32).
 template <class X, class Input, class Output>
 void matvec(const cuda_exec& exec, const X* weight, const float* bias, index_t outs, index_t ins, index_t batch,
             const Input& input, const Output& output) {
-    detail::require(ins > 0 && ins * index_t(sizeof(float)) <= matvec_shared, "matvec: ", ins,
-                    " input features do not fit in shared memory (at most ", matvec_shared / index_t(sizeof(float)),
+    const auto bytes = [](index_t count, std::size_t size) { return index_t(aligned_bytes(std::size_t(count) * size)); };
+    const index_t row = bytes(ins, sizeof(X)), x_row = bytes(ins, sizeof(float));
+    const index_t norm = input.norm.weight ? x_row : 0;
+    detail::require(ins > 0 && row + norm + x_row <= matvec_shared, "matvec: ", ins,
+                    " input features do not fit in shared memory (a row of the ", storage_name<X>,
+                    " matrix, one of x and the norm's weight: ", row + norm + x_row, " bytes, at most ", matvec_shared,
                     ")");
     if (outs == 0 || batch == 0) return;
-    const int tile = int(std::min<index_t>({matvec_tile, batch, matvec_shared / (ins * index_t(sizeof(float)))}));
-    const index_t tiles = (batch + tile - 1) / tile;
-    const std::size_t shared_bytes = std::size_t(tile * ins) * sizeof(float);
-    const auto kernel = matvec_kernel<X, Input, Output>;
-    int device = 0, processors = 0, resident = 0;
+    // x takes up to half the space, W's rows the rest, in groups small enough for two blocks a
+    // multiprocessor where the matrix allows it.
+    index_t tile = std::clamp<index_t>(matvec_shared / 2 / x_row, 1, std::min<index_t>(matvec_tile, batch));
+    while (tile > 1 && row + norm + tile * x_row > matvec_shared) --tile;
+    int device = 0, processors = 0;
     check(cudaGetDevice(&device), "matvec: device");
     check(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device), "matvec: device attribute");
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, matvec_warps * 32, shared_bytes),
-          "matvec: occupancy");
-    const index_t wanted = (outs + matvec_warps - 1) / matvec_warps;
-    const index_t blocks = std::clamp<index_t>(index_t(processors) * resident / tiles, 1, wanted);
-    detail::require(tiles <= 65535, "matvec: ", batch, " rows exceed the grid");
-    launch_overlapped("matvec: launch", kernel, dim3(unsigned(blocks), unsigned(tiles)), dim3(matvec_warps * 32),
-                      shared_bytes, exec.stream, weight, bias, outs, ins, batch, tile, input, output);
+    const index_t spread = std::clamp<index_t>(outs / (2 * index_t(processors)), 1, matvec_group);
+    index_t group = std::clamp<index_t>(std::min(matvec_rows_bytes, matvec_shared - norm - tile * x_row) / row, 1, spread);
+    const index_t groups = (outs + group - 1) / group, tiles = (batch + tile - 1) / tile;
+    detail::require(groups < (index_t(1) << 31) && tiles <= 65535, "matvec: ", outs, " outputs of ", batch,
+                    " rows exceed the grid");
+    const bool pieces = ins % (16 / index_t(sizeof(X))) == 0 && reinterpret_cast<std::uintptr_t>(weight) % 16 == 0;
+    matvec_layout layout;
+    layout.norm = std::size_t(bytes(group * ins, sizeof(X)));
+    layout.x = layout.norm + std::size_t(norm);
+    layout.bytes = layout.x + std::size_t(tile * x_row);
+    const auto kernel = matvec_kernel<X, Input, Output>;
+    if (layout.bytes > 48 * 1024)  // beyond the default, shared memory must be asked for
+        check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(layout.bytes)),
+              "matvec: shared memory");
+    launch_overlapped("matvec: launch", kernel, dim3(unsigned(groups), unsigned(tiles)), dim3(matvec_warps * 32),
+                      layout.bytes, exec.stream, weight, bias, outs, ins, batch, int(group), int(tile), pieces, layout,
+                      input, output);
 }
 
 }  // namespace ssm::cuda

@@ -46,7 +46,11 @@ void launch_overlapped(const char* what, void (*kernel)(Params...), dim3 grid, d
     config.dynamicSmemBytes = shared_bytes;
     config.stream = stream;
     config.attrs = &overlap;
+#ifdef SSM_NO_OVERLAP  // diagnostic builds: plain launches
+    config.numAttrs = 0;
+#else
     config.numAttrs = 1;
+#endif
     check(cudaLaunchKernelEx(&config, kernel, args...), what);
 }
 
@@ -332,7 +336,6 @@ __device__ inline float lanes_sum(float v, int lanes) {
 template <int S, class Ssm, class T, class Token>
 __global__ void step_kernel(Ssm model, scan_problem<T> p, int lanes, Token token) {
     using V = typename Ssm::value_type;
-    let_next_kernel_start();
     wait_for_previous_kernel();
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
     const index_t slot = i / lanes;
@@ -372,6 +375,7 @@ __global__ void step_kernel(Ssm model, scan_problem<T> p, int lanes, Token token
             }
         }
     }
+    let_next_kernel_start();
     acc = lanes_sum(acc, lanes);
     if (!active || lane != 0) return;
     float out = model.transition.output_scale() * acc + (p.in.D.data() ? p.in.D(d) : 0.0f) * in.x;

@@ -73,11 +73,18 @@ void linear(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, 
 }
 
 // Causal conv (+ SiLU unless `silu` is false) over the first `channels` columns of x (row stride
-// x_stride), then the conv state update.
+// x_stride) and the conv state update: one kernel for a single token, else the convolution and then
+// the update.
 inline void causal_conv(const cuda_exec& exec, const float* x, index_t x_stride, index_t batch, index_t length,
                         index_t channels, index_t kernel, const device_array<float>& weight,
                         const device_array<float>& bias, device_array<float>& state, float* y, bool silu = true) {
     const cuda::conv_geometry g{batch, length, channels, kernel, x_stride, silu};
+    if (length == 1) {
+        cuda::causal_conv1d_step_kernel<<<blocks(batch * channels), 256, 0, exec.stream>>>(
+            x, weight.data(), bias.empty() ? nullptr : bias.data(), g, state.data(), y);
+        check_launch("causal_conv: step launch");
+        return;
+    }
     cuda::causal_conv1d_kernel<<<blocks(batch * length * channels), 256, 0, exec.stream>>>(
         x, weight.data(), bias.empty() ? nullptr : bias.data(), state.data(), g, y);
     check_launch("causal_conv: launch");
@@ -267,7 +274,8 @@ struct device_mamba1_mixer {
         }
     }
 
-    // As mamba1_mixer::forward (device_causal_lm sends single tokens to decode).
+    // As mamba1_mixer::forward: cuBLAS products between layer kernels (device_causal_lm sends a
+    // single sequence's next token to decode instead).
     template <device_gemm Gemm>
     index_t forward(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, index_t batch,
                     index_t length, device_layer_state& cache, device_workspace<X>& ws, tensor_view<float, 2> out,
@@ -292,15 +300,21 @@ struct device_mamba1_mixer {
             cuda::add_kernel<<<dd::blocks(rows * xw), 256, 0, exec.stream>>>(x_dbl.data(), term.data(), rows * xw);
             dd::check_launch("global selection: add launch");
         }
-        gemm.multiply(exec, tensor_view<const float, 2>(x_dbl.data(), {rows, rank}, {xw, 1}),
-                      dd::matrix(dt_proj, di, rank), tensor_view<float, 2>(ws.delta.data(), rows, di));
-        if (decimation) {
-            length = dd::decimate(exec, *decimation, ws.delta.data(), di, dt_bias.data(), batch, length, ws,
-                                  {{xz.data(), width}, {ws.convolved.data(), di}, {x_dbl.data(), xw}, {ws.delta.data(), di}});
-            rows = batch * length;
+        if (length == 1) {  // several sequences' next token: dt_proj's product runs in the step kernel
+            dd::step_with_state(exec, ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di),
+                                cache.ssm, token(ws));
+        } else {
+            gemm.multiply(exec, tensor_view<const float, 2>(x_dbl.data(), {rows, rank}, {xw, 1}),
+                          dd::matrix(dt_proj, di, rank), tensor_view<float, 2>(ws.delta.data(), rows, di));
+            if (decimation) {
+                length = dd::decimate(exec, *decimation, ws.delta.data(), di, dt_bias.data(), batch, length, ws,
+                                      {{xz.data(), width}, {ws.convolved.data(), di}, {x_dbl.data(), xw},
+                                       {ws.delta.data(), di}});
+                rows = batch * length;
+            }
+            dd::scan_with_state(exec, ssm(), scan_input(ws, batch, length),
+                                tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state);
         }
-        dd::scan_with_state(exec, ssm(), scan_input(ws, batch, length),
-                            tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state);
         dd::linear(exec, gemm, dd::as_product_input(exec, ws.y, ws.product_input, rows, di), out_proj, out_proj_bias,
                    tensor_view<float, 2>(out.data(), rows, d_model));
         return length;
@@ -324,15 +338,17 @@ struct device_mamba1_mixer {
                      cuda::rows_input{ws.convolved.data(), di, global ? ws.global_window.data() : nullptr, di, di},
                      cuda::store_output{ws.x_projected.data(), xw});
         dd::step_with_state(exec, ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di),
-                            cache.ssm,
-                            dd::mamba1_token{ws.convolved.data(), dt_proj.data(), dt_bias.data(), di, rank,
-                                             ws.x_projected.data(), xw});
+                            cache.ssm, token(ws));
         cuda::matvec(exec, out_proj.data(), dd::bias_or_null(out_proj_bias), d_model, di, batch,
                      cuda::rows_input{ws.y.data(), di}, cuda::residual_output{hidden, d_model});
     }
 
 private:
     ssm_type ssm() const { return {{device_detail::matrix(A, d_inner, state)}, {}, scaling.modulation()}; }
+    device_detail::mamba1_token token(const device_workspace<X>& ws) const {
+        return {ws.convolved.data(), dt_proj.data(), dt_bias.data(), d_inner, rank, ws.x_projected.data(),
+                rank + 2 * state};
+    }
 
     // The scan's inputs in the workspace: u the convolved x, Δ (before bias and softplus), B and C from
     // x_proj's output, z from in_proj's.
@@ -402,7 +418,8 @@ struct device_mamba2_mixer {
         ws.product_input.reserve(std::size_t(rows * d_inner));
     }
 
-    // As mamba2_mixer::forward (device_causal_lm sends single tokens to decode).
+    // As mamba2_mixer::forward: cuBLAS products between layer kernels (device_causal_lm sends a
+    // single sequence's next token to decode instead).
     template <device_gemm Gemm>
     index_t forward(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, index_t batch,
                     index_t length, device_layer_state& cache, device_workspace<X>& ws, tensor_view<float, 2> out,
@@ -414,16 +431,22 @@ struct device_mamba2_mixer {
         dd::linear(exec, gemm, x, in_proj, in_proj_bias, projected);
         dd::causal_conv(exec, projected.data() + di, width, batch, length, conv, kernel, conv_weight, conv_bias,
                         cache.conv, ws.convolved.data());
-        cuda::clamped_delta_kernel<<<dd::blocks(rows * heads), 256, 0, exec.stream>>>(
-            projected.data() + di + conv, width, dt_bias.data(), delta_min, delta_max, rows, heads, ws.delta.data());
-        dd::check_launch("mamba2 delta launch");
-        if (decimation) {
-            length = dd::decimate(exec, *decimation, ws.delta.data(), heads, nullptr, batch, length, ws,
-                                  {{projected.data(), width}, {ws.convolved.data(), conv}, {ws.delta.data(), heads}});
-            rows = batch * length;
+        if (length == 1) {  // several sequences' next token: Δ's softplus runs in the step kernel
+            dd::step_with_state(exec, ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di),
+                                cache.ssm, token(ws));
+        } else {
+            cuda::clamped_delta_kernel<<<dd::blocks(rows * heads), 256, 0, exec.stream>>>(
+                projected.data() + di + conv, width, dt_bias.data(), delta_min, delta_max, rows, heads,
+                ws.delta.data());
+            dd::check_launch("mamba2 delta launch");
+            if (decimation) {
+                length = dd::decimate(exec, *decimation, ws.delta.data(), heads, nullptr, batch, length, ws,
+                                      {{projected.data(), width}, {ws.convolved.data(), conv}, {ws.delta.data(), heads}});
+                rows = batch * length;
+            }
+            dd::scan_with_state(exec, ssm(), scan_input(ws, batch, length),
+                                tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state);
         }
-        dd::scan_with_state(exec, ssm(), scan_input(ws, batch, length),
-                            tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state);
         // One norm over all of d_inner, as transformers computes it (see mamba2_mixer).
         cuda::gated_rms_norm_kernel<X><<<unsigned(rows), cuda::row_threads, 0, exec.stream>>>(
             ws.y.data(), projected.data(), width, norm.data(), norm_epsilon, di, ws.product_input.data());
@@ -446,9 +469,7 @@ struct device_mamba2_mixer {
                      cuda::conv_step_output{projected, width, di, conv, kernel, conv_weight.data(),
                                             dd::bias_or_null(conv_bias), cache.conv.data(), ws.convolved.data()});
         dd::step_with_state(exec, ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di),
-                            cache.ssm,
-                            dd::mamba2_token{ws.convolved.data(), conv, projected + di + conv, width, dt_bias.data(),
-                                             delta_min, delta_max});
+                            cache.ssm, token(ws));
         cuda::matvec(exec, out_proj.data(), dd::bias_or_null(out_proj_bias), d_model, di, batch,
                      cuda::gated_normed_input{ws.y.data(), di, projected, width, {norm.data(), norm_epsilon}},
                      cuda::residual_output{hidden, d_model});
@@ -457,6 +478,11 @@ struct device_mamba2_mixer {
 private:
     ssm_type ssm() const {
         return {{tensor_view<const float, 1>(A.data(), heads), head_dim, state}, {}, scaling.modulation()};
+    }
+    device_detail::mamba2_token token(const device_workspace<X>& ws) const {
+        const index_t conv = conv_channels(), width = projection_width();
+        return {ws.convolved.data(), conv, ws.projected.data() + d_inner + conv, width, dt_bias.data(), delta_min,
+                delta_max};
     }
 
     // The scan's inputs in the workspace: x, B and C from the convolved [x | B | C], Δ after its softplus.
@@ -599,8 +625,11 @@ public:
         ws.mixed.reserve(std::size_t(rows * d));
         ws.normed.reserve(std::size_t(rows * d));
         for (const mixer_type& m : mixers_) m.reserve(ws, batch, rows);
+        // A single sequence's next token is bound by latency: matrix-vector kernels with the layers fused
+        // (decode). With more rows cuBLAS's products win (H100, 130M shape: 1.16 ms against 0.93 ms a
+        // step at batch 4, docs/performance.md).
         auto work = [&] {
-            if (length == 1) decode(exec, tokens, c, ws, logits);
+            if (length == 1 && batch == 1) decode(exec, tokens, c, ws, logits);
             else run(exec, tokens, c, ws, logits, all_positions);
         };
         if (length == 1 && exec.stream) c.graph.run(exec, tokens.data(), logits.data(), work);
