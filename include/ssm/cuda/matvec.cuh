@@ -26,10 +26,7 @@ namespace ssm::cuda {
 inline constexpr int matvec_warps = 4;               // warps a block
 inline constexpr int matvec_tile = 8;                // batch rows a block serves: accumulators a lane
 inline constexpr int matvec_group = 64;              // most rows of W a block takes
-#ifndef SSM_MATVEC_ROWS_KB
-#define SSM_MATVEC_ROWS_KB 24
-#endif
-inline constexpr index_t matvec_rows_bytes = SSM_MATVEC_ROWS_KB * 1024;  // bytes of W a block takes, one row at least
+inline constexpr index_t matvec_rows_bytes = 24 * 1024;  // bytes of W a block takes, one row at least
 inline constexpr index_t matvec_shared = 160 * 1024;  // dynamic shared memory a block at most
 
 SSM_HOST_DEVICE constexpr std::size_t aligned_bytes(std::size_t bytes) { return (bytes + 15) / 16 * 16; }

@@ -46,11 +46,7 @@ void launch_overlapped(const char* what, void (*kernel)(Params...), dim3 grid, d
     config.dynamicSmemBytes = shared_bytes;
     config.stream = stream;
     config.attrs = &overlap;
-#ifdef SSM_NO_OVERLAP  // diagnostic builds: plain launches
-    config.numAttrs = 0;
-#else
     config.numAttrs = 1;
-#endif
     check(cudaLaunchKernelEx(&config, kernel, args...), what);
 }
 
