@@ -225,6 +225,7 @@ __global__ void __launch_bounds__(matvec_warps * 32)
     __pipeline_commit();
     stage(w, weight + o0 * ins, here * int(ins), pieces);
     __pipeline_commit();
+    let_next_kernel_start();  // its launch and weight copies may overlap this kernel from here on
     wait_for_previous_kernel();
     const index_t b0 = index_t(blockIdx.y) * tile;
     const int rows = batch - b0 < tile ? int(batch - b0) : tile;
@@ -262,7 +263,6 @@ __global__ void __launch_bounds__(matvec_warps * 32)
             if (lane == 0) results[r * rows + b] = sum + (bias ? bias[o0 + r] : 0.0f);
         }
     }
-    let_next_kernel_start();
     __syncthreads();
     for (int k = int(threadIdx.x); k < here * rows; k += int(blockDim.x))
         output(b0 + k % rows, o0 + k / rows, results[k]);
