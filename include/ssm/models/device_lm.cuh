@@ -9,10 +9,10 @@
 //
 // X, the type of the large matrices (in_proj, out_proj, embeddings, head), is float or bfloat16; the
 // products' other input is rounded to X, accumulation and everything else (activations, the residual
-// stream, conv, norms, x_proj, dt_proj and the scan) stay float32. Single-token calls (decoding) run
+// stream, conv, norms, x_proj, dt_proj and the scan) stay float32. A single sequence's next token runs
 // on matrix-vector kernels with the layers around each product fused in (cuda/matvec.cuh), a few
-// kernels a layer; on a stream of one's own (not the legacy default stream) they are replayed from a
-// CUDA graph captured at the first one.
+// kernels a layer. Single-token calls on a stream of one's own (not the legacy default stream) are
+// replayed from a CUDA graph captured at the first one.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -376,7 +376,6 @@ private:
         }
         return both;
     }
-
 };
 
 // Mamba-2's mixer on the device (see mamba2_mixer).
