@@ -9,7 +9,6 @@
 // Each block copies a group of W's rows into shared memory before waiting for the previous kernel
 // (launch_overlapped), so that the weight traffic of a decoding step overlaps the small kernels it
 // alternates with; warps then take the group's rows, lanes 16-byte pieces of a row.
-#include <cooperative_groups.h>
 #include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 
@@ -304,76 +303,9 @@ void matvec(const cuda_exec& exec, const X* weight, const float* bias, index_t o
     if (layout.bytes > 48 * 1024)  // beyond the default, shared memory must be asked for
         check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(layout.bytes)),
               "matvec: shared memory");
-    launch_overlapped("matvec: launch", kernel,
-                      {dim3(unsigned(groups), unsigned(tiles)), dim3(matvec_warps * 32), layout.bytes}, exec.stream,
-                      weight, bias, outs, ins, batch, int(group), int(tile), pieces, layout, input, output);
-}
-
-// Mamba-1's x_proj product and scan step for one token in one kernel, a thread-block cluster per
-// sequence: the cluster's blocks share the product's rows (x_dbl = x·Wᵀ, stored; x from `input`),
-// meet at a cluster barrier, then each steps its share of the channels (step_slot, whose token and
-// B, C read x_dbl). Decoding is bound by its chain of dependent kernels; this takes one out.
-inline constexpr int selection_cluster = 8;
-
-template <int S, class Ssm, class Token>
-__global__ void __launch_bounds__(1024)
-    selection_step_kernel(const float* weight, index_t outs, index_t ins, bool pieces, rows_input input, float* x_dbl,
-                          Ssm model, scan_problem<float> p, int lanes, Token token) {
-    extern __shared__ __align__(16) unsigned char staged[];
-    const auto cluster = cooperative_groups::this_cluster();
-    const index_t rank = cluster.block_rank(), b = blockIdx.y;
-    const index_t share = (outs + selection_cluster - 1) / selection_cluster, o0 = rank * share;
-    const int here = o0 >= outs ? 0 : int(outs - o0 < share ? outs - o0 : share);
-    float* w = reinterpret_cast<float*>(staged);  // (share, ins)
-    float* x = reinterpret_cast<float*>(staged + aligned_bytes(std::size_t(share * ins) * sizeof(float)));
-    stage(w, weight + o0 * ins, here * int(ins), pieces);
-    __pipeline_commit();
-    let_next_kernel_start();
-    wait_for_previous_kernel();
-    load_inputs<float>(input, nullptr, x, b, 1, int(ins));
-    __pipeline_wait_prior(0);
-    __syncthreads();
-    const int lane = int(threadIdx.x % 32), warps = int(blockDim.x / 32);
-    for (int r = int(threadIdx.x / 32); r < here; r += warps) {
-        float acc = 0.0f;
-        for (index_t i = lane; i < ins; i += 32) acc += w[r * ins + i] * x[i];
-        acc = lanes_sum(acc, 32);
-        if (lane == 0) x_dbl[b * outs + o0 + r] = acc;
-    }
-    cluster.sync();  // the sequence's x_dbl is complete and visible to the cluster
-    const index_t channels = p.shape.channels, per = (channels + selection_cluster - 1) / selection_cluster;
-    const index_t d0 = rank * per, inactive = p.shape.batch * channels;
-    for (index_t base = 0; base < per * lanes; base += blockDim.x) {  // the same count in every warp
-        const index_t k = base + threadIdx.x, d = d0 + k / lanes;
-        step_slot<S>(model, p, lanes, token, k < per * lanes && d < channels ? b * channels + d : inactive,
-                     int(k % lanes));
-    }
-}
-
-// Queues selection_step_kernel for p (a length-1 problem whose Δ, B and C the token and views read
-// from x_dbl, (batch, outs)): x_dbl = x·Wᵀ for W (outs, ins), then the step.
-template <class Ssm, class Token>
-void selection_step(const cuda_exec& exec, const float* weight, index_t outs, index_t ins, const rows_input& input,
-                    float* x_dbl, const Ssm& model, const scan_problem<float>& p, const Token& token) {
-    auto launch = [&]<int S>() {
-        const int lanes = step_lanes<S>(p.shape.state);
-        const index_t per = (p.shape.channels + selection_cluster - 1) / selection_cluster;
-        const index_t threads = std::clamp<index_t>((per * lanes + 31) / 32 * 32, 32, 1024);
-        const index_t share = (outs + selection_cluster - 1) / selection_cluster;
-        const std::size_t bytes = aligned_bytes(std::size_t(share * ins) * sizeof(float)) +
-                                  aligned_bytes(std::size_t(ins) * sizeof(float));
-        const auto kernel = selection_step_kernel<S, Ssm, Token>;
-        if (bytes > 48 * 1024)  // beyond the default, shared memory must be asked for
-            check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
-                  "selection step: shared memory");
-        const bool pieces = ins % 4 == 0 && reinterpret_cast<std::uintptr_t>(weight) % 16 == 0;
-        launch_overlapped("selection step: launch", kernel,
-                          {dim3(selection_cluster, unsigned(p.shape.batch)), dim3(unsigned(threads)), bytes,
-                           selection_cluster},
-                          exec.stream, weight, outs, ins, pieces, input, x_dbl, model, p, lanes, token);
-    };
-    if (p.shape.state <= 4 * 32) launch.template operator()<4>();
-    else launch.template operator()<8>();
+    launch_overlapped("matvec: launch", kernel, dim3(unsigned(groups), unsigned(tiles)), dim3(matvec_warps * 32),
+                      layout.bytes, exec.stream, weight, bias, outs, ins, batch, int(group), int(tile), pieces, layout,
+                      input, output);
 }
 
 }  // namespace ssm::cuda

@@ -34,29 +34,19 @@ __device__ inline void let_next_kernel_start() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-// A launch's geometry; cluster > 1 groups that many consecutive blocks (along x) into a thread-block
-// cluster.
-struct launch_geometry {
-    dim3 grid, block;
-    std::size_t shared_bytes = 0;
-    unsigned cluster = 1;
-};
-
 template <class... Params, class... Args>
-void launch_overlapped(const char* what, void (*kernel)(Params...), const launch_geometry& g, cudaStream_t stream,
-                       const Args&... args) {
-    cudaLaunchAttribute attributes[2]{};
-    attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attributes[0].val.programmaticStreamSerializationAllowed = 1;
-    attributes[1].id = cudaLaunchAttributeClusterDimension;
-    attributes[1].val.clusterDim = {g.cluster, 1, 1};
+void launch_overlapped(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared_bytes,
+                       cudaStream_t stream, const Args&... args) {
+    cudaLaunchAttribute overlap{};
+    overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    overlap.val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t config{};
-    config.gridDim = g.grid;
-    config.blockDim = g.block;
-    config.dynamicSmemBytes = g.shared_bytes;
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shared_bytes;
     config.stream = stream;
-    config.attrs = attributes;
-    config.numAttrs = g.cluster > 1 ? 2 : 1;
+    config.attrs = &overlap;
+    config.numAttrs = 1;
     check(cudaLaunchKernelEx(&config, kernel, args...), what);
 }
 
@@ -332,17 +322,20 @@ __device__ inline float lanes_sum(float v, int lanes) {
     return v;
 }
 
-// One decoding step (length-1 problems) of one (batch, channel) slot: each slot is served by `lanes`
-// consecutive threads of a warp (a power of two <= 32), S states each, so that its state is read and
-// written in whole lines; the lanes' shares of C·h meet by shuffles. Every thread reads its states before writing
+// One decoding step (length-1 problems): each (batch, channel) is served by `lanes` consecutive threads
+// of a warp (a power of two <= 32), S states each, so that its state is read and written in whole
+// lines; the lanes' shares of C·h meet by shuffles. Every thread reads its states before writing
 // them, so the initial and final state may be the same memory. `token(b, d, dc, lane, lanes, active)`
 // gives the channel's x and Δ (read from the problem, or computed by a model's fused decoding kernel).
 // Blocks are whole warps; every thread calls `token` and joins the shuffles, inactive ones (past the
 // last channel, with b = d = 0) too, and must then write nothing.
 template <int S, class Ssm, class T, class Token>
-__device__ void step_slot(const Ssm& model, const scan_problem<T>& p, int lanes, const Token& token, index_t slot,
-                          int lane) {
+__global__ void step_kernel(Ssm model, scan_problem<T> p, int lanes, Token token) {
     using V = typename Ssm::value_type;
+    wait_for_previous_kernel();
+    const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    const index_t slot = i / lanes;
+    const int lane = int(i % lanes);
     const index_t channels = p.shape.channels;
     const bool active = slot < p.shape.batch * channels;
     const index_t b = active ? slot / channels : 0, d = active ? slot % channels : 0;
@@ -384,21 +377,6 @@ __device__ void step_slot(const Ssm& model, const scan_problem<T>& p, int lanes,
     float out = model.transition.output_scale() * acc + (p.in.D.data() ? p.in.D(d) : 0.0f) * in.x;
     if (p.in.z.data()) out *= math::silu(to_float(p.in.z(b, 0, d)));
     p.out.y(b, 0, d) = from_float<T>(out);
-}
-
-template <int S, class Ssm, class T, class Token>
-__global__ void step_kernel(Ssm model, scan_problem<T> p, int lanes, Token token) {
-    wait_for_previous_kernel();
-    const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    step_slot<S>(model, p, lanes, token, i / lanes, int(i % lanes));
-}
-
-// The lanes a channel's step takes with S states a lane: a power of two, as few as cover the states.
-template <int S>
-int step_lanes(index_t state) {
-    int lanes = 1;
-    while (lanes * S < state) lanes *= 2;
-    return lanes;
 }
 
 inline unsigned blocks_for(index_t threads, int block) { return unsigned((threads + block - 1) / block); }
@@ -454,10 +432,11 @@ void run_chunked(const cuda_exec& exec, const chunked& strategy, const Ssm& mode
 // A length-1 problem through step_kernel: 1, 4 or 8 states a lane, as few lanes as cover the states.
 template <int S, class Ssm, class T, class Token>
 void run_step_with(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p, const Token& token) {
-    const int lanes = step_lanes<S>(p.shape.state);
+    int lanes = 1;
+    while (lanes * S < p.shape.state) lanes *= 2;
     constexpr int block = 128;
     launch_overlapped("step: kernel launch", step_kernel<S, Ssm, T, Token>,
-                      {blocks_for(p.shape.batch * p.shape.channels * lanes, block), block}, exec.stream, model, p,
+                      blocks_for(p.shape.batch * p.shape.channels * lanes, block), block, 0, exec.stream, model, p,
                       lanes, token);
 }
 

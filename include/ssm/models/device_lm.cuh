@@ -129,20 +129,15 @@ void scan_with_state(const cuda_exec& exec, const Ssm& model, scan_inputs<float>
                 "scan: state copy");
 }
 
-// A decoding step's problem: the cache's state is its initial and final state (updated in place).
-template <class Ssm>
-scan_problem<float> step_problem(const Ssm& model, scan_inputs<float> in, tensor_view<float, 3> y,
-                                 device_array<float>& state) {
-    const tensor_view<float, 3> cached = cached_state(state, y.extent(0), y.extent(2));
-    in.initial_state = cached;
-    return make_problem("step", model, in, scan_outputs<float>{.y = y, .final_state = cached});
-}
-
-// A decoding step of the scan with x and Δ from `token` (see cuda::step_kernel).
+// A decoding step of the scan, the cache's state updated in place, with x and Δ from `token` (see
+// cuda::step_kernel).
 template <class Ssm, class Token>
 void step_with_state(const cuda_exec& exec, const Ssm& model, scan_inputs<float> in, tensor_view<float, 3> y,
                      device_array<float>& state, const Token& token) {
-    cuda::run_step(exec, model, step_problem(model, in, y, state), token);
+    const tensor_view<float, 3> cached = cached_state(state, y.extent(0), y.extent(2));
+    in.initial_state = cached;
+    cuda::run_step(exec, model, make_problem("step", model, in, scan_outputs<float>{.y = y, .final_state = cached}),
+                   token);
 }
 
 // out[:rows·width] = in's kept rows (ws.kept_rows), through ws.gathered; in and out may be the same.
@@ -325,9 +320,9 @@ struct device_mamba1_mixer {
         return length;
     }
 
-    // One token a sequence, the residual stream `hidden` (batch, d_model) updated in place: three
-    // kernels — the norm, in_proj and the convolutions; x_proj (with global_proj) and the scan step with
-    // dt_proj's product, in one thread-block cluster a sequence; out_proj with the residual add.
+    // One token a sequence, the residual stream `hidden` (batch, d_model) updated in place: four
+    // kernels — the norm, in_proj and the convolutions; x_proj (with global_proj); the scan step with
+    // dt_proj's product; out_proj with the residual add.
     void decode(const cuda_exec& exec, const float* norm, float epsilon, index_t batch, device_layer_state& cache,
                 device_workspace<X>& ws, float* hidden) const {
         namespace dd = device_detail;
@@ -339,12 +334,11 @@ struct device_mamba1_mixer {
                                             dd::bias_or_null(conv_bias), cache.conv.data(), ws.convolved.data(),
                                             global_kernel, global_conv.data(), cache.global.data(),
                                             ws.global_window.data()});
-        cuda::selection_step(
-            exec, x_proj.data(), xw, selection_inputs(),
-            cuda::rows_input{ws.convolved.data(), di, global ? ws.global_window.data() : nullptr, di, di},
-            ws.x_projected.data(), ssm(),
-            dd::step_problem(ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di), cache.ssm),
-            token(ws));
+        cuda::matvec(exec, x_proj.data(), nullptr, xw, selection_inputs(), batch,
+                     cuda::rows_input{ws.convolved.data(), di, global ? ws.global_window.data() : nullptr, di, di},
+                     cuda::store_output{ws.x_projected.data(), xw});
+        dd::step_with_state(exec, ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di),
+                            cache.ssm, token(ws));
         cuda::matvec(exec, out_proj.data(), dd::bias_or_null(out_proj_bias), d_model, di, batch,
                      cuda::rows_input{ws.y.data(), di}, cuda::residual_output{hidden, d_model});
     }
