@@ -37,8 +37,8 @@ __device__ inline float rounded_to(float v) {
     return to_float(from_float<X>(v));
 }
 
-// Input policies: value(b, i) is input i of batch row b; `norm` (weight, ε) when the rows are then
-// RMS-normalized, x = value / sqrt(mean(value²) + ε) · weight (RMSNorm's weight null: taken as they are).
+// Input policies: input(b, i) is input i of batch row b, and `norm` (weight, ε) says whether the rows
+// are then RMS-normalized, x = value / sqrt(mean(value²) + ε) · weight, or (weight null) taken as they are.
 struct rms_norm {
     const float* weight = nullptr;
     float epsilon = 0.0f;
@@ -75,7 +75,9 @@ struct gated_normed_input {
     index_t z_stride;
     rms_norm norm;
 
-    __device__ float operator()(index_t b, index_t i) const { return y[b * y_stride + i] * math::silu(z[b * z_stride + i]); }
+    __device__ float operator()(index_t b, index_t i) const {
+        return y[b * y_stride + i] * math::silu(z[b * z_stride + i]);
+    }
 };
 
 // Copies count elements to shared memory: asynchronously in 16-byte pieces when `pieces` (count a
