@@ -142,7 +142,8 @@ TEST_CASE("matvec: normalized inputs (RMSNorm, Mamba-2's gated norm) equal the f
         };
         for (index_t i = 0; i < ins; ++i) squares += value(i) * value(i);
         const double scale = 1.0 / std::sqrt(squares / double(ins) + double(float(epsilon)));
-        for (index_t i = 0; i < ins; ++i) x[std::size_t(b * ins + i)] = value(i) * scale * double(float(norm[std::size_t(i)]));
+        for (index_t i = 0; i < ins; ++i)
+            x[std::size_t(b * ins + i)] = value(i) * scale * double(float(norm[std::size_t(i)]));
     }
     const auto weight = upload<float>(w), norm_d = upload<float>(norm), h_d = upload<float>(h), z_d = upload<float>(z);
     auto y = upload<float>(std::vector<double>(std::size_t(batch * outs), NAN));
@@ -150,7 +151,8 @@ TEST_CASE("matvec: normalized inputs (RMSNorm, Mamba-2's gated norm) equal the f
     const ssm::cuda::store_output out{y.data(), outs};
     if (gated)
         ssm::cuda::matvec(exec, weight.data(), nullptr, outs, ins, batch,
-                          ssm::cuda::gated_normed_input{h_d.data(), ins, z_d.data(), z_stride, {norm_d.data(), float(epsilon)}},
+                          ssm::cuda::gated_normed_input{h_d.data(), ins, z_d.data(), z_stride,
+                                                        {norm_d.data(), float(epsilon)}},
                           out);
     else
         ssm::cuda::matvec(exec, weight.data(), nullptr, outs, ins, batch,

@@ -276,7 +276,9 @@ __global__ void __launch_bounds__(matvec_warps * 32)
 template <class X, class Input, class Output>
 void matvec(const cuda_exec& exec, const X* weight, const float* bias, index_t outs, index_t ins, index_t batch,
             const Input& input, const Output& output) {
-    const auto bytes = [](index_t count, std::size_t size) { return index_t(aligned_bytes(std::size_t(count) * size)); };
+    const auto bytes = [](index_t count, std::size_t size) {
+        return index_t(aligned_bytes(std::size_t(count) * size));
+    };
     const index_t row = bytes(ins, sizeof(X)), x_row = bytes(ins, sizeof(float));
     const index_t norm = input.norm.weight ? x_row : 0;
     detail::require(ins > 0 && row + norm + x_row <= matvec_shared, "matvec: ", ins,
@@ -292,7 +294,8 @@ void matvec(const cuda_exec& exec, const X* weight, const float* bias, index_t o
     check(cudaGetDevice(&device), "matvec: device");
     check(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device), "matvec: device attribute");
     const index_t spread = std::clamp<index_t>(outs / (2 * index_t(processors)), 1, matvec_group);
-    index_t group = std::clamp<index_t>(std::min(matvec_rows_bytes, matvec_shared - norm - tile * x_row) / row, 1, spread);
+    const index_t room = std::min(matvec_rows_bytes, matvec_shared - norm - tile * x_row);
+    const index_t group = std::clamp<index_t>(room / row, 1, spread);
     const index_t groups = (outs + group - 1) / group, tiles = (batch + tile - 1) / tile;
     detail::require(groups < (index_t(1) << 31) && tiles <= 65535, "matvec: ", outs, " outputs of ", batch,
                     " rows exceed the grid");
