@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <ssm/cuda/selective_scan.cuh>
+#include <ssm/cuda/ssd.cuh>
 
 namespace {
 
@@ -145,6 +146,8 @@ int main(int argc, char** argv) {
         add(("mamba2/bf16/chunked/" + suffix).c_str(),
             [chunk](benchmark::State& s) { bench_scan<variant::mamba2, ssm::bfloat16>(s, ssm::chunked{chunk}); });
     }
+    add("mamba2/f32/ssd", [](benchmark::State& s) { bench_scan<variant::mamba2, float>(s, ssm::ssd{}); });
+    add("mamba2/bf16/ssd", [](benchmark::State& s) { bench_scan<variant::mamba2, ssm::bfloat16>(s, ssm::ssd{}); });
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
     return 0;

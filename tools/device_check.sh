@@ -35,6 +35,8 @@ compute-sanitizer --tool memcheck --error-exitcode 1 \
   tee "$out/memcheck_models.txt" | tail -n 3
 compute-sanitizer --tool memcheck --error-exitcode 1 $b/cuda_test "[decimation]" 2>&1 | tail -n 3
 compute-sanitizer --tool memcheck --error-exitcode 1 $b/cuda_test "[matvec]" 2>&1 | tail -n 3
+compute-sanitizer --tool memcheck --error-exitcode 1 $b/cuda_test "device SSD matches the float64 reference" 2>&1 |
+  tail -n 3
 echo "== ssm-run on the shipped model"
 for dev in "--device cpu --threads 16" "--device cuda" "--device cuda --dtype bf16"; do
   /usr/bin/time -f "%e s wall" $b/ssm-run ppl examples/models/kjv-mamba1 examples/data/kjv-heldout.txt \

@@ -8,6 +8,7 @@
 #include <string>
 #include <variant>
 #include <ssm/cuda/selective_scan.cuh>
+#include <ssm/cuda/ssd.cuh>
 
 #include "reference.hpp"
 
@@ -71,7 +72,7 @@ std::vector<double> written(const device_buffer<E>& b, const char* what) {
     return out;
 }
 
-using device_strategy = std::variant<ssm::sequential, ssm::chunked>;
+using device_strategy = std::variant<ssm::sequential, ssm::chunked, ssm::ssd>;
 
 // The device strategies every test runs: one thread per channel, and the chunked scan as one pass
 // and with chunks of 1, 7 and 64 tokens.
@@ -82,7 +83,7 @@ std::vector<device_strategy> device_strategies() {
 
 std::string describe(const device_strategy& s) {
     if (const auto* c = std::get_if<ssm::chunked>(&s)) return "chunked{" + std::to_string(c->chunk) + "}";
-    return "sequential";
+    return std::holds_alternative<ssm::ssd>(s) ? "ssd" : "sequential";
 }
 
 template <class Structure>
@@ -93,8 +94,9 @@ Structure device_structure(const ref::problem& p, const device_buffer<float>& A)
     else return {view(A, p.channels, p.state, ssm::index_t(2)), p.conjugate_pairs};
 }
 
-template <class Structure, class Rule, class T>
-void check_device_scan(ref::problem p, const std::vector<device_strategy>& strategies = device_strategies()) {
+template <class Structure, class Rule, class T, class Modulation = ssm::no_modulation>
+void check_device_scan(ref::problem p, const std::vector<device_strategy>& strategies = device_strategies(),
+                       const Modulation& modulation = {}) {
     INFO("storage " << ssm::storage_name<T>);
     ref::round_to_storage<T>(p);
     const ref::result want = ref::scan(p);
@@ -108,7 +110,7 @@ void check_device_scan(ref::problem p, const std::vector<device_strategy>& strat
     const device_buffer<float> final_state(
         std::vector<float>(std::size_t(p.batch * p.channels * p.width()), ref::poison<float>()));
 
-    const ssm::selective_ssm<Structure, Rule> model{device_structure<Structure>(p, A)};
+    const ssm::selective_ssm<Structure, Rule, Modulation> model{device_structure<Structure>(p, A), Rule{}, modulation};
 
     const ssm::scan_inputs<T> in{.u = view(u, p.batch, p.length, p.channels),
                                  .delta = view(delta, p.batch, p.length, p.delta_channels()),
@@ -121,11 +123,22 @@ void check_device_scan(ref::problem p, const std::vector<device_strategy>& strat
                                  .initial_state = view(initial, p.batch, p.channels, p.width())};
     const ssm::scan_outputs<T> out{.y = {y.data(), p.batch, p.length, p.channels},
                                    .final_state = {final_state.data(), p.batch, p.channels, p.width()}};
-    std::visit([&](const auto& strategy) { ssm::selective_scan(ssm::cuda_exec{}, strategy, model, in, out); }, how);
+    std::visit([&](const auto& strategy) {
+        if constexpr (requires { ssm::selective_scan(ssm::cuda_exec{}, strategy, model, in, out); })
+            ssm::selective_scan(ssm::cuda_exec{}, strategy, model, in, out);
+        else FAIL("the strategy does not apply to this model");
+    }, how);
     cuda_require(cudaDeviceSynchronize(), "selective_scan kernel");
 
-    ref::require_close(written(y, "y"), want.y, ref::scan_tolerance<T>(), "y", want.y_scale);
-    ref::require_close(written(final_state, "final_state"), want.final_state, {1e-5}, "final_state",
+    // SSD's products run on tensor cores: TF32 split in three for float inputs (float32 accuracy
+    // up to the summation order), one TF32 product for 16-bit inputs (its intermediate C·Bᵀ and
+    // states rounded to TF32's 11 bits).
+    const bool tensor_cores = std::holds_alternative<ssm::ssd>(how);
+    const double relative = !tensor_cores ? 1e-5 : std::is_same_v<T, float> ? 1e-4 : 2e-3;
+    ref::tolerance y_tolerance = ref::scan_tolerance<T>();
+    y_tolerance.relative = relative;
+    ref::require_close(written(y, "y"), want.y, y_tolerance, "y", want.y_scale);
+    ref::require_close(written(final_state, "final_state"), want.final_state, {relative}, "final_state",
                        want.final_state_scale);
     }
 }
@@ -172,6 +185,44 @@ TEST_CASE("device scans carry state over a million tokens", "[cuda]") {
     for (auto& a : p.A) a *= 0.01;  // slow decay: the state remembers across the whole sequence
     check_device_scan<ssm::diagonal_real, ssm::zoh_euler, float>(p, {ssm::sequential{}, ssm::chunked{.chunk = 4096}});
     check_device_scan<ssm::diagonal_real, ssm::zoh_euler, ssm::bfloat16>(p, {ssm::chunked{.chunk = 1000}});
+}
+
+// SSD on tensor cores: lengths around the chunk of 64 tokens, head dimensions and state sizes that
+// are not multiples of 16, several groups, every storage type, both exponential rules, and the Δ
+// modulator with the spectrum scaler fused in.
+TEST_CASE("device SSD matches the float64 reference", "[cuda][ssd]") {
+    SSM_SEEDED_RANDOM(rng);
+    struct dims {
+        ssm::index_t heads, head_dim, state, groups;
+    };
+    for (const ssm::index_t length : {1, 2, 63, 64, 65, 129, 1000}) {
+        for (const dims d : {dims{2, 8, 16, 1}, dims{6, 13, 37, 3}, dims{4, 64, 128, 2}, dims{1, 128, 64, 1}}) {
+            const ref::shape s{.batch = 2, .length = length, .channels = d.heads * d.head_dim, .head_dim = d.head_dim,
+                               .state = d.state, .groups = d.groups, .z = true, .D = true, .delta_bias = true,
+                               .softplus = true, .initial_state = true};
+            INFO(s);
+            auto zoh = ref::random_problem(rng, ref::structure::scalar_identity, ref::rule::zoh, s);
+            check_device_scan<ssm::scalar_identity, ssm::zoh, float>(zoh, {ssm::ssd{}});
+            check_device_scan<ssm::scalar_identity, ssm::zoh, ssm::float16>(zoh, {ssm::ssd{}});
+            auto mamba = ref::random_problem(rng, ref::structure::scalar_identity, ref::rule::zoh_euler, s);
+            check_device_scan<ssm::scalar_identity, ssm::zoh_euler, float>(mamba, {ssm::ssd{}});
+            check_device_scan<ssm::scalar_identity, ssm::zoh_euler, ssm::bfloat16>(mamba, {ssm::ssd{}});
+            mamba.delta_factor = 1.7;
+            mamba.spectrum = {{.alpha = 0.6}};
+            check_device_scan<ssm::scalar_identity, ssm::zoh_euler, float>(
+                mamba, {ssm::ssd{}}, ssm::compose(ssm::delta_modulator{.factor = 1.7f}, ssm::spectrum_scaler{.alpha = 0.6f}));
+        }
+    }
+}
+
+TEST_CASE("device SSD carries state over a million tokens", "[cuda][ssd]") {
+    SSM_SEEDED_RANDOM(rng);
+    auto p = ref::random_problem(rng, ref::structure::scalar_identity, ref::rule::zoh_euler,
+                                 {.batch = 1, .length = ssm::index_t(1) << 20, .channels = 16, .head_dim = 8,
+                                  .state = 16, .z = true, .D = true, .softplus = true, .initial_state = true});
+    for (auto& a : p.A) a *= 0.01;  // slow decay: the state remembers across the whole sequence
+    check_device_scan<ssm::scalar_identity, ssm::zoh_euler, float>(p, {ssm::ssd{}});
+    check_device_scan<ssm::scalar_identity, ssm::zoh_euler, ssm::bfloat16>(p, {ssm::ssd{}});
 }
 
 // Decoding token by token with ssm::step on the device, state in place, equals the reference scan.

@@ -9,7 +9,8 @@
 //
 // X, the type of the large matrices (in_proj, out_proj, embeddings, head), is float or bfloat16; the
 // products' other input is rounded to X, accumulation and everything else (activations, the residual
-// stream, conv, norms, x_proj, dt_proj and the scan) stay float32. A single sequence's next token runs
+// stream, conv, norms, x_proj, dt_proj and the scan) stay float32; Mamba-2 layers scan with ssd{}
+// (tensor cores, float32 accuracy). A single sequence's next token runs
 // on matrix-vector kernels with the layers around each product fused in (cuda/matvec.cuh), a few
 // kernels a layer. Single-token calls on a stream of one's own (not the legacy default stream) are
 // replayed from a CUDA graph captured at the first one.
@@ -23,6 +24,7 @@
 #include "../cuda/matvec.cuh"
 #include "../cuda/memory.cuh"
 #include "../cuda/selective_scan.cuh"
+#include "../cuda/ssd.cuh"
 #include "../gemm/cublas.cuh"
 #include "causal_lm.hpp"
 
@@ -118,6 +120,10 @@ void scan_with_state(const cuda_exec& exec, const Ssm& model, scan_inputs<float>
     const index_t n = cached.extent(2);
     const index_t chunk = scan_chunk(batch, length, channels, n);
     in.initial_state = cached;
+    if constexpr (ssd_model<Ssm>) {  // its last kernel reads each state element before writing it
+        selective_scan(exec, ssd{}, model, in, scan_outputs<float>{.y = y, .final_state = cached});
+        return;
+    }
     if (chunk >= length) {
         selective_scan(exec, chunked{.chunk = chunk}, model, in, scan_outputs<float>{.y = y, .final_state = cached});
         return;
