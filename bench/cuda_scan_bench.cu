@@ -5,6 +5,7 @@
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -135,6 +136,12 @@ void shapes(benchmark::internal::Benchmark* b) {
 
 int main(int argc, char** argv) {
     benchmark::Initialize(&argc, argv);
+    // Freed workspaces stay in the stream-ordered pool, as in a long-running process; by default the
+    // pool returns them at every synchronization, and the next call pays for mapping them again.
+    cudaMemPool_t pool;
+    check(cudaDeviceGetDefaultMemPool(&pool, 0));
+    std::uint64_t keep_all = UINT64_MAX;
+    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all));
     auto add = [](const char* name, auto run) { shapes(benchmark::RegisterBenchmark(name, run)); };
     add("mamba1/f32/sequential", [](benchmark::State& s) { bench_scan<variant::mamba1, float>(s, ssm::sequential{}); });
     for (const ssm::index_t chunk : {ssm::index_t(1) << 30, ssm::index_t(2048), ssm::index_t(512)}) {

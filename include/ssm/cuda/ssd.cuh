@@ -8,7 +8,9 @@
 // only sequential part, elementwise), chunk_output (y from both terms). Products run as TF32 on
 // tensor cores with float accumulation; for float inputs each product is split in three (the
 // operands' high and low TF32 parts), which keeps float32 accuracy.
-#include <mma.h>
+
+#include <cstdint>
+#include <cstring>
 
 #include "selective_scan.cuh"
 
@@ -30,20 +32,23 @@ inline constexpr int ssd_chunk = 64;
 inline constexpr int ssd_threads = 256;
 inline constexpr int ssd_warps = ssd_threads / 32;
 
-// Sizes of one problem as the SSD kernels see it. Shared-memory rows get 4 floats of padding
-// (against bank conflicts in fragment loads; tiles stay 32-byte aligned).
+// Sizes of one problem as the SSD kernels see it, and their shared-memory layouts. A tile read as a
+// row-major A or column-major B fragment gets rows of cols + 4 floats, one read as a row-major B or
+// column-major A fragment cols + 8: with those paddings the fragments' 32 lanes hit 32 banks.
 struct ssd_shape {
     int head_dim, state, heads_per_group;
     int padded_dim, padded_state;  // rounded up to 16
     index_t chunks;
-    SSM_HOST_DEVICE int state_ld() const { return padded_state + 4; }
-    SSM_HOST_DEVICE int dim_ld() const { return padded_dim + 4; }
-    SSM_HOST_DEVICE int square_ld() const { return (ssd_chunk > padded_dim ? ssd_chunk : padded_dim) + 4; }
-    SSM_HOST_DEVICE int state_rows() const { return ssd_chunk > padded_dim ? ssd_chunk : padded_dim; }
-    // Floats of shared memory: C, B (later H), x, the masked C·Bᵀ (later y), a and coef.
-    SSM_HOST_DEVICE int floats() const {
-        return (ssd_chunk + state_rows()) * state_ld() + ssd_chunk * dim_ld() + ssd_chunk * square_ld() +
-               2 * ssd_chunk;
+    static SSM_HOST_DEVICE int a_ld(int cols) { return cols + 4; }
+    static SSM_HOST_DEVICE int b_ld(int cols) { return cols + 8; }
+    SSM_HOST_DEVICE int square() const { return ssd_chunk > padded_dim ? ssd_chunk : padded_dim; }
+    // chunk_state: B [t][n] (column-major A), the weighted x [t][p], a, coef.
+    SSM_HOST_DEVICE int state_floats_shared() const {
+        return ssd_chunk * (b_ld(padded_state) + b_ld(padded_dim) + 2);
+    }
+    // chunk_output: C [t][n]; B [t][n], then H [p][n]; x [t][p]; masked C·Bᵀ [t][s], then y [t][p]; a, coef.
+    SSM_HOST_DEVICE int output_floats_shared() const {
+        return (ssd_chunk + square()) * a_ld(padded_state) + ssd_chunk * (b_ld(padded_dim) + a_ld(square()) + 2);
     }
     // Floats of one chunk's state [head_dim][state], padded.
     SSM_HOST_DEVICE index_t state_floats() const { return index_t(padded_dim) * padded_state; }
@@ -56,56 +61,106 @@ struct ssd_workspace {
 };
 
 namespace ssd_detail {
-namespace wmma = nvcuda::wmma;
-using accumulator = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
+inline __device__ int lane() { return int(threadIdx.x) % 32; }
+inline __device__ int warp() { return int(threadIdx.x) / 32; }
 
-// acc += A·B for 16×16×8 tiles read from shared memory (TF32, split in three when Split).
-template <bool Split, class LayoutA, class LayoutB>
-__device__ void multiply_add(accumulator& acc, const float* a, int lda, const float* b, int ldb) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, LayoutA> a_high, a_low;
-    wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, LayoutB> b_high, b_low;
-    wmma::load_matrix_sync(a_high, a, unsigned(lda));
-    wmma::load_matrix_sync(b_high, b, unsigned(ldb));
-#pragma unroll
-    for (int i = 0; i < a_high.num_elements; ++i) {
-        const float v = a_high.x[i];
-        a_high.x[i] = wmma::__float_to_tf32(v);
-        if constexpr (Split) a_low.x[i] = wmma::__float_to_tf32(v - a_high.x[i]);
-    }
-#pragma unroll
-    for (int i = 0; i < b_high.num_elements; ++i) {
-        const float v = b_high.x[i];
-        b_high.x[i] = wmma::__float_to_tf32(v);
-        if constexpr (Split) b_low.x[i] = wmma::__float_to_tf32(v - b_high.x[i]);
-    }
-    if constexpr (Split) {
-        wmma::mma_sync(acc, a_low, b_high, acc);
-        wmma::mma_sync(acc, a_high, b_low, acc);
-    }
-    wmma::mma_sync(acc, a_high, b_high, acc);
+// Rounds to TF32 (round to nearest), as bits and as a float.
+inline __device__ unsigned tf32_bits(float v) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
+    return r;
 }
+inline __device__ float tf32(float v) { return __uint_as_float(tf32_bits(v)); }
+
+// d += a·b for one m16n8k8 TF32 tile (fragments as in PTX's mma.m16n8k8: lane = 4·g + t).
+inline __device__ void mma_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Operand values as TF32 bits: high parts, and with Split the low parts (v - high). Without Split
+// the values are used as they are (the tensor cores read a float's TF32 bits); callers store
+// computed values rounded with tf32().
+template <bool Split, int N>
+__device__ void operand(const float (&v)[N], unsigned (&high)[N], unsigned (&low)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+        high[i] = Split ? tf32_bits(v[i]) : __float_as_uint(v[i]);
+        if constexpr (Split) low[i] = tf32_bits(v[i] - __uint_as_float(high[i]));
+    }
+}
+
+// One warp's acc[j] += A·B_j over `steps` k-steps of 8, for its 16 rows of A and the column tiles
+// j < tiles of 8 columns; A(m, k) = a[m·am + k·ak] and B(k, n) = b[k·bk + n·bn] in shared memory.
+// A's fragment is loaded once a step for all column tiles. Element e of acc[j] is (row g + 8·(e/2),
+// column 8·j + 2·t + e%2) with g = lane / 4, t = lane % 4.
+template <bool Split, int NT>
+__device__ void warp_product(float (&acc)[NT][4], int tiles, const float* a, int am, int ak, const float* b, int bk,
+                             int bn, int steps) {
+    const int g = lane() / 4, t = lane() % 4;
+    for (int k = 0; k < steps; ++k) {
+        const float* const ak0 = a + (8 * k + t) * ak;
+        const float av[4] = {ak0[g * am], ak0[(g + 8) * am], ak0[g * am + 4 * ak], ak0[(g + 8) * am + 4 * ak]};
+        unsigned ah[4], al[4];
+        operand<Split>(av, ah, al);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            if (j >= tiles) break;
+            const float* const bj = b + (8 * k + t) * bk + (8 * j + g) * bn;
+            const float bv[2] = {bj[0], bj[4 * bk]};
+            unsigned bh[2], bl[2];
+            operand<Split>(bv, bh, bl);
+            if constexpr (Split) {
+                mma_tf32(acc[j], al, bh);
+                mma_tf32(acc[j], ah, bl);
+            }
+            mma_tf32(acc[j], ah, bh);
+        }
+    }
+}
+
+// Calls f(j, e, row, column) for every element of a warp's acc (see warp_product).
+template <int NT, class F>
+__device__ void for_each_element(int tiles, F f) {
+    const int g = lane() / 4, t = lane() % 4;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        if (j >= tiles) break;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) f(j, e, g + 8 * (e / 2), 8 * j + 2 * t + e % 2);
+    }
+}
+
 
 // The chunk's per-token terms, by warp 0: a[t] = a_1 + … + a_t (log decays summed from the chunk's
 // start) and coef[t] (B̄'s factor), for t < count; later tokens add nothing (a stays, coef is 0).
 template <class Ssm, class T>
 __device__ void chunk_decays(const Ssm& model, const scan_problem<T>& p, index_t b, index_t t0, int count,
                              index_t head, float* a, float* coef) {
-    if (threadIdx.x >= 32) return;
+    if (warp() != 0) return;
     const float lambda = model.modulation.eigenvalue(model.transition.eigenvalue(head * model.transition.head_dim, 0), head);
     const float bias = p.in.delta_bias.data() ? p.in.delta_bias(head) : 0.0f;
+    float raw[ssd_chunk / 32];  // both halves' loads in flight at once
+#pragma unroll
+    for (int h = 0; h < ssd_chunk / 32; ++h) {
+        const int t = 32 * h + lane();
+        raw[h] = t < count ? to_float(p.in.delta(b, t0 + t, head)) : 0.0f;
+    }
     float carry = 0.0f;
-    for (int half = 0; half < ssd_chunk; half += 32) {
-        const int t = half + int(threadIdx.x);
+#pragma unroll
+    for (int h = 0; h < ssd_chunk / 32; ++h) {
+        const int t = 32 * h + lane();
         float log_decay = 0.0f, c = 0.0f;
         if (t < count) {
-            float dt = to_float(p.in.delta(b, t0 + t, head)) + bias;
-            dt = model.modulation.delta(p.in.delta_softplus ? math::softplus(dt) : dt, head);
-            log_decay = lambda * dt;  // Ā = e^{λΔ} for both zoh rules
-            c = Ssm::discretization_type::apply(lambda, dt).input;
+            const float dt = raw[h] + bias;
+            const float delta = model.modulation.delta(p.in.delta_softplus ? math::softplus(dt) : dt, head);
+            log_decay = lambda * delta;  // Ā = e^{λΔ} for both zoh rules
+            c = Ssm::discretization_type::apply(lambda, delta).input;
         }
         for (int offset = 1; offset < 32; offset *= 2) {
             const float v = __shfl_up_sync(0xffffffffu, log_decay, offset);
-            if (int(threadIdx.x) >= offset) log_decay += v;
+            if (lane() >= offset) log_decay += v;
         }
         a[t] = carry + log_decay;
         coef[t] = c;
@@ -113,13 +168,76 @@ __device__ void chunk_decays(const Ssm& model, const scan_problem<T>& p, index_t
     }
 }
 
-// rows × cols of a (batch, length, …) input into shared memory as floats, zero beyond `count` tokens
-// and `valid` columns. at(t, col) is the element's index.
-template <class T, class At>
-__device__ void stage(float* to, int ld, int cols, int count, int valid, const T* data, At at) {
-    for (int i = int(threadIdx.x); i < ssd_chunk * cols; i += blockDim.x) {
-        const int t = i / cols, col = i % cols;
-        to[t * ld + col] = t < count && col < valid ? to_float(data[at(t, col)]) : 0.0f;
+// 16 bytes holding 16 / sizeof(T) values of T, as floats.
+template <class T>
+__device__ void unpack(const uint4& raw, float* to) {
+    constexpr int n = 16 / sizeof(T);
+    T values[n];
+    memcpy(values, &raw, sizeof raw);
+#pragma unroll
+    for (int j = 0; j < n; ++j) to[j] = to_float(values[j]);
+}
+
+// Rows of a matrix of T into a shared-memory tile of floats: row t (< rows) from
+// base + t·row_stride, `cols` (a multiple of 16) a row, `step` apart, zero beyond `count` rows and
+// `valid` columns, rounded to TF32 when Round. A warp a row, its lanes along the columns, 16 bytes
+// a lane where the rows allow; each thread issues the loads for 8 rows before storing any, so that
+// their latencies overlap.
+template <bool Round, class T>
+__device__ void stage_rows(float* to, int ld, int rows, int cols, int count, int valid, const T* base,
+                           index_t row_stride, index_t step) {
+    constexpr int n = 16 / sizeof(T), batch = ssd_chunk / ssd_warps;
+    auto round = [](float v) { return Round ? tf32(v) : v; };
+    const bool vectors = step == 1 && valid % n == 0 && reinterpret_cast<std::uintptr_t>(base) % 16 == 0 &&
+                         row_stride * index_t(sizeof(T)) % 16 == 0;
+    for (int first = warp(); first < rows; first += batch * ssd_warps) {
+        if (vectors) {
+            for (int col = lane() * n; col < cols; col += 32 * n) {
+                uint4 raw[batch];
+#pragma unroll
+                for (int r = 0; r < batch; ++r) {
+                    const int t = first + r * ssd_warps;
+                    raw[r] = t < count && col < valid ? *reinterpret_cast<const uint4*>(base + t * row_stride + col)
+                                                      : uint4{0, 0, 0, 0};
+                }
+#pragma unroll
+                for (int r = 0; r < batch; ++r) {
+                    if (first + r * ssd_warps >= rows) break;
+                    float v[n];
+                    unpack<T>(raw[r], v);
+#pragma unroll
+                    for (int j = 0; j < n; j += 4)
+                        *reinterpret_cast<float4*>(to + (first + r * ssd_warps) * ld + col + j) = {
+                            round(v[j]), round(v[j + 1]), round(v[j + 2]), round(v[j + 3])};
+                }
+            }
+        } else {
+            for (int col = lane(); col < cols; col += 32) {
+                float v[batch];
+#pragma unroll
+                for (int r = 0; r < batch; ++r) {
+                    const int t = first + r * ssd_warps;
+                    v[r] = t < count && col < valid ? to_float(base[t * row_stride + col * step]) : 0.0f;
+                }
+#pragma unroll
+                for (int r = 0; r < batch; ++r)
+                    if (first + r * ssd_warps < rows) to[(first + r * ssd_warps) * ld + col] = round(v[r]);
+            }
+        }
+    }
+}
+
+// Multiplies each row t of a [t][cols] tile (cols a multiple of 4) by factor(t), rounding the
+// products to TF32 when Round.
+template <bool Round, class Factor>
+__device__ void scale_rows(float* tile, int ld, int rows, int cols, Factor factor) {
+    auto round = [](float v) { return Round ? tf32(v) : v; };
+    for (int t = warp(); t < rows; t += ssd_warps) {
+        const float f = factor(t);
+        for (int col = 4 * lane(); col < cols; col += 128) {
+            float4& v = *reinterpret_cast<float4*>(tile + t * ld + col);
+            v = {round(v.x * f), round(v.y * f), round(v.z * f), round(v.w * f)};
+        }
     }
 }
 
@@ -140,19 +258,17 @@ inline __device__ block_place place(const scan_shape& s, index_t heads, index_t 
 }
 
 template <class T>
-__device__ void stage_bc(const tensor_view<const T, 4>& v, const block_place& at, const ssd_shape& g, float* to) {
-    const index_t base = at.b * v.stride(0) + at.t0 * v.stride(1) + at.group * v.stride(2);
-    const index_t st = v.stride(1), sn = v.stride(3);
-    stage(to, g.state_ld(), g.padded_state, at.count, g.state, v.data(),
-          [&](int t, int n) { return base + t * st + n * sn; });
+__device__ void stage_bc(const tensor_view<const T, 4>& v, const block_place& at, const ssd_shape& g, float* to,
+                         int ld) {
+    const T* const base = v.data() + at.b * v.stride(0) + at.t0 * v.stride(1) + at.group * v.stride(2);
+    stage_rows<false>(to, ld, ssd_chunk, g.padded_state, at.count, g.state, base, v.stride(1), v.stride(3));
 }
 
 template <class T>
 __device__ void stage_x(const tensor_view<const T, 3>& v, const block_place& at, const ssd_shape& g, float* to) {
-    const index_t base = at.b * v.stride(0) + at.t0 * v.stride(1) + at.head * g.head_dim * v.stride(2);
-    const index_t st = v.stride(1), sp = v.stride(2);
-    stage(to, g.dim_ld(), g.padded_dim, at.count, g.head_dim, v.data(),
-          [&](int t, int q) { return base + t * st + q * sp; });
+    const T* const base = v.data() + at.b * v.stride(0) + at.t0 * v.stride(1) + at.head * g.head_dim * v.stride(2);
+    stage_rows<false>(to, g.b_ld(g.padded_dim), ssd_chunk, g.padded_dim, at.count, g.head_dim, base, v.stride(1),
+                      v.stride(2));
 }
 }  // namespace ssd_detail
 
@@ -163,36 +279,33 @@ __global__ void __launch_bounds__(ssd_threads) ssd_chunk_state_kernel(Ssm model,
                                                                      ssd_workspace w) {
     using namespace ssd_detail;
     extern __shared__ float shared[];
-    float* const bs = shared;                                // [t][n]
-    float* const xs = bs + g.state_rows() * g.state_ld();    // [t][p], weighted
-    float* const a = xs + ssd_chunk * g.dim_ld() + ssd_chunk * g.square_ld();
+    const int b_ld = g.b_ld(g.padded_state), x_ld = g.b_ld(g.padded_dim);
+    float* const bs = shared;                  // [t][n]
+    float* const xs = bs + ssd_chunk * b_ld;   // [t][p], weighted
+    float* const a = xs + ssd_chunk * x_ld;
     float* const coef = a + ssd_chunk;
     const index_t heads = p.shape.delta_channels;
     const block_place at = place(p.shape, heads, g.heads_per_group);
     chunk_decays(model, p, at.b, at.t0, at.count, at.head, a, coef);
-    stage_bc(p.in.B, at, g, bs);
+    stage_bc(p.in.B, at, g, bs, b_ld);
     stage_x(p.in.u, at, g, xs);
     __syncthreads();
     const float total = a[at.count - 1];
-    for (int i = int(threadIdx.x); i < ssd_chunk * g.padded_dim; i += blockDim.x) {
-        const int t = i / g.padded_dim;
-        xs[t * g.dim_ld() + i % g.padded_dim] *= t < at.count ? math::exp(total - a[t]) * coef[t] : 0.0f;
-    }
+    scale_rows<!Split>(xs, x_ld, ssd_chunk, g.padded_dim, [&](int t) { return math::exp(total - a[t]) * coef[t]; });
     __syncthreads();
     const index_t slot = (at.b * g.chunks + at.k) * heads + at.head;
     if (threadIdx.x == 0) w.decays[slot] = total;
     float* const out = w.states + slot * g.state_floats();
-    const int warp = int(threadIdx.x) / 32;
-    const int tiles_n = g.padded_state / 16, tiles = tiles_n * (g.padded_dim / 16);
-    for (int tile = warp; tile < tiles; tile += ssd_warps) {
-        const int n0 = tile % tiles_n * 16, p0 = tile / tiles_n * 16;
-        accumulator acc;
-        wmma::fill_fragment(acc, 0.0f);
-        for (int s0 = 0; s0 < ssd_chunk; s0 += 8)  // (Bᵀ)[n][s] is bs[s][n]: column-major
-            multiply_add<Split, wmma::col_major, wmma::row_major>(acc, bs + s0 * g.state_ld() + n0, g.state_ld(),
-                                                                  xs + s0 * g.dim_ld() + p0, g.dim_ld());
-        wmma::store_matrix_sync(out + index_t(p0) * g.padded_state + n0, acc, unsigned(g.padded_state),
-                                wmma::mem_col_major);
+    // A warp's task: 16 state rows n × up to 64 columns p of Bᵀ·(weighted x); (Bᵀ)[n][s] is bs[s][n].
+    const int strips = g.padded_state / 16, column_blocks = (g.padded_dim + 63) / 64;
+    for (int task = warp(); task < strips * column_blocks; task += ssd_warps) {
+        const int n0 = task % strips * 16, p0 = task / strips * 64;
+        const int tiles = (g.padded_dim - p0 < 64 ? g.padded_dim - p0 : 64) / 8;
+        float acc[8][4] = {};
+        warp_product<Split>(acc, tiles, bs + n0, 1, b_ld, xs + p0, x_ld, 1, ssd_chunk / 8);
+        for_each_element<8>(tiles, [&](int j, int e, int row, int col) {
+            out[index_t(p0 + col) * g.padded_state + n0 + row] = acc[j][e];
+        });
     }
 }
 
@@ -230,91 +343,74 @@ __global__ void ssd_state_pass_kernel(scan_problem<T> p, ssd_shape g, ssd_worksp
 
 // y of one chunk: (mask ⊙ decays ⊙ C·Bᵀ)·x + (e^{a} ⊙ C)·H, then scale, skip and gate.
 template <bool Split, class Ssm, class T>
-__global__ void __launch_bounds__(ssd_threads) ssd_chunk_output_kernel(Ssm model, scan_problem<T> p, ssd_shape g,
+__global__ void __launch_bounds__(ssd_threads, 2) ssd_chunk_output_kernel(Ssm model, scan_problem<T> p, ssd_shape g,
                                                                       ssd_workspace w) {
     using namespace ssd_detail;
     extern __shared__ float shared[];
-    float* const cs = shared;                                 // [t][n]
-    float* const bs = cs + ssd_chunk * g.state_ld();          // [t][n], then H as [p][n]
-    float* const xs = bs + g.state_rows() * g.state_ld();     // [t][p]
-    float* const ms = xs + ssd_chunk * g.dim_ld();            // [t][s], then y as [t][p]
-    float* const a = ms + ssd_chunk * g.square_ld();
+    const int c_ld = g.a_ld(g.padded_state), x_ld = g.b_ld(g.padded_dim), m_ld = g.a_ld(g.square());
+    float* const cs = shared;                      // [t][n]
+    float* const bs = cs + ssd_chunk * c_ld;       // [t][n], then H as [p][n]
+    float* const xs = bs + g.square() * c_ld;      // [t][p]
+    float* const ms = xs + ssd_chunk * x_ld;       // [t][s], then y as [t][p]
+    float* const a = ms + ssd_chunk * m_ld;
     float* const coef = a + ssd_chunk;
     const index_t heads = p.shape.delta_channels;
     const block_place at = place(p.shape, heads, g.heads_per_group);
     chunk_decays(model, p, at.b, at.t0, at.count, at.head, a, coef);
-    stage_bc(p.in.C, at, g, cs);
-    stage_bc(p.in.B, at, g, bs);
+    stage_bc(p.in.C, at, g, cs, c_ld);
+    stage_bc(p.in.B, at, g, bs, c_ld);
     stage_x(p.in.u, at, g, xs);
     __syncthreads();
 
-    const int warp = int(threadIdx.x) / 32;
-    constexpr int blocks = ssd_chunk / 16;
-    // C·Bᵀ on the tiles on or below the diagonal (the others are masked out).
-    for (int tile = warp; tile < blocks * blocks; tile += ssd_warps) {
-        const int i = tile / blocks, j = tile % blocks;
-        if (j > i) continue;
-        accumulator acc;
-        wmma::fill_fragment(acc, 0.0f);
-        for (int n0 = 0; n0 < g.padded_state; n0 += 8)
-            multiply_add<Split, wmma::row_major, wmma::col_major>(acc, cs + 16 * i * g.state_ld() + n0, g.state_ld(),
-                                                                  bs + 16 * j * g.state_ld() + n0, g.state_ld());
-        wmma::store_matrix_sync(ms + 16 * i * g.square_ld() + 16 * j, acc, unsigned(g.square_ld()),
-                                wmma::mem_row_major);
+    // A warp's rows: the 16 tokens from t0; its columns: half of C·Bᵀ's or of y's.
+    const int t0 = warp() / 2 * 16, half = warp() % 2;
+    // C·Bᵀ left of the diagonal's end (the rest is masked out), masked and decayed in registers.
+    {
+        const int s0 = 32 * half, tiles = (t0 + 16 - s0) / 8 < 4 ? (t0 + 16 - s0) / 8 : 4;
+        float acc[4][4] = {};
+        if (tiles > 0) {  // (Bᵀ)[n][s] is bs[s][n]
+            warp_product<Split>(acc, tiles, cs + t0 * c_ld, c_ld, 1, bs + s0 * c_ld, 1, c_ld, g.padded_state / 8);
+            for_each_element<4>(tiles, [&](int j, int e, int row, int col) {
+                const int t = t0 + row, s = s0 + col;
+                const float m = s <= t ? acc[j][e] * math::exp(a[t] - a[s]) * coef[s] : 0.0f;
+                ms[t * m_ld + s] = Split ? m : tf32(m);
+            });
+        }
     }
-    __syncthreads();
-    // The mask and decays onto C·Bᵀ, e^{a_t} onto C's rows, and the entering state into B's place.
-    for (int e = int(threadIdx.x); e < ssd_chunk * ssd_chunk; e += blockDim.x) {
-        const int t = e / ssd_chunk, s = e % ssd_chunk;
-        if (s / 16 > t / 16) continue;
-        float& m = ms[t * g.square_ld() + s];
-        m = s <= t ? m * math::exp(a[t] - a[s]) * coef[s] : 0.0f;
-    }
-    for (int e = int(threadIdx.x); e < ssd_chunk * g.padded_state; e += blockDim.x) {
-        const int t = e / g.padded_state;
-        cs[t * g.state_ld() + e % g.padded_state] *= math::exp(a[t]);
-    }
+    // The entering state H into B's place, as [p][n].
     const float* const entering = w.states + ((at.b * g.chunks + at.k) * heads + at.head) * g.state_floats();
-    for (int e = int(threadIdx.x); e < g.padded_dim * g.padded_state; e += blockDim.x)
-        bs[e / g.padded_state * g.state_ld() + e % g.padded_state] = entering[e];
+    __syncthreads();  // every warp is done with B
+    stage_rows<!Split>(bs, c_ld, g.padded_dim, g.padded_state, g.padded_dim, g.padded_state, entering, g.padded_state, 1);
     __syncthreads();
 
-    // y's tiles, at most `owned` a warp (head_dim <= 128), in registers until C·Bᵀ is no longer read.
-    const int tiles_p = g.padded_dim / 16, tiles = blocks * tiles_p;
-    constexpr int owned = (blocks * 128 / 16 + ssd_warps - 1) / ssd_warps;
-    accumulator acc[owned];
-#pragma unroll
-    for (int r = 0; r < owned; ++r) {
-        const int tile = warp + r * ssd_warps;
-        if (tile >= tiles) break;
-        const int i = tile / tiles_p, p0 = tile % tiles_p * 16;
-        wmma::fill_fragment(acc[r], 0.0f);
-        for (int s0 = 0; s0 < 16 * (i + 1); s0 += 8)
-            multiply_add<Split, wmma::row_major, wmma::row_major>(acc[r], ms + 16 * i * g.square_ld() + s0,
-                                                                  g.square_ld(), xs + s0 * g.dim_ld() + p0, g.dim_ld());
-        for (int n0 = 0; n0 < g.padded_state; n0 += 8)  // H[n][p] is bs[p][n]: column-major
-            multiply_add<Split, wmma::row_major, wmma::col_major>(acc[r], cs + 16 * i * g.state_ld() + n0,
-                                                                  g.state_ld(), bs + p0 * g.state_ld() + n0, g.state_ld());
-    }
+    // y = e^{a_t}·(C·H) + M·x for the warp's rows and its half of the columns; H[n][p] is bs[p][n].
+    const int p0 = half * g.padded_dim / 2, tiles = g.padded_dim / 16;
+    float acc[8][4] = {};
+    warp_product<Split>(acc, tiles, cs + t0 * c_ld, c_ld, 1, bs + p0 * c_ld, 1, c_ld, g.padded_state / 8);
+    const float decay_low = math::exp(a[t0 + lane() / 4]), decay_high = math::exp(a[t0 + lane() / 4 + 8]);
+    for_each_element<8>(tiles, [&](int j, int e, int, int) { acc[j][e] *= e < 2 ? decay_low : decay_high; });
+    warp_product<Split>(acc, tiles, ms + t0 * m_ld, m_ld, 1, xs + p0, x_ld, 1, (t0 + 16) / 8);
     __syncthreads();  // every warp is done with C·Bᵀ: y takes its place
-#pragma unroll
-    for (int r = 0; r < owned; ++r) {
-        const int tile = warp + r * ssd_warps;
-        if (tile >= tiles) break;
-        const int i = tile / tiles_p, p0 = tile % tiles_p * 16;
-        wmma::store_matrix_sync(ms + 16 * i * g.square_ld() + p0, acc[r], unsigned(g.square_ld()),
-                                wmma::mem_row_major);
-    }
+    for_each_element<8>(tiles, [&](int j, int e, int row, int col) { ms[(t0 + row) * m_ld + p0 + col] = acc[j][e]; });
     __syncthreads();
     const float scale = model.transition.output_scale();
-    const bool gated = p.in.z.data();
-    for (int e = int(threadIdx.x); e < at.count * g.head_dim; e += blockDim.x) {
-        const int t = e / g.head_dim, q = e % g.head_dim;
-        const index_t d = at.head * g.head_dim + q;
-        const float x = xs[t * g.dim_ld() + q];
-        float out = scale * ms[t * g.square_ld() + q] + (p.in.D.data() ? p.in.D(d) : 0.0f) * x;
-        if (gated) out *= math::silu(to_float(p.in.z(at.b, at.t0 + t, d)));
-        p.out.y(at.b, at.t0 + t, d) = from_float<T>(out);
+    const index_t d0 = at.head * g.head_dim;
+    constexpr int batch = ssd_chunk / ssd_warps;
+    for (int q = lane(); q < g.head_dim; q += 32) {
+        const float skip = p.in.D.data() ? p.in.D(d0 + q) : 0.0f;
+        float gate[batch];  // loads for all of the thread's rows in flight at once
+#pragma unroll
+        for (int r = 0; r < batch; ++r) {
+            const int t = warp() + r * ssd_warps;
+            gate[r] = p.in.z.data() && t < at.count ? math::silu(to_float(p.in.z(at.b, at.t0 + t, d0 + q))) : 1.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < batch; ++r) {
+            const int t = warp() + r * ssd_warps;
+            if (t < at.count)
+                p.out.y(at.b, at.t0 + t, d0 + q) =
+                    from_float<T>((scale * ms[t * m_ld + q] + skip * xs[t * x_ld + q]) * gate[r]);
+        }
     }
 }
 
@@ -327,7 +423,8 @@ void run_ssd(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p) 
     const ssd_shape g{int(head_dim), int(s.state), int(s.delta_channels / s.groups), padded(head_dim),
                       padded(s.state), (s.length + ssd_chunk - 1) / ssd_chunk};
     constexpr bool split = std::same_as<T, float>;
-    const std::size_t shared_bytes = std::size_t(g.floats()) * sizeof(float);
+    const std::size_t state_bytes = std::size_t(g.state_floats_shared()) * sizeof(float);
+    const std::size_t shared_bytes = std::size_t(g.output_floats_shared()) * sizeof(float);
     int device = 0, limit = 0;
     check(cudaGetDevice(&device), "selective_scan: ssd device");
     check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "selective_scan: ssd limit");
@@ -339,7 +436,7 @@ void run_ssd(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p) 
                     s.batch, " blocks exceeds CUDA's limits");
     auto state_kernel = ssd_chunk_state_kernel<split, Ssm, T>;
     auto output_kernel = ssd_chunk_output_kernel<split, Ssm, T>;
-    check(cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)),
+    check(cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(state_bytes)),
           "selective_scan: ssd shared memory");
     check(cudaFuncSetAttribute(output_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)),
           "selective_scan: ssd shared memory");
@@ -350,7 +447,7 @@ void run_ssd(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p) 
           "selective_scan: ssd workspace");
     w.decays = w.states + slots * g.state_floats();
     const dim3 grid(unsigned(blocks), unsigned(s.batch));
-    state_kernel<<<grid, ssd_threads, shared_bytes, exec.stream>>>(model, p, g, w);
+    state_kernel<<<grid, ssd_threads, state_bytes, exec.stream>>>(model, p, g, w);
     check(cudaGetLastError(), "selective_scan: ssd chunk state launch");
     constexpr int block = 256;
     ssd_state_pass_kernel<<<blocks_for(s.batch * s.delta_channels * g.state_floats(), block), block, 0,
