@@ -241,6 +241,17 @@ __device__ void scale_rows(float* tile, int ld, int rows, int cols, Factor facto
     }
 }
 
+// Asks for the 128-byte lines of `rows` rows of `bytes` bytes each (row r at first + r·stride bytes)
+// to be fetched into L2, a line a thread.
+inline __device__ void prefetch_rows(const void* first, int rows, index_t stride, int bytes) {
+    const int lines = bytes / 128 + 2;  // a row not aligned to a line touches one more
+    for (int i = int(threadIdx.x); i < rows * lines; i += int(blockDim.x)) {
+        const char* const row = static_cast<const char*>(first) + (i / lines) * stride;
+        const char* const line = row + (i % lines) * 128 - reinterpret_cast<std::uintptr_t>(row) % 128;
+        if (line < row + bytes) asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+    }
+}
+
 // Which block: (chunk, head) over x, the batch row over y.
 struct block_place {
     index_t b, k, head, group, t0;
@@ -356,6 +367,12 @@ __global__ void __launch_bounds__(ssd_threads, 2) ssd_chunk_output_kernel(Ssm mo
     float* const coef = a + ssd_chunk;
     const index_t heads = p.shape.delta_channels;
     const block_place at = place(p.shape, heads, g.heads_per_group);
+    // The entering state and the gate are read after the products: their fetches start now.
+    const float* const entering = w.states + ((at.b * g.chunks + at.k) * heads + at.head) * g.state_floats();
+    prefetch_rows(entering, 1, 0, int(g.state_floats() * sizeof(float)));
+    if (p.in.z.data() && p.in.z.stride(2) == 1)
+        prefetch_rows(&p.in.z(at.b, at.t0, at.head * g.head_dim), at.count, p.in.z.stride(1) * index_t(sizeof(T)),
+                      g.head_dim * int(sizeof(T)));
     chunk_decays(model, p, at.b, at.t0, at.count, at.head, a, coef);
     stage_bc(p.in.C, at, g, cs, c_ld);
     stage_bc(p.in.B, at, g, bs, c_ld);
@@ -378,7 +395,6 @@ __global__ void __launch_bounds__(ssd_threads, 2) ssd_chunk_output_kernel(Ssm mo
         }
     }
     // The entering state H into B's place, as [p][n].
-    const float* const entering = w.states + ((at.b * g.chunks + at.k) * heads + at.head) * g.state_floats();
     __syncthreads();  // every warp is done with B
     stage_rows<!Split>(bs, c_ld, g.padded_dim, g.padded_state, g.padded_dim, g.padded_state, entering, g.padded_state, 1);
     __syncthreads();
