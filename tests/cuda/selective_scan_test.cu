@@ -285,6 +285,26 @@ TEST_CASE("device scans reject bad shapes before launching", "[cuda]") {
     REQUIRE_THROWS_WITH(ssm::selective_scan(ssm::cuda_exec{}, ssm::sequential{}, model, in,
                                             ssm::scan_outputs<float>{.y = {buffer.data(), 1, 3, 4}}),
                         Catch::Contains("C has extent 2 in dimension 1 (length), expected 3"));
+
+    // SSD takes Mamba-2 models with exponential decay only, and head dimensions up to 128.
+    STATIC_REQUIRE(ssm::ssd_model<ssm::selective_ssm<ssm::scalar_identity, ssm::zoh_euler, ssm::spectrum_scaler>>);
+    STATIC_REQUIRE_FALSE(ssm::ssd_model<ssm::selective_ssm<ssm::diagonal_real>>);
+    STATIC_REQUIRE_FALSE(ssm::ssd_model<ssm::selective_ssm<ssm::scalar_identity, ssm::bilinear>>);
+    const ssm::index_t head_dim = 160, channels = 2 * head_dim;
+    std::vector<float> wide(std::size_t(channels), 0.5f);
+    const device_buffer<float> data(wide);
+    const ssm::selective_ssm<ssm::scalar_identity> mamba2{{{data.data(), 2}, head_dim, 4}};
+    const ssm::scan_inputs<float> ssd_in{.u = {data.data(), 1, 1, channels},
+                                         .delta = {data.data(), 1, 1, 2},
+                                         .B = {data.data(), 1, 1, 1, 4},
+                                         .C = {data.data(), 1, 1, 1, 4}};
+    std::vector<float> poisoned(std::size_t(channels), ref::poison<float>());
+    const device_buffer<float> y(poisoned);
+    REQUIRE_THROWS_WITH(ssm::selective_scan(ssm::cuda_exec{}, ssm::ssd{}, mamba2, ssd_in,
+                                            ssm::scan_outputs<float>{.y = {y.data(), 1, 1, channels}}),
+                        Catch::Contains("ssd supports head_dim up to 128, got 160"));
+    const auto untouched = y.to_host();
+    REQUIRE(std::all_of(untouched.begin(), untouched.end(), [](float v) { return std::isnan(v); }));
 }
 
 int main(int argc, char** argv) {
