@@ -8,7 +8,6 @@
 // only sequential part, elementwise), chunk_output (y from both terms). Products run as TF32 on
 // tensor cores with float accumulation; for float inputs each product is split in three (the
 // operands' high and low TF32 parts), which keeps float32 accuracy.
-
 #include <cstdint>
 #include <cstring>
 
@@ -131,7 +130,6 @@ __device__ void for_each_element(int tiles, F f) {
         for (int e = 0; e < 4; ++e) f(j, e, g + 8 * (e / 2), 8 * j + 2 * t + e % 2);
     }
 }
-
 
 // The chunk's per-token terms, by warp 0: a[t] = a_1 + … + a_t (log decays summed from the chunk's
 // start) and coef[t] (B̄'s factor), for t < count; later tokens add nothing (a stays, coef is 0).
