@@ -181,20 +181,6 @@ struct conv_step_output {
     }
 };
 
-template <class X>
-__device__ inline void unpack(const uint4& v, float (&out)[16 / sizeof(X)]) {
-    const unsigned words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-        if constexpr (std::same_as<X, float>) {
-            out[k] = __uint_as_float(words[k]);
-        } else {  // two bf16, the lower half first
-            out[2 * k] = __uint_as_float(words[k] << 16);
-            out[2 * k + 1] = __uint_as_float(words[k] & 0xffff0000u);
-        }
-    }
-}
-
 // Where a block's dynamic shared memory holds a group of W's rows, the norm's weight (inputs with a
 // norm) and the tile of x: byte offsets, 16-byte aligned.
 struct matvec_layout {

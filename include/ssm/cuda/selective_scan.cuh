@@ -3,6 +3,8 @@
 // (scan/segment.hpp), instantiated for the device. Views must point to device memory.
 #include <cuda_runtime.h>
 
+#include <cstring>
+
 #include "../scan/selective_scan.hpp"
 
 namespace ssm {
@@ -318,6 +320,27 @@ struct problem_token {
         return {to_float(p.in.u(b, 0, d)), p.in.delta_softplus ? math::softplus(dt) : dt};
     }
 };
+
+// 16 bytes holding 16 / sizeof(T) values of the storage type T (one 16-byte load), as floats.
+template <class T>
+__device__ inline void unpack(const uint4& raw, float (&to)[16 / sizeof(T)]) {
+    const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
+    if constexpr (std::same_as<T, float>) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) to[k] = __uint_as_float(words[k]);
+    } else if constexpr (std::same_as<T, bfloat16>) {  // two a word, the lower half first
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            to[2 * k] = __uint_as_float(words[k] << 16);
+            to[2 * k + 1] = __uint_as_float(words[k] & 0xffff0000u);
+        }
+    } else {
+        T values[16 / sizeof(T)];
+        memcpy(values, words, sizeof words);
+#pragma unroll
+        for (int j = 0; j < int(16 / sizeof(T)); ++j) to[j] = to_float(values[j]);
+    }
+}
 
 // Sum over the `lanes` lanes (a power of two <= 32) that share a channel; every lane gets the sum.
 __device__ inline float lanes_sum(float v, int lanes) {

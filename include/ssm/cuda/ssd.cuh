@@ -9,7 +9,6 @@
 // tensor cores with float accumulation; for float inputs each product is split in three (the
 // operands' high and low TF32 parts), which keeps float32 accuracy.
 #include <cstdint>
-#include <cstring>
 
 #include "selective_scan.cuh"
 
@@ -164,16 +163,6 @@ __device__ void chunk_decays(const Ssm& model, const scan_problem<T>& p, index_t
         coef[t] = c;
         carry += __shfl_sync(0xffffffffu, log_decay, 31);
     }
-}
-
-// 16 bytes holding 16 / sizeof(T) values of T, as floats.
-template <class T>
-__device__ void unpack(const uint4& raw, float* to) {
-    constexpr int n = 16 / sizeof(T);
-    T values[n];
-    memcpy(values, &raw, sizeof raw);
-#pragma unroll
-    for (int j = 0; j < n; ++j) to[j] = to_float(values[j]);
 }
 
 // Rows of a matrix of T into a shared-memory tile of floats: row t (< rows) from

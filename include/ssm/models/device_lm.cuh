@@ -117,13 +117,13 @@ void scan_with_state(const cuda_exec& exec, const Ssm& model, scan_inputs<float>
                      device_array<float>& state, device_array<float>& final_state) {
     const index_t batch = y.extent(0), length = y.extent(1), channels = y.extent(2);
     const tensor_view<float, 3> cached = cached_state(state, batch, channels);
-    const index_t n = cached.extent(2);
-    const index_t chunk = scan_chunk(batch, length, channels, n);
     in.initial_state = cached;
     if constexpr (ssd_model<Ssm>) {  // its last kernel reads each state element before writing it
         selective_scan(exec, ssd{}, model, in, scan_outputs<float>{.y = y, .final_state = cached});
         return;
     }
+    const index_t n = cached.extent(2);
+    const index_t chunk = scan_chunk(batch, length, channels, n);
     if (chunk >= length) {
         selective_scan(exec, chunked{.chunk = chunk}, model, in, scan_outputs<float>{.y = y, .final_state = cached});
         return;
