@@ -41,11 +41,11 @@ struct ssd_shape {
     static SSM_HOST_DEVICE int b_ld(int cols) { return cols + 8; }
     SSM_HOST_DEVICE int square() const { return ssd_chunk > padded_dim ? ssd_chunk : padded_dim; }
     // chunk_state: B [t][n] (column-major A), the weighted x [t][p], a, coef.
-    SSM_HOST_DEVICE int state_floats_shared() const {
+    SSM_HOST_DEVICE int chunk_state_shared_floats() const {
         return ssd_chunk * (b_ld(padded_state) + b_ld(padded_dim) + 2);
     }
     // chunk_output: C [t][n]; B [t][n], then H [p][n]; x [t][p]; masked C·Bᵀ [t][s], then y [t][p]; a, coef.
-    SSM_HOST_DEVICE int output_floats_shared() const {
+    SSM_HOST_DEVICE int chunk_output_shared_floats() const {
         return (ssd_chunk + square()) * a_ld(padded_state) + ssd_chunk * (b_ld(padded_dim) + a_ld(square()) + 2);
     }
     // Floats of one chunk's state [head_dim][state], padded.
@@ -426,12 +426,12 @@ void run_ssd(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p) 
     const ssd_shape g{int(head_dim), int(s.state), int(s.delta_channels / s.groups), padded(head_dim),
                       padded(s.state), (s.length + ssd_chunk - 1) / ssd_chunk};
     constexpr bool split = std::same_as<T, float>;
-    const std::size_t state_bytes = std::size_t(g.state_floats_shared()) * sizeof(float);
-    const std::size_t shared_bytes = std::size_t(g.output_floats_shared()) * sizeof(float);
+    const std::size_t chunk_state_bytes = std::size_t(g.chunk_state_shared_floats()) * sizeof(float);
+    const std::size_t chunk_output_bytes = std::size_t(g.chunk_output_shared_floats()) * sizeof(float);
     int device = 0, limit = 0;
     check(cudaGetDevice(&device), "selective_scan: ssd device");
     check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "selective_scan: ssd limit");
-    detail::require(shared_bytes <= std::size_t(limit), "selective_scan: ssd needs ", shared_bytes,
+    detail::require(chunk_output_bytes <= std::size_t(limit), "selective_scan: ssd needs ", chunk_output_bytes,
                     " bytes of shared memory for head_dim ", head_dim, " and state ", s.state, "; the device offers ",
                     limit);
     const index_t blocks = g.chunks * s.delta_channels;
@@ -439,9 +439,9 @@ void run_ssd(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p) 
                     s.batch, " blocks exceeds CUDA's limits");
     auto state_kernel = ssd_chunk_state_kernel<split, Ssm, T>;
     auto output_kernel = ssd_chunk_output_kernel<split, Ssm, T>;
-    check(cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(state_bytes)),
+    check(cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(chunk_state_bytes)),
           "selective_scan: ssd shared memory");
-    check(cudaFuncSetAttribute(output_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)),
+    check(cudaFuncSetAttribute(output_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(chunk_output_bytes)),
           "selective_scan: ssd shared memory");
 
     const index_t slots = s.batch * g.chunks * s.delta_channels;
@@ -450,13 +450,13 @@ void run_ssd(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p) 
           "selective_scan: ssd workspace");
     w.decays = w.states + slots * g.state_floats();
     const dim3 grid(unsigned(blocks), unsigned(s.batch));
-    state_kernel<<<grid, ssd_threads, state_bytes, exec.stream>>>(model, p, g, w);
+    state_kernel<<<grid, ssd_threads, chunk_state_bytes, exec.stream>>>(model, p, g, w);
     check(cudaGetLastError(), "selective_scan: ssd chunk state launch");
     constexpr int block = 256;
     ssd_state_pass_kernel<<<blocks_for(s.batch * s.delta_channels * g.state_floats(), block), block, 0,
                             exec.stream>>>(p, g, w);
     check(cudaGetLastError(), "selective_scan: ssd state pass launch");
-    output_kernel<<<grid, ssd_threads, shared_bytes, exec.stream>>>(model, p, g, w);
+    output_kernel<<<grid, ssd_threads, chunk_output_bytes, exec.stream>>>(model, p, g, w);
     check(cudaGetLastError(), "selective_scan: ssd chunk output launch");
     check(cudaFreeAsync(w.states, exec.stream), "selective_scan: ssd workspace");
 }
