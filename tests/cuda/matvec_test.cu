@@ -1,8 +1,7 @@
 // The decoding matrix-vector kernel (cuda/matvec.cuh) against a float64 reference on fresh random
 // inputs: awkward shapes (one element, primes, rows that are not whole 16-byte pieces, many row
 // groups, the widest rows a block holds, batches over one tile), each input and output policy but the
-// convolution step (which the model tests cover), outputs poisoned before the call; and chains of
-// products as the phases of one launch (cuda/launch.cuh), each reading what the one before wrote.
+// convolution step (which the model tests cover), outputs poisoned before the call.
 #include <catch2/catch.hpp>
 #include <cuda_runtime.h>
 
@@ -176,61 +175,4 @@ TEST_CASE("matvec: inputs too wide for shared memory are refused", "[cuda][matve
     CHECK_THROWS_WITH(ssm::cuda::matvec(ssm::cuda_exec{}, w.data(), nullptr, 1, 30000, 1,
                                         ssm::cuda::rows_input{x.data(), 30000}, ssm::cuda::store_output{y.data(), 1}),
                       Catch::Contains("30000 input features do not fit in shared memory"));
-}
-
-TEMPLATE_TEST_CASE("matvec phases: chained products in one launch equal the float64 reference", "[cuda][matvec]",
-                   float, ssm::bfloat16) {
-    using X = TestType;
-    SSM_SEEDED_RANDOM(rng);
-    // 7 blocks: every block takes many items of each phase; the resident grid: about one each.
-    const int blocks = GENERATE(7, 0);
-    const index_t batch = GENERATE(1, 3, 9);
-    const ssm::cuda::phase_grid grid =
-        blocks > 0 ? ssm::cuda::phase_grid{blocks, ssm::cuda::phase_shared_bytes} : ssm::cuda::resident_grid();
-    INFO("grid " << grid.blocks << " blocks, batch " << batch);
-    const index_t ins = 771, mid = 1031, wide = 3000;  // rows of 771 are no whole 16-byte pieces
-    const auto w1 = rng.uniform(mid * ins, -1.0, 1.0), w2 = rng.uniform(wide * mid, -1.0, 1.0);
-    const auto w3 = rng.uniform(ins * wide, -1.0, 1.0), b2 = rng.uniform(wide, -1.0, 1.0);
-    const auto x = rng.uniform(batch * ins, -1.0, 1.0), h = rng.uniform(batch * ins, -1.0, 1.0);
-    const auto w1_d = upload<X>(w1), w2_d = upload<X>(w2), w3_d = upload<X>(w3);
-    const auto b2_d = upload<float>(b2), x_d = upload<float>(x);
-    auto y1 = upload<float>(std::vector<double>(std::size_t(batch * mid), NAN));
-    auto y2 = upload<float>(std::vector<double>(std::size_t(batch * wide), NAN));
-    auto h_d = upload<float>(h);
-    ssm::cuda::device_array<unsigned> barrier(2);
-    REQUIRE(cudaMemset(barrier.data(), 0, 2 * sizeof(unsigned)) == cudaSuccess);
-    namespace cu = ssm::cuda;
-    const auto first = cu::plan_matvec(grid, w1_d.data(), nullptr, mid, ins, batch, cu::rows_input{x_d.data(), ins},
-                                       cu::store_output{y1.data(), mid});
-    const auto second = cu::plan_matvec(grid, w2_d.data(), b2_d.data(), wide, mid, batch,
-                                        cu::rows_input{y1.data(), mid}, cu::store_output{y2.data(), wide});
-    const auto third = cu::plan_matvec(grid, w3_d.data(), nullptr, ins, wide, batch, cu::rows_input{y2.data(), wide},
-                                       cu::residual_output{h_d.data(), ins});
-    // Twice: the barrier's words serve the next launch as they are left; h takes the product twice.
-    std::vector<double> base(h.begin(), h.end());
-    for (int launch = 0; launch < 2; ++launch) {
-        INFO("launch " << launch);
-        cu::launch_phases(ssm::cuda_exec{}, "test phases", grid, barrier.data(), first, second, third);
-        REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-        // Each phase against float64 products of what the phase before it wrote.
-        const auto y1_host = download(y1), y2_host = download(y2), h_host = download(h_d);
-        const std::vector<double> y1_read(y1_host.begin(), y1_host.end()), y2_read(y2_host.begin(), y2_host.end());
-        const auto e1 = multiply<X>(w1, x, {}, {}, mid, ins, batch);
-        check_products(y1_host, e1.value, e1.magnitude);
-        const auto e2 = multiply<X>(w2, y1_read, b2, {}, wide, mid, batch);
-        check_products(y2_host, e2.value, e2.magnitude);
-        const auto e3 = multiply<X>(w3, y2_read, {}, base, ins, wide, batch);
-        check_products(h_host, e3.value, e3.magnitude);
-        base.assign(h_host.begin(), h_host.end());
-    }
-}
-
-TEST_CASE("matvec phases: a grid the device cannot hold at once is refused", "[cuda][matvec]") {
-    const ssm::cuda::device_array<float> w(4), x(4), y(4);
-    ssm::cuda::device_array<unsigned> barrier(2);
-    const ssm::cuda::phase_grid grid{1 << 20, ssm::cuda::phase_shared_bytes};
-    const auto p = ssm::cuda::plan_matvec(grid, w.data(), nullptr, 2, 2, 1, ssm::cuda::rows_input{x.data(), 2},
-                                          ssm::cuda::store_output{y.data(), 2});
-    CHECK_THROWS_WITH(ssm::cuda::launch_phases(ssm::cuda_exec{}, "test phases", grid, barrier.data(), p, p),
-                      Catch::Contains("is not resident at once"));
 }

@@ -6,10 +6,9 @@
 // rounded to X, as the GEMM path rounds a product's input; each y goes to an output policy (a store,
 // an add to the residual stream, or a convolution step), so the layers around a product run in it.
 //
-// A product is a phase (launch.cuh): alone in a kernel (matvec), or one of a decoding layer's chain of
-// phases in one launch (plan_matvec on a phase_grid). Each block copies a group of W's rows into
-// shared memory before it waits for the data (the previous kernel or phase), so that the weight
-// traffic overlaps the work before it; warps then take the group's rows, lanes 16-byte pieces of a row.
+// Each block copies a group of W's rows into shared memory before waiting for the previous kernel
+// (launch_overlapped), so that the weight traffic of a decoding step overlaps the small kernels it
+// alternates with; warps then take the group's rows, lanes 16-byte pieces of a row.
 #include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 
@@ -24,7 +23,7 @@
 
 namespace ssm::cuda {
 
-inline constexpr int matvec_warps = phase_threads / 32;  // warps a block
+inline constexpr int matvec_warps = 4;               // warps a block
 inline constexpr int matvec_tile = 8;                // batch rows a block serves: accumulators a lane
 inline constexpr int matvec_group = 64;              // most rows of W a block takes
 inline constexpr index_t matvec_rows_bytes = 24 * 1024;  // bytes of W a block takes, one row at least
@@ -188,142 +187,116 @@ struct matvec_layout {
     std::size_t norm = 0, x = 0, bytes = 0;
 };
 
-// A product y = x·Wᵀ (+ bias) as a phase (launch.cuh): item k is a group of `group` output rows for a
-// tile of `tile` batch rows. prepare copies the group's rows of W (and the norm's weight) to shared
-// memory asynchronously, so that the bytes are in flight without holding registers; run stages x,
-// each warp takes rows of the group (lanes 16-byte pieces of a row), and last the outputs go to the
-// output policy all at once. With `pieces` false (rows not whole 16-byte pieces, or W not aligned) W
-// is copied and read element by element.
+// Grid: (groups of `group` output rows, tiles of `tile` batch rows). A block copies its rows of W (and
+// the norm's weight) to shared memory asynchronously before it waits for the previous kernel, so that
+// the bytes are in flight without holding registers; then it stages x, each warp takes rows of the
+// group (lanes 16-byte pieces of a row), and last the outputs go to the output policy all at once.
+// With `pieces` false (rows not whole 16-byte pieces, or W not aligned) W is copied and read element
+// by element.
 template <class X, class Input, class Output>
-struct matvec_phase {
-    const X* weight;
-    const float* bias;
-    index_t outs, ins, batch;
-    int group, tile, groups, tiles;
-    bool pieces;
-    matvec_layout layout;
-    Input input;
-    Output output;
-
-    SSM_HOST_DEVICE int items() const { return groups * tiles; }
-    std::size_t shared_bytes() const { return layout.bytes; }
-
+__global__ void __launch_bounds__(matvec_warps * 32)
+    matvec_kernel(const X* weight, const float* bias, index_t outs, index_t ins, index_t batch, int group, int tile,
+                  bool pieces, matvec_layout layout, Input input, Output output) {
+    extern __shared__ __align__(16) unsigned char staged[];
+    __shared__ float results[matvec_group * matvec_tile];
+    constexpr int per_load = 16 / sizeof(X);
+    X* w = reinterpret_cast<X*>(staged);  // (group, ins)
+    float* norm_weight = input.norm.weight ? reinterpret_cast<float*>(staged + layout.norm) : nullptr;
+    float* x = reinterpret_cast<float*>(staged + layout.x);  // (tile, ins)
+    const index_t o0 = index_t(blockIdx.x) * group;
+    const int here = outs - o0 < group ? int(outs - o0) : group;
     // Two groups of copies: the norm's weight (possibly none), then W, which may still be in flight
     // while x is staged.
-    __device__ void prepare(int item, unsigned char* staged) const {
-        const index_t o0 = index_t(item % groups) * group;
-        const int here = outs - o0 < group ? int(outs - o0) : group;
-        if (input.norm.weight)
-            stage(reinterpret_cast<float*>(staged + layout.norm), input.norm.weight, int(ins),
-                  ins % 4 == 0 && reinterpret_cast<std::uintptr_t>(input.norm.weight) % 16 == 0);
-        __pipeline_commit();
-        stage(reinterpret_cast<X*>(staged), weight + o0 * ins, here * int(ins), pieces);
-        __pipeline_commit();
-    }
-
-    __device__ void run(int item, unsigned char* staged) const {
-        __shared__ float results[matvec_group * matvec_tile];
-        constexpr int per_load = 16 / sizeof(X);
-        const X* w = reinterpret_cast<const X*>(staged);  // (group, ins)
-        const float* norm_weight = input.norm.weight ? reinterpret_cast<const float*>(staged + layout.norm) : nullptr;
-        float* x = reinterpret_cast<float*>(staged + layout.x);  // (tile, ins)
-        const index_t o0 = index_t(item % groups) * group, b0 = index_t(item / groups) * tile;
-        const int here = outs - o0 < group ? int(outs - o0) : group;
-        const int rows = batch - b0 < tile ? int(batch - b0) : tile;
-        load_inputs<X>(input, norm_weight, x, b0, rows, int(ins));
-        __pipeline_wait_prior(0);
-        __syncthreads();
-        const int lane = int(threadIdx.x % 32), loads = pieces ? int(ins) / per_load : 0;
-        for (int r = int(threadIdx.x / 32); r < here; r += matvec_warps) {
-            const X* wr = w + r * ins;
-            float acc[matvec_tile] = {};
-            for (int j = lane; j < loads; j += 32) {
-                float wf[per_load];
-                unpack<X>(reinterpret_cast<const uint4*>(wr)[j], wf);
-#pragma unroll
-                for (int b = 0; b < matvec_tile; ++b) {
-                    if (b >= rows) continue;  // x's rows are 16-byte aligned when W's are whole pieces
-                    const float4* xb = reinterpret_cast<const float4*>(x + b * ins) + j * (per_load / 4);
-#pragma unroll
-                    for (int q = 0; q < per_load / 4; ++q) {
-                        const float4 v = xb[q];
-                        acc[b] += wf[4 * q] * v.x + wf[4 * q + 1] * v.y + wf[4 * q + 2] * v.z + wf[4 * q + 3] * v.w;
-                    }
-                }
-            }
-            for (int i = loads * per_load + lane; i < ins; i += 32) {
-                const float wi = to_float(wr[i]);
-#pragma unroll
-                for (int b = 0; b < matvec_tile; ++b)
-                    if (b < rows) acc[b] += wi * x[b * ins + i];
-            }
+    if (norm_weight)
+        stage(norm_weight, input.norm.weight, int(ins),
+              ins % 4 == 0 && reinterpret_cast<std::uintptr_t>(input.norm.weight) % 16 == 0);
+    __pipeline_commit();
+    stage(w, weight + o0 * ins, here * int(ins), pieces);
+    __pipeline_commit();
+    let_next_kernel_start();  // its launch and weight copies may overlap this kernel from here on
+    wait_for_previous_kernel();
+    const index_t b0 = index_t(blockIdx.y) * tile;
+    const int rows = batch - b0 < tile ? int(batch - b0) : tile;
+    load_inputs<X>(input, norm_weight, x, b0, rows, int(ins));
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    const int lane = int(threadIdx.x % 32), loads = pieces ? int(ins) / per_load : 0;
+    for (int r = int(threadIdx.x / 32); r < here; r += matvec_warps) {
+        const X* wr = w + r * ins;
+        float acc[matvec_tile] = {};
+        for (int j = lane; j < loads; j += 32) {
+            float wf[per_load];
+            unpack<X>(reinterpret_cast<const uint4*>(wr)[j], wf);
 #pragma unroll
             for (int b = 0; b < matvec_tile; ++b) {
-                if (b >= rows) continue;  // rows is the same in the whole warp
-                const float sum = lanes_sum(acc[b], 32);
-                if (lane == 0) results[r * rows + b] = sum + (bias ? bias[o0 + r] : 0.0f);
+                if (b >= rows) continue;  // x's rows are 16-byte aligned when W's are whole pieces
+                const float4* xb = reinterpret_cast<const float4*>(x + b * ins) + j * (per_load / 4);
+#pragma unroll
+                for (int q = 0; q < per_load / 4; ++q) {
+                    const float4 v = xb[q];
+                    acc[b] += wf[4 * q] * v.x + wf[4 * q + 1] * v.y + wf[4 * q + 2] * v.z + wf[4 * q + 3] * v.w;
+                }
             }
         }
-        __syncthreads();
-        for (int k = int(threadIdx.x); k < here * rows; k += int(blockDim.x))
-            output(b0 + k % rows, o0 + k / rows, results[k]);
+        for (int i = loads * per_load + lane; i < ins; i += 32) {
+            const float wi = to_float(wr[i]);
+#pragma unroll
+            for (int b = 0; b < matvec_tile; ++b)
+                if (b < rows) acc[b] += wi * x[b * ins + i];
+        }
+#pragma unroll
+        for (int b = 0; b < matvec_tile; ++b) {
+            if (b >= rows) continue;  // rows is the same in the whole warp
+            const float sum = lanes_sum(acc[b], 32);
+            if (lane == 0) results[r * rows + b] = sum + (bias ? bias[o0 + r] : 0.0f);
+        }
     }
-};
+    __syncthreads();
+    for (int k = int(threadIdx.x); k < here * rows; k += int(blockDim.x))
+        output(b0 + k % rows, o0 + k / rows, results[k]);
+}
 
-// Plans y = x·Wᵀ (+ bias) for `batch` rows as a phase whose items spread over about `blocks` blocks,
-// each with at most `shared` bytes of dynamic shared memory, `rows_bytes` of them for W's rows. A
-// block's shared memory holds a row of W, one of x and the norm's weight at least: ins·(sizeof(X) + 8)
-// bytes may not exceed `shared`.
+// Queues y = x·Wᵀ (+ bias) for `batch` rows, launched overlapped. A block's shared memory holds a row
+// of W, one of x and the norm's weight at least: ins·(sizeof(X) + 8) bytes may not exceed
+// matvec_shared (13,653 inputs in float32).
 template <class X, class Input, class Output>
-matvec_phase<X, Input, Output> plan_matvec(const X* weight, const float* bias, index_t outs, index_t ins,
-                                           index_t batch, const Input& input, const Output& output, index_t blocks,
-                                           index_t shared, index_t rows_bytes) {
+void matvec(const cuda_exec& exec, const X* weight, const float* bias, index_t outs, index_t ins, index_t batch,
+            const Input& input, const Output& output) {
     const auto bytes = [](index_t count, std::size_t size) {
         return index_t(aligned_bytes(std::size_t(count) * size));
     };
     const index_t row = bytes(ins, sizeof(X)), x_row = bytes(ins, sizeof(float));
     const index_t norm = input.norm.weight ? x_row : 0;
-    detail::require(ins > 0 && row + norm + x_row <= shared, "matvec: ", ins,
+    detail::require(ins > 0 && row + norm + x_row <= matvec_shared, "matvec: ", ins,
                     " input features do not fit in shared memory (a row of the ", storage_name<X>,
-                    " matrix, one of x and the norm's weight: ", row + norm + x_row, " bytes, at most ", shared, ")");
-    // x takes up to half the space, W's rows the rest, in groups of about outs / blocks rows.
-    index_t tile = std::clamp<index_t>(shared / 2 / x_row, 1, std::min<index_t>(matvec_tile, std::max<index_t>(batch, 1)));
-    while (tile > 1 && row + norm + tile * x_row > shared) --tile;
-    const index_t spread = std::clamp<index_t>((outs + blocks - 1) / blocks, 1, matvec_group);
-    const index_t room = std::min(rows_bytes, shared - norm - tile * x_row);
+                    " matrix, one of x and the norm's weight: ", row + norm + x_row, " bytes, at most ", matvec_shared,
+                    ")");
+    if (outs == 0 || batch == 0) return;
+    // x takes up to half the space, W's rows the rest, in groups small enough for two blocks a
+    // multiprocessor where the matrix allows it.
+    index_t tile = std::clamp<index_t>(matvec_shared / 2 / x_row, 1, std::min<index_t>(matvec_tile, batch));
+    while (tile > 1 && row + norm + tile * x_row > matvec_shared) --tile;
+    int device = 0, processors = 0;
+    check(cudaGetDevice(&device), "matvec: device");
+    check(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device), "matvec: device attribute");
+    const index_t spread = std::clamp<index_t>(outs / (2 * index_t(processors)), 1, matvec_group);
+    const index_t room = std::min(matvec_rows_bytes, matvec_shared - norm - tile * x_row);
     const index_t group = std::clamp<index_t>(room / row, 1, spread);
     const index_t groups = (outs + group - 1) / group, tiles = (batch + tile - 1) / tile;
-    detail::require(groups * tiles < (index_t(1) << 31), "matvec: ", outs, " outputs of ", batch,
+    detail::require(groups < (index_t(1) << 31) && tiles <= 65535, "matvec: ", outs, " outputs of ", batch,
                     " rows exceed the grid");
+    const bool pieces = ins % (16 / index_t(sizeof(X))) == 0 && reinterpret_cast<std::uintptr_t>(weight) % 16 == 0;
     matvec_layout layout;
     layout.norm = std::size_t(bytes(group * ins, sizeof(X)));
     layout.x = layout.norm + std::size_t(norm);
     layout.bytes = layout.x + std::size_t(tile * x_row);
-    const bool pieces = ins % (16 / index_t(sizeof(X))) == 0 && reinterpret_cast<std::uintptr_t>(weight) % 16 == 0;
-    return {weight, bias, outs, ins, batch, int(group), int(tile), int(groups), int(tiles), pieces, layout, input, output};
-}
-
-// The same, planned for a multi-phase launch on `grid`: a group of rows for each block where it fits.
-template <class X, class Input, class Output>
-matvec_phase<X, Input, Output> plan_matvec(const phase_grid& grid, const X* weight, const float* bias, index_t outs,
-                                           index_t ins, index_t batch, const Input& input, const Output& output) {
-    const auto shared = index_t(grid.shared_bytes);
-    return plan_matvec(weight, bias, outs, ins, batch, input, output, grid.blocks, shared, shared);
-}
-
-// Queues y = x·Wᵀ (+ bias) for `batch` rows as one kernel, launched overlapped: groups of W's rows small
-// enough for two blocks a multiprocessor, at most matvec_rows_bytes, so that the weight traffic of a
-// decoding step overlaps the small kernels it alternates with. ins·(sizeof(X) + 8) bytes may not
-// exceed matvec_shared (13,653 inputs in float32).
-template <class X, class Input, class Output>
-void matvec(const cuda_exec& exec, const X* weight, const float* bias, index_t outs, index_t ins, index_t batch,
-            const Input& input, const Output& output) {
-    int device = 0, processors = 0;
-    check(cudaGetDevice(&device), "matvec: device");
-    check(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device), "matvec: device attribute");
-    const auto phase = plan_matvec(weight, bias, outs, ins, batch, input, output, 2 * index_t(processors),
-                                   matvec_shared, matvec_rows_bytes);
-    if (outs > 0 && batch > 0) launch_phase(exec, "matvec: launch", phase);
+    const auto kernel = matvec_kernel<X, Input, Output>;
+    if (layout.bytes > 48 * 1024)  // beyond the default, shared memory must be asked for
+        check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(layout.bytes)),
+              "matvec: shared memory");
+    launch_overlapped("matvec: launch", kernel, dim3(unsigned(groups), unsigned(tiles)), dim3(matvec_warps * 32),
+                      layout.bytes, exec.stream, weight, bias, outs, ins, batch, int(group), int(tile), pieces, layout,
+                      input, output);
 }
 
 }  // namespace ssm::cuda

@@ -6,10 +6,51 @@
 #include <cstring>
 
 #include "../scan/selective_scan.hpp"
-#include "launch.cuh"
 
 namespace ssm {
+
+// Where device work runs: a CUDA stream (the default stream when null).
+struct cuda_exec {
+    cudaStream_t stream = nullptr;
+};
+
 namespace cuda {
+// Throws ssm::error naming the operation when a CUDA call failed.
+inline void check(cudaError_t status, const char* what) {
+    detail::require(status == cudaSuccess, what, ": ", cudaGetErrorName(status), ": ", cudaGetErrorString(status));
+}
+
+// Overlapped launches (programmatic dependent launch, sm_90): a kernel started by launch_overlapped
+// may begin while the kernel before it in the stream still runs, once every block of that one has
+// called let_next_kernel_start (or ended), so that its launch and its weight loads hide behind the
+// other's tail. Before wait_for_previous_kernel returns (when the earlier kernels have finished and
+// their writes are visible) it may read only what no kernel writes, and write nothing. On other
+// devices, and for kernels launched the usual way, both calls do nothing.
+__device__ inline void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ inline void let_next_kernel_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+template <class... Params, class... Args>
+void launch_overlapped(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared_bytes,
+                       cudaStream_t stream, const Args&... args) {
+    cudaLaunchAttribute overlap{};
+    overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    overlap.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shared_bytes;
+    config.stream = stream;
+    config.attrs = &overlap;
+    config.numAttrs = 1;
+    check(cudaLaunchKernelEx(&config, kernel, args...), what);
+}
 
 // One thread per (batch, channel), sequential in time: the simplest device strategy, and the
 // baseline the faster kernels are measured against.
@@ -307,74 +348,64 @@ __device__ inline float lanes_sum(float v, int lanes) {
     return v;
 }
 
-SSM_HOST_DEVICE unsigned blocks_for(index_t threads, int block) { return unsigned((threads + block - 1) / block); }
-
-// One decoding step (length-1 problems) as a phase: each (batch, channel) is served by `lanes`
-// consecutive threads of a warp (a power of two <= 32), S states each, so that its state is read and
-// written in whole lines; the lanes' shares of C·h meet by shuffles. Every thread reads its states
-// before writing them, so the initial and final state may be the same memory. `token(b, d, dc, lane,
-// lanes, active)` gives the channel's x and Δ (read from the problem, or computed by a model's fused
-// decoding step). Every thread calls `token` and joins the shuffles, inactive ones (past the last
-// channel, with b = d = 0) too, and must then write nothing.
+// One decoding step (length-1 problems): each (batch, channel) is served by `lanes` consecutive threads
+// of a warp (a power of two <= 32), S states each, so that its state is read and written in whole
+// lines; the lanes' shares of C·h meet by shuffles. Every thread reads its states before writing
+// them, so the initial and final state may be the same memory. `token(b, d, dc, lane, lanes, active)`
+// gives the channel's x and Δ (read from the problem, or computed by a model's fused decoding kernel).
+// Blocks are whole warps; every thread calls `token` and joins the shuffles, inactive ones (past the
+// last channel, with b = d = 0) too, and must then write nothing.
 template <int S, class Ssm, class T, class Token>
-struct step_phase {
-    Ssm model;
-    scan_problem<T> p;
-    int lanes;
-    Token token;
-
-    SSM_HOST_DEVICE int items() const { return int(blocks_for(p.shape.batch * p.shape.channels * lanes, phase_threads)); }
-    std::size_t shared_bytes() const { return 0; }
-    __device__ void prepare(int, unsigned char*) const {}
-
-    __device__ void run(int item, unsigned char*) const {
-        using V = typename Ssm::value_type;
-        const index_t i = index_t(item) * phase_threads + threadIdx.x;
-        const index_t slot = i / lanes;
-        const int lane = int(i % lanes);
-        const index_t channels = p.shape.channels;
-        const bool active = slot < p.shape.batch * channels;
-        const index_t b = active ? slot / channels : 0, d = active ? slot % channels : 0;
-        const index_t g = d / (channels / p.shape.groups);
-        const index_t dc = model.transition.delta_channel(d);
-        const token_input in = token(b, d, dc, lane, lanes, active);
-        const float dt = model.modulation.delta(in.delta, dc);
-        float acc = 0.0f;
-        discretized<V> shared_q{};
+__global__ void step_kernel(Ssm model, scan_problem<T> p, int lanes, Token token) {
+    using V = typename Ssm::value_type;
+    wait_for_previous_kernel();
+    const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    const index_t slot = i / lanes;
+    const int lane = int(i % lanes);
+    const index_t channels = p.shape.channels;
+    const bool active = slot < p.shape.batch * channels;
+    const index_t b = active ? slot / channels : 0, d = active ? slot % channels : 0;
+    const index_t g = d / (channels / p.shape.groups);
+    const index_t dc = model.transition.delta_channel(d);
+    const token_input in = token(b, d, dc, lane, lanes, active);
+    const float dt = model.modulation.delta(in.delta, dc);
+    float acc = 0.0f;
+    discretized<V> shared_q{};
 #pragma unroll
-        for (int j = 0; j < S; ++j) {
-            const index_t n = index_t(lane) * S + j;
-            if (!active || n >= p.shape.state) continue;
-            const V lambda = model.modulation.eigenvalue(model.transition.eigenvalue(d, n), dc);
-            if constexpr (Ssm::structure_type::state_invariant_decay)
-                if (j == 0) shared_q = Ssm::discretization_type::apply(lambda, dt);
-            const auto q = detail::discretize<Ssm>(shared_q, lambda, dt);
-            V h{};
-            const auto& start = p.in.initial_state;
-            if (start.data()) {
-                if constexpr (std::same_as<V, cfloat>) h = {start(b, d, 2 * n), start(b, d, 2 * n + 1)};
-                else h = start(b, d, n);
-            }
-            h = q.decay * h + q.input * detail::load_value<V>(p.in.B, b, 0, g, n) * in.x;
-            acc += detail::real_product(detail::load_value<V>(p.in.C, b, 0, g, n), h);
-            const auto& end = p.out.final_state;
-            if (end.data()) {
-                if constexpr (std::same_as<V, cfloat>) {
-                    end(b, d, 2 * n) = h.re;
-                    end(b, d, 2 * n + 1) = h.im;
-                } else {
-                    end(b, d, n) = h;
-                }
+    for (int j = 0; j < S; ++j) {
+        const index_t n = index_t(lane) * S + j;
+        if (!active || n >= p.shape.state) continue;
+        const V lambda = model.modulation.eigenvalue(model.transition.eigenvalue(d, n), dc);
+        if constexpr (Ssm::structure_type::state_invariant_decay)
+            if (j == 0) shared_q = Ssm::discretization_type::apply(lambda, dt);
+        const auto q = detail::discretize<Ssm>(shared_q, lambda, dt);
+        V h{};
+        const auto& start = p.in.initial_state;
+        if (start.data()) {
+            if constexpr (std::same_as<V, cfloat>) h = {start(b, d, 2 * n), start(b, d, 2 * n + 1)};
+            else h = start(b, d, n);
+        }
+        h = q.decay * h + q.input * detail::load_value<V>(p.in.B, b, 0, g, n) * in.x;
+        acc += detail::real_product(detail::load_value<V>(p.in.C, b, 0, g, n), h);
+        const auto& end = p.out.final_state;
+        if (end.data()) {
+            if constexpr (std::same_as<V, cfloat>) {
+                end(b, d, 2 * n) = h.re;
+                end(b, d, 2 * n + 1) = h.im;
+            } else {
+                end(b, d, n) = h;
             }
         }
-        acc = lanes_sum(acc, lanes);
-        if (!active || lane != 0) return;
-        float out = model.transition.output_scale() * acc + (p.in.D.data() ? p.in.D(d) : 0.0f) * in.x;
-        if (p.in.z.data()) out *= math::silu(to_float(p.in.z(b, 0, d)));
-        p.out.y(b, 0, d) = from_float<T>(out);
     }
-};
+    let_next_kernel_start();
+    acc = lanes_sum(acc, lanes);
+    if (!active || lane != 0) return;
+    float out = model.transition.output_scale() * acc + (p.in.D.data() ? p.in.D(d) : 0.0f) * in.x;
+    if (p.in.z.data()) out *= math::silu(to_float(p.in.z(b, 0, d)));
+    p.out.y(b, 0, d) = from_float<T>(out);
+}
 
+inline unsigned blocks_for(index_t threads, int block) { return unsigned((threads + block - 1) / block); }
 
 // The block geometry for a problem: up to 32 channels a block (block_threads threads), and as many
 // tokens a tile as keep each thread's share of a tile within tile_loads elements per array.
@@ -424,23 +455,22 @@ void run_chunked(const cuda_exec& exec, const chunked& strategy, const Ssm& mode
     else run_chunked_with<8>(exec, strategy, model, p);
 }
 
-// Calls f with the step phase of a length-1 problem: 1, 4 or 8 states a lane, as few lanes as cover the
-// states.
-template <class Ssm, class T, class Token, class F>
-void with_step_phase(const Ssm& model, const scan_problem<T>& p, const Token& token, F&& f) {
-    const auto phase_with = [&]<int S>() {
-        int lanes = 1;
-        while (lanes * S < p.shape.state) lanes *= 2;
-        return step_phase<S, Ssm, T, Token>{model, p, lanes, token};
-    };
-    if (p.shape.state <= 32) f(phase_with.template operator()<1>());
-    else if (p.shape.state <= 128) f(phase_with.template operator()<4>());
-    else f(phase_with.template operator()<8>());
+// A length-1 problem through step_kernel: 1, 4 or 8 states a lane, as few lanes as cover the states.
+template <int S, class Ssm, class T, class Token>
+void run_step_with(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p, const Token& token) {
+    int lanes = 1;
+    while (lanes * S < p.shape.state) lanes *= 2;
+    constexpr int block = 128;
+    launch_overlapped("step: kernel launch", step_kernel<S, Ssm, T, Token>,
+                      blocks_for(p.shape.batch * p.shape.channels * lanes, block), block, 0, exec.stream, model, p,
+                      lanes, token);
 }
 
 template <class Ssm, class T, class Token>
 void run_step(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p, const Token& token) {
-    with_step_phase(model, p, token, [&](const auto& step) { launch_phase(exec, "step: kernel launch", step); });
+    if (p.shape.state <= 32) run_step_with<1>(exec, model, p, token);
+    else if (p.shape.state <= 128) run_step_with<4>(exec, model, p, token);
+    else run_step_with<8>(exec, model, p, token);
 }
 }  // namespace cuda
 
@@ -465,7 +495,7 @@ void selective_scan(const cuda_exec& exec, const chunked& strategy, const Ssm& m
     cuda::run_chunked(exec, strategy, model, problem);
 }
 
-// One decoding step for a batch on the device (see the host ssm::step and cuda::step_phase); state
+// One decoding step for a batch on the device (see the host ssm::step and cuda::step_kernel); state
 // is read and written in place.
 template <selective_ssm_type Ssm, storage_type T>
 void step(const cuda_exec& exec, const Ssm& model, const step_inputs<T>& in, tensor_view<float, 3> state,

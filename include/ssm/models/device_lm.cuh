@@ -10,9 +10,9 @@
 // X, the type of the large matrices (in_proj, out_proj, embeddings, head), is float or bfloat16; the
 // products' other input is rounded to X, accumulation and everything else (activations, the residual
 // stream, conv, norms, x_proj, dt_proj and the scan) stay float32; Mamba-2 layers scan with ssd{}
-// (tensor cores, float32 accuracy). A single sequence's next token runs on matrix-vector products with
-// the layers around each product fused in (cuda/matvec.cuh), a layer's products and scan step as the
-// phases of one kernel (cuda/launch.cuh). Single-token calls on a stream of one's own (not the legacy default stream) are
+// (tensor cores, float32 accuracy). A single sequence's next token runs
+// on matrix-vector kernels with the layers around each product fused in (cuda/matvec.cuh), a few
+// kernels a layer. Single-token calls on a stream of one's own (not the legacy default stream) are
 // replayed from a CUDA graph captured at the first one.
 #include <cuda_runtime.h>
 
@@ -45,7 +45,6 @@ struct device_workspace {
     cuda::device_array<X> normed, product_input;
     cuda::device_array<float> importance, gathered;
     cuda::device_array<std::int64_t> kept_rows;  // absolute rows (b·length + position) of the kept tokens
-    cuda::device_array<unsigned> barrier;        // decoding's grid barrier (cuda::grid_barrier), zeroed once
 };
 
 namespace device_detail {
@@ -136,20 +135,15 @@ void scan_with_state(const cuda_exec& exec, const Ssm& model, scan_inputs<float>
                 "scan: state copy");
 }
 
-// A decoding step's scan problem, the cache's state updated in place.
-template <class Ssm>
-scan_problem<float> step_problem(const Ssm& model, scan_inputs<float> in, tensor_view<float, 3> y,
-                                 device_array<float>& state) {
-    const tensor_view<float, 3> cached = cached_state(state, y.extent(0), y.extent(2));
-    in.initial_state = cached;
-    return make_problem("step", model, in, scan_outputs<float>{.y = y, .final_state = cached});
-}
-
-// A decoding step of the scan with x and Δ from `token` (see cuda::step_phase).
+// A decoding step of the scan, the cache's state updated in place, with x and Δ from `token` (see
+// cuda::step_kernel).
 template <class Ssm, class Token>
 void step_with_state(const cuda_exec& exec, const Ssm& model, scan_inputs<float> in, tensor_view<float, 3> y,
                      device_array<float>& state, const Token& token) {
-    cuda::run_step(exec, model, step_problem(model, in, y, state), token);
+    const tensor_view<float, 3> cached = cached_state(state, y.extent(0), y.extent(2));
+    in.initial_state = cached;
+    cuda::run_step(exec, model, make_problem("step", model, in, scan_outputs<float>{.y = y, .final_state = cached}),
+                   token);
 }
 
 // out[:rows·width] = in's kept rows (ws.kept_rows), through ws.gathered; in and out may be the same.
@@ -332,33 +326,27 @@ struct device_mamba1_mixer {
         return length;
     }
 
-    // One token a sequence, the residual stream `hidden` (batch, d_model) updated in place: one kernel
-    // of four phases on `grid` — the norm, in_proj and the convolutions; x_proj (with global_proj); the
-    // scan step with dt_proj's product; out_proj with the residual add.
-    void decode(const cuda_exec& exec, const cuda::phase_grid& grid, const float* norm, float epsilon, index_t batch,
-                device_layer_state& cache, device_workspace<X>& ws, float* hidden) const {
+    // One token a sequence, the residual stream `hidden` (batch, d_model) updated in place: four
+    // kernels — the norm, in_proj and the convolutions; x_proj (with global_proj); the scan step with
+    // dt_proj's product; out_proj with the residual add.
+    void decode(const cuda_exec& exec, const float* norm, float epsilon, index_t batch, device_layer_state& cache,
+                device_workspace<X>& ws, float* hidden) const {
         namespace dd = device_detail;
         const index_t di = d_inner, width = 2 * di, xw = rank + 2 * state;
         const bool global = global_kernel > 0;
-        const auto projection = cuda::plan_matvec(
-            grid, in_proj.data(), dd::bias_or_null(in_proj_bias), width, d_model, batch,
-            cuda::rms_normed_input{hidden, d_model, {norm, epsilon}},
-            cuda::conv_step_output{ws.projected.data(), width, 0, di, kernel, conv_weight.data(),
-                                   dd::bias_or_null(conv_bias), cache.conv.data(), ws.convolved.data(), global_kernel,
-                                   global_conv.data(), cache.global.data(), ws.global_window.data()});
-        const auto selection = cuda::plan_matvec(
-            grid, x_proj.data(), nullptr, xw, selection_inputs(), batch,
-            cuda::rows_input{ws.convolved.data(), di, global ? ws.global_window.data() : nullptr, di, di},
-            cuda::store_output{ws.x_projected.data(), xw});
-        const auto output = cuda::plan_matvec(grid, out_proj.data(), dd::bias_or_null(out_proj_bias), d_model, di,
-                                              batch, cuda::rows_input{ws.y.data(), di},
-                                              cuda::residual_output{hidden, d_model});
-        const tensor_view<float, 3> y(ws.y.data(), batch, 1, di);
-        cuda::with_step_phase(ssm(), dd::step_problem(ssm(), scan_input(ws, batch, 1), y, cache.ssm), token(ws),
-                              [&](const auto& step) {
-                                  cuda::launch_phases(exec, "mamba1 decode", grid, ws.barrier.data(), projection,
-                                                      selection, step, output);
-                              });
+        cuda::matvec(exec, in_proj.data(), dd::bias_or_null(in_proj_bias), width, d_model, batch,
+                     cuda::rms_normed_input{hidden, d_model, {norm, epsilon}},
+                     cuda::conv_step_output{ws.projected.data(), width, 0, di, kernel, conv_weight.data(),
+                                            dd::bias_or_null(conv_bias), cache.conv.data(), ws.convolved.data(),
+                                            global_kernel, global_conv.data(), cache.global.data(),
+                                            ws.global_window.data()});
+        cuda::matvec(exec, x_proj.data(), nullptr, xw, selection_inputs(), batch,
+                     cuda::rows_input{ws.convolved.data(), di, global ? ws.global_window.data() : nullptr, di, di},
+                     cuda::store_output{ws.x_projected.data(), xw});
+        dd::step_with_state(exec, ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di),
+                            cache.ssm, token(ws));
+        cuda::matvec(exec, out_proj.data(), dd::bias_or_null(out_proj_bias), d_model, di, batch,
+                     cuda::rows_input{ws.y.data(), di}, cuda::residual_output{hidden, d_model});
     }
 
 private:
@@ -473,29 +461,23 @@ struct device_mamba2_mixer {
         return length;
     }
 
-    // One token a sequence, the residual stream `hidden` (batch, d_model) updated in place: one kernel
-    // of three phases on `grid` — the norm, in_proj and the convolution; the scan step with Δ's
-    // softplus; the gated norm, out_proj and the residual add.
-    void decode(const cuda_exec& exec, const cuda::phase_grid& grid, const float* norm_weight, float epsilon,
-                index_t batch, device_layer_state& cache, device_workspace<X>& ws, float* hidden) const {
+    // One token a sequence, the residual stream `hidden` (batch, d_model) updated in place: three
+    // kernels — the norm, in_proj and the convolution; the scan step with Δ's softplus; the gated
+    // norm, out_proj and the residual add.
+    void decode(const cuda_exec& exec, const float* norm_weight, float epsilon, index_t batch,
+                device_layer_state& cache, device_workspace<X>& ws, float* hidden) const {
         namespace dd = device_detail;
         const index_t di = d_inner, conv = conv_channels(), width = projection_width();
         float* projected = ws.projected.data();
-        const auto projection = cuda::plan_matvec(
-            grid, in_proj.data(), dd::bias_or_null(in_proj_bias), width, d_model, batch,
-            cuda::rms_normed_input{hidden, d_model, {norm_weight, epsilon}},
-            cuda::conv_step_output{projected, width, di, conv, kernel, conv_weight.data(), dd::bias_or_null(conv_bias),
-                                   cache.conv.data(), ws.convolved.data()});
-        const auto output = cuda::plan_matvec(
-            grid, out_proj.data(), dd::bias_or_null(out_proj_bias), d_model, di, batch,
-            cuda::gated_normed_input{ws.y.data(), di, projected, width, {norm.data(), norm_epsilon}},
-            cuda::residual_output{hidden, d_model});
-        const tensor_view<float, 3> y(ws.y.data(), batch, 1, di);
-        cuda::with_step_phase(ssm(), dd::step_problem(ssm(), scan_input(ws, batch, 1), y, cache.ssm), token(ws),
-                              [&](const auto& step) {
-                                  cuda::launch_phases(exec, "mamba2 decode", grid, ws.barrier.data(), projection, step,
-                                                      output);
-                              });
+        cuda::matvec(exec, in_proj.data(), dd::bias_or_null(in_proj_bias), width, d_model, batch,
+                     cuda::rms_normed_input{hidden, d_model, {norm_weight, epsilon}},
+                     cuda::conv_step_output{projected, width, di, conv, kernel, conv_weight.data(),
+                                            dd::bias_or_null(conv_bias), cache.conv.data(), ws.convolved.data()});
+        dd::step_with_state(exec, ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di),
+                            cache.ssm, token(ws));
+        cuda::matvec(exec, out_proj.data(), dd::bias_or_null(out_proj_bias), d_model, di, batch,
+                     cuda::gated_normed_input{ws.y.data(), di, projected, width, {norm.data(), norm_epsilon}},
+                     cuda::residual_output{hidden, d_model});
     }
 
 private:
@@ -648,10 +630,6 @@ public:
         ws.mixed.reserve(std::size_t(rows * d));
         ws.normed.reserve(std::size_t(rows * d));
         for (const mixer_type& m : mixers_) m.reserve(ws, batch, rows);
-        if (ws.barrier.empty()) {
-            ws.barrier = cuda::device_array<unsigned>(2);
-            cuda::check(cudaMemsetAsync(ws.barrier.data(), 0, 2 * sizeof(unsigned), exec.stream), "forward: barrier");
-        }
         // A single sequence's next token is bound by latency: matrix-vector kernels with the layers fused
         // (decode). With more rows cuBLAS's products win (H100, 130M shape: 1.16 ms against 0.93 ms a
         // step at batch 4, docs/performance.md).
@@ -678,9 +656,8 @@ private:
         cuda::embedding_kernel<<<unsigned(batch), cuda::row_threads, 0, exec.stream>>>(
             tokens.data(), embeddings_.data(), vocab, d, ws.hidden.data());
         device_detail::check_launch("embedding launch");
-        const cuda::phase_grid grid = cuda::resident_grid();
         for (std::size_t l = 0; l < mixers_.size(); ++l)
-            mixers_[l].decode(exec, grid, norms_[l].data(), epsilon, batch, c.layers[l], ws, ws.hidden.data());
+            mixers_[l].decode(exec, norms_[l].data(), epsilon, batch, c.layers[l], ws, ws.hidden.data());
         const auto& head = head_.empty() ? embeddings_ : head_;
         cuda::matvec(exec, head.data(), nullptr, vocab, d, batch,
                      cuda::rms_normed_input{ws.hidden.data(), d, {norm_f_.data(), epsilon}},
