@@ -128,17 +128,35 @@ __global__ void conv_state_update_kernel(const T* x, conv_geometry g, T* state) 
 
 // One token through one channel's causal convolution (decoding): returns bias + Σ_k weight[k]·v_k over
 // the last K inputs v (the K - 1 in state, oldest first, then `input`), after SiLU when `silu`, and
-// shifts `input` into the state.
+// shifts `input` into the state. Up to conv_step_taps taps every load is issued before the first
+// store (the compiler may not move a load of weight or state past a store to state, which could
+// alias it), so that a decoding step waits for one memory round trip here, not one a tap.
+inline constexpr int conv_step_taps = 8;
+
 __device__ inline float conv_step(float input, const float* weight, float bias, float* state, index_t kernel,
                                   bool silu) {
     const index_t past = kernel - 1;
+    const float last = weight[past];
     float acc = bias;
-    for (index_t k = 0; k < past; ++k) {
-        const float v = state[k];
-        acc += weight[k] * v;
-        if (k > 0) state[k - 1] = v;
+    if (kernel <= conv_step_taps) {
+        float w[conv_step_taps - 1], v[conv_step_taps - 1];
+#pragma unroll
+        for (int k = 0; k < conv_step_taps - 1; ++k)
+            if (k < past) w[k] = weight[k], v[k] = state[k];
+#pragma unroll
+        for (int k = 0; k < conv_step_taps - 1; ++k) {
+            if (k >= past) break;
+            acc += w[k] * v[k];
+            if (k > 0) state[k - 1] = v[k];
+        }
+    } else {
+        for (index_t k = 0; k < past; ++k) {
+            const float v = state[k];
+            acc += weight[k] * v;
+            if (k > 0) state[k - 1] = v;
+        }
     }
-    acc += weight[past] * input;
+    acc += last * input;
     if (past > 0) state[past - 1] = input;
     return silu ? math::silu(acc) : acc;
 }

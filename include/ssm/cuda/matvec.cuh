@@ -97,7 +97,7 @@ __device__ void stage(T* to, const T* from, int count, bool pieces) {
 // keeps several loads in flight.
 template <class X, class Input>
 __device__ void load_inputs(const Input& input, const float* norm_weight, float* x, index_t b0, int rows, int ins) {
-    constexpr int ahead = 8;
+    constexpr int ahead = 16;  // 1536 inputs of a row in one round trip
     const int count = rows * ins, threads = int(blockDim.x);
     for (int base = int(threadIdx.x); base < count; base += ahead * threads) {
         float v[ahead];
@@ -136,11 +136,22 @@ __device__ void load_inputs(const Input& input, const float* norm_weight, float*
     }
 }
 
-// Output policies: (b, o, y) for each output, called once each.
+// Output policies: (b, o, y) for each output, called once each; prefetch(b0, rows, o0, outs), called by
+// every thread of a block before the previous kernel has finished, may start loads of what no kernel
+// writes (or hint lines into L2) for the outputs [o0, o0 + outs) of batch rows [b0, b0 + rows).
+
+// Every line of [p, p + count) into L2, the block's threads taking a line each in turn.
+__device__ inline void prefetch_lines_l2(const float* p, index_t count) {
+    constexpr index_t line = 128 / sizeof(float);
+    const index_t skew = index_t(reinterpret_cast<std::uintptr_t>(p) % 128 / sizeof(float));
+    for (index_t k = index_t(threadIdx.x) * line - skew; k < count; k += index_t(blockDim.x) * line)
+        prefetch_l2(p + (k > 0 ? k : 0));
+}
 
 struct store_output {
     float* y;
     index_t stride;
+    __device__ void prefetch(index_t, int, index_t, int) const {}
     __device__ void operator()(index_t b, index_t o, float v) const { y[b * stride + o] = v; }
 };
 
@@ -148,6 +159,7 @@ struct store_output {
 struct residual_output {
     float* hidden;
     index_t stride;
+    __device__ void prefetch(index_t, int, index_t, int) const {}
     __device__ void operator()(index_t b, index_t o, float v) const { hidden[b * stride + o] += v; }
 };
 
@@ -167,6 +179,19 @@ struct conv_step_output {
     float* global_state = nullptr;
     float* window = nullptr;
 
+    // The taps and states of the convolved channels among the outputs: a memory round trip less.
+    __device__ void prefetch(index_t b0, int rows, index_t o0, int outs) const {
+        const index_t c0 = o0 > first ? o0 - first : 0, c1 = o0 + outs - first < channels ? o0 + outs - first : channels;
+        if (c0 >= c1) return;
+        prefetch_lines_l2(weight + c0 * kernel, (c1 - c0) * kernel);
+        for (index_t b = b0; b < b0 + rows; ++b)
+            prefetch_lines_l2(state + (b * channels + c0) * (kernel - 1), (c1 - c0) * (kernel - 1));
+        if (global_kernel == 0) return;
+        prefetch_lines_l2(global_weight + c0 * global_kernel, (c1 - c0) * global_kernel);
+        for (index_t b = b0; b < b0 + rows; ++b)
+            prefetch_lines_l2(global_state + (b * channels + c0) * (global_kernel - 1),
+                              (c1 - c0) * (global_kernel - 1));
+    }
     __device__ void operator()(index_t b, index_t o, float v) const {
         projected[b * stride + o] = v;
         const index_t c = o - first;
@@ -213,10 +238,11 @@ __global__ void __launch_bounds__(matvec_warps * 32)
     __pipeline_commit();
     stage(w, weight + o0 * ins, here * int(ins), pieces);
     __pipeline_commit();
-    let_next_kernel_start();  // its launch and weight copies may overlap this kernel from here on
-    wait_for_previous_kernel();
     const index_t b0 = index_t(blockIdx.y) * tile;
     const int rows = batch - b0 < tile ? int(batch - b0) : tile;
+    output.prefetch(b0, rows, o0, here);
+    let_next_kernel_start();  // its launch and weight copies may overlap this kernel from here on
+    wait_for_previous_kernel();
     load_inputs<X>(input, norm_weight, x, b0, rows, int(ins));
     __pipeline_wait_prior(0);
     __syncthreads();

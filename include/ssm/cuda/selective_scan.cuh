@@ -311,10 +311,22 @@ struct token_input {
     float x, delta;
 };
 
+// Brings the 128-byte line at p into L2 ahead of a load: a hint, safe at any time (L2 is where every
+// multiprocessor sees memory, so nothing stale can be read through it).
+__device__ inline void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+// A token policy of step_kernel: token(b, d, dc, lane, lanes, active) gives a channel's x and Δ;
+// prefetch(d, lane, lanes) is called before the previous kernel has finished, to start the loads of
+// what no kernel writes; with `constant_parameters` the model's parameters (A and its modulation) are
+// such data too (a model's weights) and are read then; else (a caller's tensors, which the previous
+// kernel may have written) after it has finished.
+//
 // The step's token inputs as the problem holds them: u, and Δ with its bias and softplus.
 template <class T>
 struct problem_token {
+    static constexpr bool constant_parameters = false;
     scan_problem<T> p;
+    __device__ void prefetch(index_t, int, int) const {}
     __device__ token_input operator()(index_t b, index_t d, index_t dc, int, int, bool) const {
         float dt = to_float(p.in.delta(b, 0, dc)) + (p.in.delta_bias.data() ? p.in.delta_bias(dc) : 0.0f);
         return {to_float(p.in.u(b, 0, d)), p.in.delta_softplus ? math::softplus(dt) : dt};
@@ -350,50 +362,76 @@ __device__ inline float lanes_sum(float v, int lanes) {
 
 // One decoding step (length-1 problems): each (batch, channel) is served by `lanes` consecutive threads
 // of a warp (a power of two <= 32), S states each, so that its state is read and written in whole
-// lines; the lanes' shares of C·h meet by shuffles. Every thread reads its states before writing
-// them, so the initial and final state may be the same memory. `token(b, d, dc, lane, lanes, active)`
-// gives the channel's x and Δ (read from the problem, or computed by a model's fused decoding kernel).
-// Blocks are whole warps; every thread calls `token` and joins the shuffles, inactive ones (past the
-// last channel, with b = d = 0) too, and must then write nothing.
+// lines; the lanes' shares of C·h meet by shuffles. Every thread loads all its states (and B, C)
+// before it writes any, so the initial and final state may be the same memory and a step waits for
+// one round trip, not one a state. `token` (see problem_token) gives the channel's x and Δ (read from
+// the problem, or computed by a model's fused decoding kernel). Blocks are whole warps; every thread
+// calls `token` and joins the shuffles, inactive ones (past the last channel, with b = d = 0) too, and
+// must then write nothing.
 template <int S, class Ssm, class T, class Token>
 __global__ void step_kernel(Ssm model, scan_problem<T> p, int lanes, Token token) {
     using V = typename Ssm::value_type;
-    wait_for_previous_kernel();
+    constexpr int components = std::same_as<V, cfloat> ? 2 : 1;
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
     const index_t slot = i / lanes;
     const int lane = int(i % lanes);
-    const index_t channels = p.shape.channels;
+    const index_t channels = p.shape.channels, first = index_t(lane) * S;
     const bool active = slot < p.shape.batch * channels;
     const index_t b = active ? slot / channels : 0, d = active ? slot % channels : 0;
     const index_t g = d / (channels / p.shape.groups);
     const index_t dc = model.transition.delta_channel(d);
+    const auto& start = p.in.initial_state;
+    const auto& end = p.out.final_state;
+    const auto here = [&](int j) { return active && first + j < p.shape.state; };
+    // Before the previous kernel has finished: the state's line into L2, the token's constants, and
+    // the eigenvalues when they are constants.
+    if (here(0) && start.data()) prefetch_l2(&start(b, d, components * first));
+    token.prefetch(d, lane, lanes);
+    V lambda[S];
+    const auto eigenvalues = [&] {
+#pragma unroll
+        for (int j = 0; j < S; ++j)
+            if (here(j)) lambda[j] = model.modulation.eigenvalue(model.transition.eigenvalue(d, first + j), dc);
+    };
+    if constexpr (Token::constant_parameters) eigenvalues();
+    wait_for_previous_kernel();
+    if constexpr (!Token::constant_parameters) eigenvalues();
+    V h[S], bv[S], cv[S];
+#pragma unroll
+    for (int j = 0; j < S; ++j) {
+        if (!here(j)) continue;
+        const index_t n = first + j;
+        h[j] = V{};
+        if (start.data()) {
+            if constexpr (components == 2) h[j] = {start(b, d, 2 * n), start(b, d, 2 * n + 1)};
+            else h[j] = start(b, d, n);
+        }
+        bv[j] = detail::load_value<V>(p.in.B, b, 0, g, n);
+        cv[j] = detail::load_value<V>(p.in.C, b, 0, g, n);
+    }
     const token_input in = token(b, d, dc, lane, lanes, active);
     const float dt = model.modulation.delta(in.delta, dc);
     float acc = 0.0f;
     discretized<V> shared_q{};
 #pragma unroll
     for (int j = 0; j < S; ++j) {
-        const index_t n = index_t(lane) * S + j;
-        if (!active || n >= p.shape.state) continue;
-        const V lambda = model.modulation.eigenvalue(model.transition.eigenvalue(d, n), dc);
+        if (!here(j)) continue;
         if constexpr (Ssm::structure_type::state_invariant_decay)
-            if (j == 0) shared_q = Ssm::discretization_type::apply(lambda, dt);
-        const auto q = detail::discretize<Ssm>(shared_q, lambda, dt);
-        V h{};
-        const auto& start = p.in.initial_state;
-        if (start.data()) {
-            if constexpr (std::same_as<V, cfloat>) h = {start(b, d, 2 * n), start(b, d, 2 * n + 1)};
-            else h = start(b, d, n);
-        }
-        h = q.decay * h + q.input * detail::load_value<V>(p.in.B, b, 0, g, n) * in.x;
-        acc += detail::real_product(detail::load_value<V>(p.in.C, b, 0, g, n), h);
-        const auto& end = p.out.final_state;
-        if (end.data()) {
-            if constexpr (std::same_as<V, cfloat>) {
-                end(b, d, 2 * n) = h.re;
-                end(b, d, 2 * n + 1) = h.im;
+            if (j == 0) shared_q = Ssm::discretization_type::apply(lambda[0], dt);
+        const auto q = detail::discretize<Ssm>(shared_q, lambda[j], dt);
+        h[j] = q.decay * h[j] + q.input * bv[j] * in.x;
+        acc += detail::real_product(cv[j], h[j]);
+    }
+    if (end.data()) {
+#pragma unroll
+        for (int j = 0; j < S; ++j) {
+            if (!here(j)) continue;
+            const index_t n = first + j;
+            if constexpr (components == 2) {
+                end(b, d, 2 * n) = h[j].re;
+                end(b, d, 2 * n + 1) = h[j].im;
             } else {
-                end(b, d, n) = h;
+                end(b, d, n) = h[j];
             }
         }
     }

@@ -206,6 +206,7 @@ tensor_view<const X, 2> as_product_input(const cuda_exec& exec, const device_arr
 // Mamba-1's decoding step inputs: x from the convolved row, Δ = softplus(dt_proj row · x_proj's Δ part +
 // dt bias), the dt_proj product folded into the step (a kernel less per layer).
 struct mamba1_token {
+    static constexpr bool constant_parameters = true;
     const float* x;
     const float* dt_proj;  // (channels, rank)
     const float* dt_bias;
@@ -213,8 +214,15 @@ struct mamba1_token {
     const float* x_dbl;  // (batch, x_dbl_stride), Δ part first
     index_t x_dbl_stride;
 
+    // The channel's dt_proj row (a line a lane) and bias.
+    __device__ void prefetch(index_t d, int lane, int lanes) const {
+        constexpr index_t line = 128 / sizeof(float);
+        for (index_t r = index_t(lane) * line; r < rank; r += index_t(lanes) * line) cuda::prefetch_l2(dt_proj + d * rank + r);
+        if (lane == 0) cuda::prefetch_l2(dt_bias + d);
+    }
     __device__ cuda::token_input operator()(index_t b, index_t d, index_t, int lane, int lanes, bool) const {
         float part = 0.0f;
+#pragma unroll 4
         for (index_t r = lane; r < rank; r += lanes) part += dt_proj[d * rank + r] * x_dbl[b * x_dbl_stride + r];
         return {x[b * channels + d], math::softplus(cuda::lanes_sum(part, lanes) + dt_bias[d])};
     }
@@ -222,6 +230,7 @@ struct mamba1_token {
 
 // Mamba-2's decoding step inputs: x from the convolved [x | B | C] row, Δ = clamp(softplus(dt + bias)).
 struct mamba2_token {
+    static constexpr bool constant_parameters = true;
     const float* xbc;
     index_t xbc_stride;
     const float* dt;
@@ -229,6 +238,7 @@ struct mamba2_token {
     const float* dt_bias;
     float low, high;
 
+    __device__ void prefetch(index_t, int, int) const {}
     __device__ cuda::token_input operator()(index_t b, index_t d, index_t head, int, int, bool) const {
         return {xbc[b * xbc_stride + d], math::clamped_softplus(dt[b * dt_stride + head] + dt_bias[head], low, high)};
     }
