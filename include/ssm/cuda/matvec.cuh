@@ -37,8 +37,11 @@ __device__ inline float rounded_to(float v) {
     return to_float(from_float<X>(v));
 }
 
-// Input policies: input(b, i) is input i of batch row b, and `norm` (weight, ε) says whether the rows
-// are then RMS-normalized, x = value / sqrt(mean(value²) + ε) · weight, or (weight null) taken as they are.
+// Input policies: input.value(input.load(b, i)) is input i of batch row b — what load reads, value
+// computes from it, so that a block issues all its loads before any arithmetic that might hold them
+// back (SiLU's exp in between kept Mamba-2's gated-norm loads to about one round trip at a time) — and
+// `norm` (weight, ε) says whether the rows are then RMS-normalized, x = value / sqrt(mean(value²) + ε)
+// · weight, or (weight null) taken as they are.
 struct rms_norm {
     const float* weight = nullptr;
     float epsilon = 0.0f;
@@ -53,9 +56,10 @@ struct rows_input {
     index_t second_stride = 0, split = 0;
     rms_norm norm{};
 
-    __device__ float operator()(index_t b, index_t i) const {
+    __device__ float load(index_t b, index_t i) const {
         return second && i >= split ? second[b * second_stride + i - split] : first[b * stride + i];
     }
+    __device__ static float value(float v) { return v; }
 };
 
 // RMSNorm of residual stream rows (row stride `stride`).
@@ -64,7 +68,8 @@ struct rms_normed_input {
     index_t stride;
     rms_norm norm;
 
-    __device__ float operator()(index_t b, index_t i) const { return hidden[b * stride + i]; }
+    __device__ float load(index_t b, index_t i) const { return hidden[b * stride + i]; }
+    __device__ static float value(float v) { return v; }
 };
 
 // Mamba-2's gated norm: y·SiLU(z), normalized; y with row stride y_stride, z with z_stride.
@@ -75,9 +80,8 @@ struct gated_normed_input {
     index_t z_stride;
     rms_norm norm;
 
-    __device__ float operator()(index_t b, index_t i) const {
-        return y[b * y_stride + i] * math::silu(z[b * z_stride + i]);
-    }
+    __device__ float2 load(index_t b, index_t i) const { return {y[b * y_stride + i], z[b * z_stride + i]}; }
+    __device__ static float value(float2 yz) { return yz.x * math::silu(yz.y); }
 };
 
 // Copies count elements to shared memory: asynchronously in 16-byte pieces when `pieces` (count a
@@ -100,16 +104,16 @@ __device__ void load_inputs(const Input& input, const float* norm_weight, float*
     constexpr int ahead = 16;  // 1536 inputs of a row in one round trip
     const int count = rows * ins, threads = int(blockDim.x);
     for (int base = int(threadIdx.x); base < count; base += ahead * threads) {
-        float v[ahead];
+        decltype(input.load(0, 0)) v[ahead];
 #pragma unroll
         for (int u = 0; u < ahead; ++u) {
             const int k = base + u * threads;
-            if (k < count) v[u] = input(b0 + k / ins, k % ins);
+            if (k < count) v[u] = input.load(b0 + k / ins, k % ins);
         }
 #pragma unroll
         for (int u = 0; u < ahead; ++u) {
             const int k = base + u * threads;
-            if (k < count) x[k] = v[u];
+            if (k < count) x[k] = input.value(v[u]);
         }
     }
     __pipeline_wait_prior(1);  // the norm's weight, staged before W
