@@ -185,7 +185,8 @@ struct conv_step_output {
 
     // The taps and states of the convolved channels among the outputs: a memory round trip less.
     __device__ void prefetch(index_t b0, int rows, index_t o0, int outs) const {
-        const index_t c0 = o0 > first ? o0 - first : 0, c1 = o0 + outs - first < channels ? o0 + outs - first : channels;
+        const index_t c0 = o0 > first ? o0 - first : 0;
+        const index_t c1 = o0 + outs - first < channels ? o0 + outs - first : channels;
         if (c0 >= c1) return;
         prefetch_lines_l2(weight + c0 * kernel, (c1 - c0) * kernel);
         for (index_t b = b0; b < b0 + rows; ++b)

@@ -217,12 +217,13 @@ struct mamba1_token {
     // The channel's dt_proj row (a line a lane) and bias.
     __device__ void prefetch(index_t d, int lane, int lanes) const {
         constexpr index_t line = 128 / sizeof(float);
-        for (index_t r = index_t(lane) * line; r < rank; r += index_t(lanes) * line) cuda::prefetch_l2(dt_proj + d * rank + r);
+        for (index_t r = index_t(lane) * line; r < rank; r += index_t(lanes) * line)
+            cuda::prefetch_l2(dt_proj + d * rank + r);
         if (lane == 0) cuda::prefetch_l2(dt_bias + d);
     }
     __device__ cuda::token_input operator()(index_t b, index_t d, index_t, int lane, int lanes, bool) const {
         float part = 0.0f;
-#pragma unroll 4
+#pragma unroll 4  // loads of four products in flight
         for (index_t r = lane; r < rank; r += lanes) part += dt_proj[d * rank + r] * x_dbl[b * x_dbl_stride + r];
         return {x[b * channels + d], math::softplus(cuda::lanes_sum(part, lanes) + dt_bias[d])};
     }
