@@ -128,9 +128,9 @@ __global__ void conv_state_update_kernel(const T* x, conv_geometry g, T* state) 
 
 // One token through one channel's causal convolution (decoding): returns bias + Σ_k weight[k]·v_k over
 // the last K inputs v (the K - 1 in state, oldest first, then `input`), after SiLU when `silu`, and
-// shifts `input` into the state. Up to conv_step_taps taps every load is issued before the first
-// store (the compiler may not move a load of weight or state past a store to state, which could
-// alias it), so that a decoding step waits for one memory round trip here, not one a tap.
+// shifts `input` into the state. The taps go in batches of conv_step_taps, each batch's loads issued
+// before its stores (the compiler may not move a load of weight or state past a store to state,
+// which could alias it), so that a decoding step waits for one memory round trip a batch, not a tap.
 inline constexpr int conv_step_taps = 8;
 
 __device__ inline float conv_step(float input, const float* weight, float bias, float* state, index_t kernel,
@@ -138,22 +138,17 @@ __device__ inline float conv_step(float input, const float* weight, float bias, 
     const index_t past = kernel - 1;
     const float last = weight[past];
     float acc = bias;
-    if (kernel <= conv_step_taps) {
-        float w[conv_step_taps - 1], v[conv_step_taps - 1];
+    for (index_t k0 = 0; k0 < past; k0 += conv_step_taps) {
+        float w[conv_step_taps], v[conv_step_taps];
 #pragma unroll
-        for (int k = 0; k < conv_step_taps - 1; ++k)
-            if (k < past) w[k] = weight[k], v[k] = state[k];
+        for (int j = 0; j < conv_step_taps; ++j)
+            if (k0 + j < past) w[j] = weight[k0 + j], v[j] = state[k0 + j];
 #pragma unroll
-        for (int k = 0; k < conv_step_taps - 1; ++k) {
+        for (int j = 0; j < conv_step_taps; ++j) {
+            const index_t k = k0 + j;
             if (k >= past) break;
-            acc += w[k] * v[k];
-            if (k > 0) state[k - 1] = v[k];
-        }
-    } else {
-        for (index_t k = 0; k < past; ++k) {
-            const float v = state[k];
-            acc += weight[k] * v;
-            if (k > 0) state[k - 1] = v;
+            acc += w[j] * v[j];
+            if (k > 0) state[k - 1] = v[j];
         }
     }
     acc += last * input;

@@ -144,14 +144,6 @@ __device__ void load_inputs(const Input& input, const float* norm_weight, float*
 // every thread of a block before the previous kernel has finished, may start loads of what no kernel
 // writes (or hint lines into L2) for the outputs [o0, o0 + outs) of batch rows [b0, b0 + rows).
 
-// Every line of [p, p + count) into L2, the block's threads taking a line each in turn.
-__device__ inline void prefetch_lines_l2(const float* p, index_t count) {
-    constexpr index_t line = 128 / sizeof(float);
-    const index_t skew = index_t(reinterpret_cast<std::uintptr_t>(p) % 128 / sizeof(float));
-    for (index_t k = index_t(threadIdx.x) * line - skew; k < count; k += index_t(blockDim.x) * line)
-        prefetch_l2(p + (k > 0 ? k : 0));
-}
-
 struct store_output {
     float* y;
     index_t stride;
@@ -188,14 +180,14 @@ struct conv_step_output {
         const index_t c0 = o0 > first ? o0 - first : 0;
         const index_t c1 = o0 + outs - first < channels ? o0 + outs - first : channels;
         if (c0 >= c1) return;
-        prefetch_lines_l2(weight + c0 * kernel, (c1 - c0) * kernel);
-        for (index_t b = b0; b < b0 + rows; ++b)
-            prefetch_lines_l2(state + (b * channels + c0) * (kernel - 1), (c1 - c0) * (kernel - 1));
-        if (global_kernel == 0) return;
-        prefetch_lines_l2(global_weight + c0 * global_kernel, (c1 - c0) * global_kernel);
-        for (index_t b = b0; b < b0 + rows; ++b)
-            prefetch_lines_l2(global_state + (b * channels + c0) * (global_kernel - 1),
-                              (c1 - c0) * (global_kernel - 1));
+        const int bytes = int((c1 - c0) * index_t(sizeof(float)));  // a float of each channel
+        const auto taps = [&](const float* w, const float* s, index_t k) {
+            prefetch_rows_l2(w + c0 * k, 1, 0, bytes * int(k));
+            prefetch_rows_l2(s + (b0 * channels + c0) * (k - 1), rows, channels * (k - 1) * index_t(sizeof(float)),
+                             bytes * int(k - 1));
+        };
+        taps(weight, state, kernel);
+        if (global_kernel > 0) taps(global_weight, global_state, global_kernel);
     }
     __device__ void operator()(index_t b, index_t o, float v) const {
         projected[b * stride + o] = v;

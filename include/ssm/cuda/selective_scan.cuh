@@ -3,6 +3,7 @@
 // (scan/segment.hpp), instantiated for the device. Views must point to device memory.
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <cstring>
 
 #include "../scan/selective_scan.hpp"
@@ -314,6 +315,17 @@ struct token_input {
 // Brings the 128-byte line at p into L2 ahead of a load: a hint, safe at any time (L2 is where every
 // multiprocessor sees memory, so nothing stale can be read through it).
 __device__ inline void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+// prefetch_l2 for the 128-byte lines of `rows` rows of `bytes` bytes each (row r at first + r·stride
+// bytes), the block's threads taking a line each.
+__device__ inline void prefetch_rows_l2(const void* first, int rows, index_t stride, int bytes) {
+    const int lines = bytes / 128 + 2;  // a row not aligned to a line touches one more
+    for (int i = int(threadIdx.x); i < rows * lines; i += int(blockDim.x)) {
+        const char* const row = static_cast<const char*>(first) + (i / lines) * stride;
+        const char* const line = row + (i % lines) * 128 - reinterpret_cast<std::uintptr_t>(row) % 128;
+        if (line < row + bytes) prefetch_l2(line);
+    }
+}
 
 // A token policy of step_kernel: token(b, d, dc, lane, lanes, active) gives a channel's x and Δ;
 // prefetch(d, lane, lanes) is called before the previous kernel has finished, to start the loads of

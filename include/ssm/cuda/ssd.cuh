@@ -228,17 +228,6 @@ __device__ void scale_rows(float* tile, int ld, int rows, int cols, Factor facto
     }
 }
 
-// Asks for the 128-byte lines of `rows` rows of `bytes` bytes each (row r at first + r·stride bytes)
-// to be fetched into L2, a line a thread.
-inline __device__ void prefetch_rows(const void* first, int rows, index_t stride, int bytes) {
-    const int lines = bytes / 128 + 2;  // a row not aligned to a line touches one more
-    for (int i = int(threadIdx.x); i < rows * lines; i += int(blockDim.x)) {
-        const char* const row = static_cast<const char*>(first) + (i / lines) * stride;
-        const char* const line = row + (i % lines) * 128 - reinterpret_cast<std::uintptr_t>(row) % 128;
-        if (line < row + bytes) asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
-    }
-}
-
 // Which block: (chunk, head) over x, the batch row over y.
 struct block_place {
     index_t b, k, head, group, t0;
@@ -356,9 +345,9 @@ __global__ void __launch_bounds__(ssd_threads, 2) ssd_chunk_output_kernel(Ssm mo
     const block_place at = place(p.shape, heads, g.heads_per_group);
     // The entering state and the gate are read after the products: their fetches start now.
     const float* const entering = w.states + ((at.b * g.chunks + at.k) * heads + at.head) * g.state_floats();
-    prefetch_rows(entering, 1, 0, int(g.state_floats() * sizeof(float)));
+    prefetch_rows_l2(entering, 1, 0, int(g.state_floats() * sizeof(float)));
     if (p.in.z.data() && p.in.z.stride(2) == 1)
-        prefetch_rows(&p.in.z(at.b, at.t0, at.head * g.head_dim), at.count, p.in.z.stride(1) * index_t(sizeof(T)),
+        prefetch_rows_l2(&p.in.z(at.b, at.t0, at.head * g.head_dim), at.count, p.in.z.stride(1) * index_t(sizeof(T)),
                       g.head_dim * int(sizeof(T)));
     chunk_decays(model, p, at.b, at.t0, at.count, at.head, a, coef);
     stage_bc(p.in.C, at, g, cs, c_ld);
