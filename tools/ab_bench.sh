@@ -34,7 +34,7 @@ case "${1:-}" in
       for side in base tree; do
         echo "== $side $round"
         build-ab/bench_$side --benchmark_repetitions=3 --benchmark_report_aggregates_only=true "${args[@]}" 2>&1 |
-          grep median
+          grep -E "median|rror"
       done
     done ;;
   *) echo "usage: tools/ab_bench.sh prepare [COMMIT] | run [benchmark arguments]" >&2; exit 2 ;;

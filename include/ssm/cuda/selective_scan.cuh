@@ -50,8 +50,10 @@ void launch_overlapped(const char* what, void (*kernel)(Params...), dim3 grid, d
     config.stream = stream;
     config.attrs = &overlap;
     config.numAttrs = 1;
-    // All overlapped kernels ask for the same split of on-chip memory (the most shared memory): a
-    // multiprocessor changes the split only when idle, so kernels with different splits cannot overlap.
+    // All overlapped kernels ask for the same split of on-chip memory between L1 and shared memory (the
+    // most shared memory): a multiprocessor changes its split only when idle, so blocks of kernels the
+    // driver gave different splits cannot share it, and the overlap is lost (bf16 decoding 4-9% faster
+    // with one split, docs/performance.md).
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared),
           what);
     check(cudaLaunchKernelEx(&config, kernel, args...), what);
