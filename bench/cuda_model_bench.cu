@@ -8,7 +8,8 @@
 //   prefill_decimated/<arch>/<type>/...      prefill with layer 12 decimating to 2000 tokens (DeciMamba's
 //                                            setting for this model)
 //   prefill_global/mamba/..., decode_global/mamba/...
-//                                            with the global selection module (K_g = 32) in every layer
+//                                            with the global selection module (K_g = 128, as the paper's
+//                                            Mamba-130M) in every layer
 //
 // items_per_second counts tokens (B·L for prefill, B per decode step).
 #include <benchmark/benchmark.h>
@@ -33,7 +34,7 @@ template <class Host, bool Global>
 const Host& host_model() {
     static const Host m = [] {
         auto config = std::same_as<Host, ssm::models::mamba_lm> ? bench::mamba_130m() : bench::mamba2_130m();
-        if (Global) config.global_selection_kernel = 32;
+        if (Global) config.global_selection_kernel = 128;
         return Host::random(config, 7);
     }();
     return m;

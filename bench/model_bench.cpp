@@ -7,7 +7,7 @@
 //   prefill/<arch>/.../variant:V                V = 0 as trained, 1 with Δ and spectrum factors on every
 //                                               layer (the cost of the fused policies), 2 with layer 12
 //                                               decimating to 2000 tokens (DeciMamba's setting for this
-//                                               model), 3 with the global selection module (K_g = 32;
+//                                               model), 3 with the global selection module (K_g = 128;
 //                                               Mamba-1 only), logits of the last position
 //
 // items_per_second counts tokens (B·L for prefill, B per decode step).
@@ -35,7 +35,7 @@ const Model& model(int v = as_trained) {
         std::array<Model, 4> out{m, m, m, m};
         if constexpr (mamba1) {
             auto with_module = bench::mamba_130m();
-            with_module.global_selection_kernel = 32;
+            with_module.global_selection_kernel = 128;
             out[global] = Model::random(with_module, 7);
         }
         std::vector<ssm::models::layer_scaling> factors(static_cast<std::size_t>(m.config().layers));

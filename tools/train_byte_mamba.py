@@ -110,13 +110,15 @@ def fast_mixer_forward(m, hidden_states):
     N = m.ssm_state_size
     R = m.time_step_rank
     projected = m.in_proj(hidden_states)                                  # [B, L, 2*Di]
-    x, gate = projected.chunk(2, dim=-1)
-    x = m.act(m.conv1d(x.transpose(1, 2))[..., :L]).transpose(1, 2)       # [B, L, Di]
+    x_in, gate = projected.chunk(2, dim=-1)
+    x = m.act(m.conv1d(x_in.transpose(1, 2))[..., :L]).transpose(1, 2)    # [B, L, Di]
     ssm_parameters = m.x_proj(x)
-    if hasattr(m, "global_conv"):  # the global selection module (tools/train_global_selection.py)
-        ssm_parameters = ssm_parameters + m.global_proj(m.global_conv(x.transpose(1, 2))[..., :L].transpose(1, 2))
     time_step, Bc, Cc = torch.split(ssm_parameters, [R, N, N], dim=-1)
-    dt = F.softplus(m.dt_proj(time_step))                                 # [B, L, Di]
+    if hasattr(m, "global_conv"):  # global selection (tools/train_global_selection.py): Δ gated before its bias
+        g = m.act(m.global_conv(x_in.transpose(1, 2))[..., :L]).transpose(1, 2)
+        dt = F.softplus(F.linear(time_step, m.dt_proj.weight) * g + m.dt_proj.bias)
+    else:
+        dt = F.softplus(m.dt_proj(time_step))                             # [B, L, Di]
     A = -torch.exp(m.A_log.float())                                       # [Di, N]
     dev = hidden_states.device.type
     with torch.autocast(device_type=dev, enabled=False):

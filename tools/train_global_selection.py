@@ -1,25 +1,27 @@
 #!/usr/bin/env python3
-"""Train small Mamba-1 models with and without the global selection module on gapped associative
-recall (each value G tokens after its key, so G > 1 spreads the key information out); also write the
-module's test fixture.
+"""Train small Mamba-1 models with and without the global selection module on associative recall
+tasks, and write the module's test fixture.
 
-Global selection (arXiv 2410.15678 introduces a global selection module: a long-range convolution
-that gives Mamba's selection mechanism a global view). As the library implements it: per layer, a
-causal depthwise convolution of K_g taps (no bias, no activation) over the scan input x (after the
-short conv and SiLU), projected by a (dt_rank + 2N, d_inner) matrix and added to x_proj(x), so that
-Δ, B and C see the last K_g tokens instead of the short conv's K. Weights
-``mixer.global_conv.weight`` (d_inner, 1, K_g) and ``mixer.global_proj.weight`` (dt_rank + 2N,
-d_inner); config key ``global_selection_kernel`` = K_g. The projection starts at zero, so the module
-starts as the identity of the plain model.
+Global selection (arXiv 2410.15678, as its public code implements it): per layer, a causal depthwise
+convolution of K_g taps (with bias, like the short conv) over in_proj's x before the short conv;
+SiLU of it gates Δ before Δ's bias: Δ = softplus(dt_proj(Δ rank)·SiLU(global_conv(x) + b) + dt_bias).
+Weights ``mixer.global_conv.weight`` (d_inner, 1, K_g) and ``mixer.global_conv.bias`` (d_inner);
+config key ``global_selection_kernel`` = K_g. PyTorch's default initialization, as in that code.
 
-The task (token ids: keys 1..K, values K+1..K+V): P key-value pairs laid out in blocks of G keys
-followed by their G values, so each value sits exactly G tokens after its key, then Q queries
-(a key, then its value). The loss and the accuracy count the value predicted at each query key.
-G = 1 is the local layout (key, value, key, value ...) of multi-query associative recall; larger G
-puts the association beyond the short convolution's reach.
+Tasks:
+- ``recall`` (gapped associative recall; token ids: keys 1..K, values K+1..K+V): P key-value pairs laid
+  out in blocks of G keys followed by their G values, so each value sits G tokens after its key, then
+  Q queries (a key, then its value); the value predicted at each query key counts.
+- ``ngram`` (multi-query associative recall with multi-token keys and values, after the paper's
+  n-gram task): P pairs "S1 key S2 value S1" (keys of --key-length tokens, values of --value-length),
+  then a region of random key/value tokens in which P queries "S1 key S2 M..M S1" sit in random
+  slots, M a mask token in place of each value token; each value token is predicted at the token
+  before it (S2, then the masks). Accuracy counts value tokens. Held-out accuracy is also measured on
+  the paper's robustness variant: every key of a sequence ends with the same token, so only a key's
+  earlier tokens tell it apart (a model that keys on the last token before S2 fails there).
 
 Usage (writes <out>/config.json, model.safetensors, training.json):
-  python3 tools/train_global_selection.py --out DIR --gap 8 --global-kernel 16 --seconds 240
+  python3 tools/train_global_selection.py --out DIR --task ngram --global-kernel 128 --seconds 240
   python3 tools/train_global_selection.py --fixture tests/fixtures/hf/mamba1-global-selection
 """
 
@@ -38,16 +40,12 @@ from train_byte_mamba import init_weights, patch_model, set_exact_fp32  # noqa: 
 
 
 def add_global_selection(model, kernel):
-    """Adds the module's two weights to every mixer (the filter small and random, the projection zero)."""
+    """Adds the module's conv to every mixer (PyTorch's default initialization)."""
     model.config.global_selection_kernel = kernel
     for layer in model.backbone.layers:
         m = layer.mixer
-        width = m.time_step_rank + 2 * m.ssm_state_size
         m.global_conv = torch.nn.Conv1d(m.intermediate_size, m.intermediate_size, kernel, groups=m.intermediate_size,
-                                        bias=False, padding=kernel - 1)
-        torch.nn.init.normal_(m.global_conv.weight, 0.0, kernel ** -0.5)
-        m.global_proj = torch.nn.Linear(m.intermediate_size, width, bias=False)
-        torch.nn.init.zeros_(m.global_proj.weight)
+                                        bias=True, padding=kernel - 1)
 
 
 def build(vocab, args, kernel):
@@ -77,9 +75,73 @@ def recall_batch(gen, batch, pairs, gap, queries, keys, values, device):
     return ids.to(device), targets.to(device)
 
 
+S1, S2, MASK, FIRST_KEY = 1, 2, 3, 4  # the ngram task's marker ids; its keys, then its values, follow
+
+
+def ngram_batch(gen, batch, length, pairs, key_length, value_length, keys, values, device, shared_suffix=False):
+    """Token ids (batch, length) and targets (-100 except the value tokens to predict), see the docstring."""
+    span = 3 + key_length + value_length
+    context = pairs * span
+    slots = (length - context) // span
+    assert slots >= pairs, "the query region has fewer slots than pairs"
+    k = torch.randint(FIRST_KEY, FIRST_KEY + keys, (batch, pairs, key_length), generator=gen)
+    if shared_suffix:
+        k[:, :, 1:] = k[:, :1, 1:]
+    v = torch.randint(FIRST_KEY + keys, FIRST_KEY + keys + values, (batch, pairs, value_length), generator=gen)
+    ids = torch.randint(FIRST_KEY, FIRST_KEY + keys + values, (batch, length), generator=gen)  # the noise
+    targets = torch.full_like(ids, -100)
+
+    def place(rows, starts, key, value, query):
+        at = starts
+        ids[rows, at] = S1
+        for j in range(key_length):
+            ids[rows, at + 1 + j] = key[:, j]
+        ids[rows, at + 1 + key_length] = S2
+        for j in range(value_length):
+            pos = at + 2 + key_length + j
+            ids[rows, pos] = MASK if query else value[:, j]
+            if query:
+                targets[rows, pos - 1] = value[:, j]
+        ids[rows, at + 2 + key_length + value_length] = S1
+
+    rows = torch.arange(batch)
+    for p in range(pairs):
+        place(rows, torch.full((batch,), p * span), k[:, p], v[:, p], False)
+    order = torch.argsort(torch.rand(batch, pairs, generator=gen), dim=1)
+    chosen = torch.sort(torch.argsort(torch.rand(batch, slots, generator=gen), dim=1)[:, :pairs], dim=1).values
+    for q in range(pairs):
+        asked = order[:, q]
+        place(rows, context + chosen[:, q] * span, k[rows, asked], v[rows, asked], True)
+    return ids.to(device), targets.to(device)
+
+
+def task_batch(gen, batch, args, device, robust=False):
+    if args.task == "recall":
+        return recall_batch(gen, batch, args.pairs, args.gap, args.queries, args.keys, args.values, device)
+    return ngram_batch(gen, batch, args.length, args.pairs, args.key_length, args.value_length, args.keys,
+                       args.values, device, shared_suffix=robust)
+
+
+def vocabulary(args):
+    return (1 if args.task == "recall" else FIRST_KEY) + args.keys + args.values
+
+
 def accuracy(logits, targets):
     mask = targets >= 0
     return ((logits.argmax(-1) == targets) & mask).sum().item() / mask.sum().item()
+
+
+def held_out_accuracy(model, args, device, robust):
+    gen = torch.Generator().manual_seed(12345 + robust)
+    hits = total = 0
+    with torch.no_grad():
+        for _ in range(0, args.eval_sequences, 256):
+            ids, targets = task_batch(gen, 256, args, device, robust)
+            logits = model(input_ids=ids, use_cache=False).logits.float()
+            mask = targets >= 0
+            hits += ((logits.argmax(-1) == targets) & mask).sum().item()
+            total += mask.sum().item()
+    return hits / total, total
 
 
 def reference_logits(model, ids):
@@ -95,19 +157,21 @@ def reference_logits(model, ids):
     for i in range(cfg.num_hidden_layers):
         p = f"backbone.layers.{i}.mixer."
         h = rms(x, sd[f"backbone.layers.{i}.norm.weight"]) @ sd[p + "in_proj.weight"].T
-        u, z = h.chunk(2, dim=-1)
-        Di, N, R = u.shape[-1], cfg.state_size, model.backbone.layers[i].mixer.time_step_rank
+        x_in, z = h.chunk(2, dim=-1)
+        Di, N, R = x_in.shape[-1], cfg.state_size, model.backbone.layers[i].mixer.time_step_rank
 
         def causal(seq, w):                                                     # w: (Di, 1, K)
             K = w.shape[-1]
             padded = F.pad(seq, (0, 0, K - 1, 0))
             return sum(w[:, 0, j] * padded[:, j:j + L] for j in range(K))
-        u = causal(u, sd[p + "conv1d.weight"]) + sd[p + "conv1d.bias"]
+        u = causal(x_in, sd[p + "conv1d.weight"]) + sd[p + "conv1d.bias"]
         u = u * torch.sigmoid(u)
         sel = u @ sd[p + "x_proj.weight"].T
+        dt = sel[..., :R] @ sd[p + "dt_proj.weight"].T
         if p + "global_conv.weight" in sd:
-            sel = sel + causal(u, sd[p + "global_conv.weight"]) @ sd[p + "global_proj.weight"].T
-        dt = F.softplus(sel[..., :R] @ sd[p + "dt_proj.weight"].T + sd[p + "dt_proj.bias"])
+            g = causal(x_in, sd[p + "global_conv.weight"]) + sd[p + "global_conv.bias"]
+            dt = dt * g * torch.sigmoid(g)
+        dt = F.softplus(dt + sd[p + "dt_proj.bias"])
         Bm, Cm = sel[..., R:R + N], sel[..., R + N:]
         A = -torch.exp(sd[p + "A_log"])
         state = torch.zeros(Bsz, Di, N, dtype=torch.float64)
@@ -122,7 +186,7 @@ def reference_logits(model, ids):
 
 
 def write_fixture(folder):
-    """A random-init model with the module (filter and projection perturbed) and its float32 logits."""
+    """A random-init model with the module (every weight perturbed) and its float32 logits."""
     from safetensors.torch import save_file
     torch.manual_seed(5)
     args = argparse.Namespace(hidden=24, state=8, layers=2)
@@ -153,12 +217,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
     ap.add_argument("--fixture", help="write the test fixture to this folder and stop")
-    ap.add_argument("--gap", type=int, default=8)
+    ap.add_argument("--task", choices=["recall", "ngram"], default="recall")
+    ap.add_argument("--gap", type=int, default=1, help="recall: tokens between a key and its value")
+    ap.add_argument("--queries", type=int, default=8, help="recall: queries a sequence")
+    ap.add_argument("--length", type=int, default=128, help="ngram: tokens a sequence")
+    ap.add_argument("--key-length", type=int, default=2, help="ngram: tokens a key")
+    ap.add_argument("--value-length", type=int, default=2, help="ngram: tokens a value")
     ap.add_argument("--global-kernel", type=int, default=0, help="0: the plain model")
     ap.add_argument("--pairs", type=int, default=8)
-    ap.add_argument("--queries", type=int, default=8)
-    ap.add_argument("--keys", type=int, default=64)
-    ap.add_argument("--values", type=int, default=64)
+    ap.add_argument("--keys", type=int, default=64, help="ids keys are drawn from")
+    ap.add_argument("--values", type=int, default=64, help="ids values are drawn from")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--state", type=int, default=16)
@@ -179,14 +247,12 @@ def main():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dev_name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     torch.manual_seed(args.seed)
-    vocab = 1 + args.keys + args.values
+    vocab = vocabulary(args)
     model = build(vocab, args, args.global_kernel).to(device)
     params = sum(p.numel() for p in model.parameters())
     extra = sum(p.numel() for n, p in model.named_parameters() if ".global_" in n)
-    print(f"{dev_name}: gap {args.gap}, global kernel {args.global_kernel}, {params} parameters ({extra} in the "
+    print(f"{dev_name}: task {args.task}, global kernel {args.global_kernel}, {params} parameters ({extra} in the "
           f"module)", flush=True)
-    task = dict(pairs=args.pairs, gap=args.gap, queries=args.queries, keys=args.keys, values=args.values,
-                device=device)
 
     torch.backends.cuda.matmul.allow_tf32 = True
     undo = patch_model(model)
@@ -200,7 +266,7 @@ def main():
         progress = (time.time() - t0) / args.seconds
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-        ids, targets = recall_batch(gen, args.batch, **task)
+        ids, targets = task_batch(gen, args.batch, args, device)
         logits = model(input_ids=ids, use_cache=False).logits
         loss = F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
@@ -217,23 +283,17 @@ def main():
 
     model.eval()
     set_exact_fp32()
-    gen = torch.Generator().manual_seed(12345)
-    hits = total = 0
-    with torch.no_grad():
-        for _ in range(0, args.eval_sequences, 256):
-            ids, targets = recall_batch(gen, 256, **task)
-            logits = model(input_ids=ids, use_cache=False).logits.float()
-            mask = targets >= 0
-            hits += ((logits.argmax(-1) == targets) & mask).sum().item()
-            total += mask.sum().item()
+    result, total = held_out_accuracy(model, args, device, robust=False)
+    print(f"held-out accuracy {result:.4f} over {total} predictions", flush=True)
+    summary = {"accuracy": result, "predictions": total}
+    if args.task == "ngram":
+        summary["robustness_accuracy"], _ = held_out_accuracy(model, args, device, robust=True)
+        print(f"held-out accuracy, keys sharing their last token: {summary['robustness_accuracy']:.4f}", flush=True)
     undo()
-    result = hits / total
-    print(f"held-out accuracy {result:.4f} over {total} queries", flush=True)
     os.makedirs(args.out, exist_ok=True)
     model.cpu().save_pretrained(args.out, safe_serialization=True)
     with open(os.path.join(args.out, "training.json"), "w") as f:
-        json.dump({"task": {k: v for k, v in task.items() if k != "device"}, "accuracy": result, "queries": total,
-                   "parameters": params, "module_parameters": extra, "steps": step,
+        json.dump({"task": args.task, **summary, "parameters": params, "module_parameters": extra, "steps": step,
                    "train_wall_time_s": round(time.time() - t0, 1), "curve": curve, "hyperparameters": vars(args),
                    "command": "python3 " + " ".join(sys.argv), "device": dev_name, "torch": torch.__version__,
                    "transformers": transformers.__version__}, f, indent=1)

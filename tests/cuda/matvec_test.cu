@@ -84,27 +84,23 @@ TEMPLATE_TEST_CASE("matvec: a few rows times a matrix equal the float64 referenc
     const shape s = GENERATE(shape{1, 1}, shape{5, 7}, shape{130, 64}, shape{1031, 771}, shape{67, 1536},
                              shape{20000, 24}, shape{3, 11776});
     const index_t batch = GENERATE(1, 3, 8, 11, 17);
-    const bool split = s.ins > 1 && rng.coin(), with_bias = rng.coin(), residual = rng.coin();
-    INFO("outs " << s.outs << ", ins " << s.ins << ", batch " << batch << ", second matrix " << split << ", bias "
+    const bool wide = rng.coin(), with_bias = rng.coin(), residual = rng.coin();
+    INFO("outs " << s.outs << ", ins " << s.ins << ", batch " << batch << ", row stride wider " << wide << ", bias "
                  << with_bias << ", residual " << residual);
     const auto w = rng.uniform(s.outs * s.ins, -1.0, 1.0);
     const auto x = rng.uniform(batch * s.ins, -1.0, 1.0);
     const auto bias = with_bias ? rng.uniform(s.outs, -1.0, 1.0) : std::vector<double>{};
     const auto base = residual ? rng.uniform(batch * s.outs, -1.0, 1.0) : std::vector<double>{};
 
-    // The input in two matrices when split: columns [0, half) of x, then [half, ins) with a wider stride.
-    const index_t half = split ? s.ins / 2 : s.ins, rest = s.ins - half, wide = rest + 5;
-    std::vector<double> left(std::size_t(batch * half)), right(std::size_t(batch * wide), NAN);
+    // The input rows, with NaN between them when the row stride is wider than a row.
+    const index_t stride = wide ? s.ins + 5 : s.ins;
+    std::vector<double> rows(std::size_t(batch * stride), NAN);
     for (index_t b = 0; b < batch; ++b)
-        for (index_t i = 0; i < s.ins; ++i) {
-            const double v = x[std::size_t(b * s.ins + i)];
-            if (i < half) left[std::size_t(b * half + i)] = v;
-            else right[std::size_t(b * wide + i - half)] = v;
-        }
+        for (index_t i = 0; i < s.ins; ++i) rows[std::size_t(b * stride + i)] = x[std::size_t(b * s.ins + i)];
     const auto weight = upload<X>(w);
     const auto bias_d = upload<float>(bias);
-    const auto left_d = upload<float>(left), right_d = upload<float>(right);
-    const ssm::cuda::rows_input input{left_d.data(), half, split ? right_d.data() : nullptr, wide, half};
+    const auto rows_d = upload<float>(rows);
+    const ssm::cuda::rows_input input{rows_d.data(), stride};
     auto y = residual ? upload<float>(base) : upload<float>(std::vector<double>(std::size_t(batch * s.outs), NAN));
     const ssm::cuda_exec exec{};
     if (residual)

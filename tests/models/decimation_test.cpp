@@ -58,7 +58,7 @@ struct reference_mamba1 {
     const mamba_lm& model;
     decimation_settings decimation;
     std::vector<std::vector<vec>> conv;    // [layer][channel]: the last K-1 inputs
-    std::vector<std::vector<vec>> global;  // [layer][channel]: the last K_g-1 scan inputs
+    std::vector<std::vector<vec>> global;  // [layer][channel]: the last K_g-1 inputs of the global conv
     std::vector<vec> state;                // [layer]: (channels, state)
     bool near_tie = false;               // a selection too close to call in float32
 
@@ -90,52 +90,42 @@ struct reference_mamba1 {
                 x[t].assign(xz.begin(), xz.begin() + di);
                 z[t].assign(xz.begin() + di, xz.end());
             }
-            for (std::size_t t = 0; t < length; ++t) {
-                u[t].resize(std::size_t(di));
-                for (index_t ch = 0; ch < di; ++ch) {
-                    double sum = m.conv_bias.empty() ? 0.0 : double(m.conv_bias[std::size_t(ch)]);
-                    for (index_t k = 0; k < K; ++k) {
-                        const index_t at = index_t(t) - (K - 1) + k;  // input time; before 0: the conv state
-                        const double v = at >= 0 ? x[std::size_t(at)][std::size_t(ch)]
-                                                 : conv[l][std::size_t(ch)][std::size_t(K - 1 + at)];
-                        sum += double(m.conv_weight[std::size_t(ch * K + k)]) * v;
+            // SiLU(bias + Σ_k w[ch, k]·x[t - K' + 1 + k]) over the call, inputs before it from `past` (the
+            // last K'-1 inputs, older ones first), which then takes the call's last K'-1 inputs.
+            const auto causal_silu = [&](const std::vector<float>& w, const std::vector<float>& b, index_t taps,
+                                         std::vector<vec>& past) {
+                std::vector<vec> y(length, vec(std::size_t(di)));
+                const auto input = [&](index_t at, index_t ch) {
+                    return at >= 0 ? x[std::size_t(at)][std::size_t(ch)] : past[std::size_t(ch)][std::size_t(taps - 1 + at)];
+                };
+                for (std::size_t t = 0; t < length; ++t)
+                    for (index_t ch = 0; ch < di; ++ch) {
+                        double sum = b.empty() ? 0.0 : double(b[std::size_t(ch)]);
+                        for (index_t k = 0; k < taps; ++k)
+                            sum += double(w[std::size_t(ch * taps + k)]) * input(index_t(t) - (taps - 1) + k, ch);
+                        y[t][std::size_t(ch)] = silu(sum);
                     }
-                    u[t][std::size_t(ch)] = silu(sum);
+                for (index_t ch = 0; ch < di; ++ch) {
+                    vec last(std::size_t(taps - 1));
+                    for (index_t k = 0; k < taps - 1; ++k) last[std::size_t(k)] = input(index_t(length) - (taps - 1) + k, ch);
+                    past[std::size_t(ch)] = last;
                 }
-            }
-            for (index_t ch = 0; ch < di; ++ch)  // the state: the last K-1 inputs, older ones first
-                for (index_t k = 0; k < K - 1; ++k) {
-                    const index_t at = index_t(length) - (K - 1) + k;
-                    conv[l][std::size_t(ch)][std::size_t(k)] =
-                        at >= 0 ? x[std::size_t(at)][std::size_t(ch)] : conv[l][std::size_t(ch)][std::size_t(k + length)];
-                }
-            const index_t G = m.global_kernel;
+                return y;
+            };
+            u = causal_silu(m.conv_weight, m.conv_bias, K, conv[l]);
+            const index_t G = m.global_kernel;  // global selection: Δ gated by a G-tap conv over x
+            const std::vector<vec> gate = G > 0 ? causal_silu(m.global_conv, m.global_bias, G, global[l]) : std::vector<vec>{};
             for (std::size_t t = 0; t < length; ++t) {
-                vec dbl = product(m.x_proj, {}, u[t], rank + 2 * n);
-                if (G > 0) {  // global selection: a G-tap causal window over u, projected into the selection
-                    vec window(static_cast<std::size_t>(di), 0.0);
-                    for (index_t ch = 0; ch < di; ++ch)
-                        for (index_t k = 0; k < G; ++k) {
-                            const index_t at = index_t(t) - (G - 1) + k;
-                            const double v = at >= 0 ? u[std::size_t(at)][std::size_t(ch)]
-                                                     : global[l][std::size_t(ch)][std::size_t(G - 1 + at)];
-                            window[std::size_t(ch)] += double(m.global_conv[std::size_t(ch * G + k)]) * v;
-                        }
-                    const vec term = product(m.global_proj, {}, window, rank + 2 * n);
-                    for (std::size_t i = 0; i < dbl.size(); ++i) dbl[i] += term[i];
-                }
+                const vec dbl = product(m.x_proj, {}, u[t], rank + 2 * n);
                 const vec low(dbl.begin(), dbl.begin() + rank);
                 Bs[t].assign(dbl.begin() + rank, dbl.begin() + rank + n);
                 Cs[t].assign(dbl.begin() + rank + n, dbl.end());
-                steps[t] = product(m.dt_proj, m.dt_bias, low, di);
-                for (double& s : steps[t]) s = ref::softplus(s);
-            }
-            for (index_t ch = 0; ch < di; ++ch)  // the global window, as the conv state above
-                for (index_t k = 0; k < G - 1; ++k) {
-                    const index_t at = index_t(length) - (G - 1) + k;
-                    global[l][std::size_t(ch)][std::size_t(k)] =
-                        at >= 0 ? u[std::size_t(at)][std::size_t(ch)] : global[l][std::size_t(ch)][std::size_t(k + length)];
+                steps[t] = product(m.dt_proj, {}, low, di);
+                for (index_t ch = 0; ch < di; ++ch) {
+                    double& s = steps[t][std::size_t(ch)];
+                    s = ref::softplus(s * (G > 0 ? gate[t][std::size_t(ch)] : 1.0) + double(m.dt_bias[std::size_t(ch)]));
                 }
+            }
             std::vector<std::size_t> keep(length);
             std::iota(keep.begin(), keep.end(), std::size_t(0));
             if (std::find(decimation.layers.begin(), decimation.layers.end(), index_t(l)) != decimation.layers.end()) {

@@ -217,8 +217,13 @@ TEST_CASE("global selection: split prefills and decoding equal one prefill, and 
     CHECK(max_difference(prefill(mamba_lm::load(plain_dir), tokens, batch), prefill(model, tokens, batch)) > 1e-3);
 
     auto with = [&](auto edit) { return edited_load_error(dir, recorded.tensors, json, edit); };
-    const std::string proj = "backbone.layers.1.mixer.global_proj.weight";
-    CHECK_THAT(with([&](tensor_map& t, nlohmann::json&) { t.erase(proj); }), Catch::Contains("no tensor '" + proj + "'"));
+    const std::string bias = "backbone.layers.1.mixer.global_conv.bias";
+    CHECK_THAT(with([&](tensor_map& t, nlohmann::json&) { t.erase(bias); }), Catch::Contains("no tensor '" + bias + "'"));
+    CHECK_THAT(with([&](tensor_map& t, nlohmann::json& j) {  // the short conv's biases gone, the module's left
+                   j["use_conv_bias"] = false;
+                   std::erase_if(t, [](const auto& e) { return e.first.find("conv1d.bias") != std::string::npos; });
+               }),
+               Catch::Contains("global_conv.bias' is in the checkpoint but the config's 'use_conv_bias' says"));
     CHECK_THAT(with([&](tensor_map&, nlohmann::json& j) { j["global_selection_kernel"] = 6; }),
                Catch::Contains("tensor 'backbone.layers.0.mixer.global_conv.weight' has shape"));
     CHECK_THAT(with([&](tensor_map&, nlohmann::json& j) { j.erase("global_selection_kernel"); }),

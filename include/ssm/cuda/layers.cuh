@@ -86,13 +86,12 @@ __global__ void __launch_bounds__(row_threads) gated_rms_norm_kernel(const float
     }
 }
 
-// Causal depthwise convolution over `channels` columns of x (row stride x_stride), followed by SiLU
-// when `silu`: y[b, t, c] = SiLU(bias[c] + Σ_k weight[c, k]·x[b, t - K + 1 + k, c]), where inputs before
+// Causal depthwise convolution over `channels` columns of x (row stride x_stride), followed by SiLU:
+// y[b, t, c] = SiLU(bias[c] + Σ_k weight[c, k]·x[b, t - K + 1 + k, c]), where inputs before
 // t = 0 come from state (batch, channels, K - 1), the sequence's last K - 1 inputs so far. One thread
 // per output.
 struct conv_geometry {
     index_t batch, length, channels, kernel, x_stride;
-    bool silu = true;
 };
 
 template <class T>
@@ -109,7 +108,7 @@ __global__ void causal_conv1d_kernel(const T* x, const float* weight, const floa
                                              : state[(b * g.channels + c) * past + past + source]);
         acc += weight[c * g.kernel + k] * v;
     }
-    y[i] = from_float<T>(g.silu ? math::silu(acc) : acc);
+    y[i] = from_float<T>(math::silu(acc));
 }
 
 // After causal_conv1d_kernel: state becomes the last K - 1 inputs (older state entries shift
@@ -127,14 +126,13 @@ __global__ void conv_state_update_kernel(const T* x, conv_geometry g, T* state) 
 }
 
 // One token through one channel's causal convolution (decoding): returns bias + Σ_k weight[k]·v_k over
-// the last K inputs v (the K - 1 in state, oldest first, then `input`), after SiLU when `silu`, and
+// the last K inputs v (the K - 1 in state, oldest first, then `input`), after SiLU, and
 // shifts `input` into the state. The taps go in batches of conv_step_taps, each batch's loads issued
 // before its stores (the compiler may not move a load of weight or state past a store to state,
 // which could alias it), so that a decoding step waits for one memory round trip a batch, not a tap.
 inline constexpr int conv_step_taps = 8;
 
-__device__ inline float conv_step(float input, const float* weight, float bias, float* state, index_t kernel,
-                                  bool silu) {
+__device__ inline float conv_step(float input, const float* weight, float bias, float* state, index_t kernel) {
     const index_t past = kernel - 1;
     const float last = weight[past];
     float acc = bias;
@@ -153,7 +151,7 @@ __device__ inline float conv_step(float input, const float* weight, float bias, 
     }
     acc += last * input;
     if (past > 0) state[past - 1] = input;
-    return silu ? math::silu(acc) : acc;
+    return math::silu(acc);
 }
 
 // conv_step for every (batch, channel) of a single token: one thread each.
@@ -164,7 +162,7 @@ __global__ void causal_conv1d_step_kernel(const T* x, const float* weight, const
     if (i >= g.batch * g.channels) return;
     const index_t c = i % g.channels, b = i / g.channels;
     y[i] = conv_step(x[b * g.x_stride + c], weight + c * g.kernel, bias ? bias[c] : 0.0f, state + i * (g.kernel - 1),
-                     g.kernel, g.silu);
+                     g.kernel);
 }
 
 // Mamba-2's Δ: delta[r, h] = clamp(softplus(dt[r, h] + bias[h]), low, high), dt with row stride.
@@ -177,12 +175,12 @@ __global__ void clamped_delta_kernel(const T* dt, index_t dt_stride, const float
     delta[i] = from_float<T>(math::clamped_softplus(to_float(dt[r * dt_stride + h]) + bias[h], low, high));
 }
 
-// y += x, element by element. (The kernels here are templates, as a header's must be: a plain
+// y *= x, element by element. (The kernels here are templates, as a header's must be: a plain
 // __global__ function would be defined again in every file that includes it.)
 template <class T>
-__global__ void add_kernel(T* y, const T* x, index_t count) {
+__global__ void multiply_kernel(T* y, const T* x, index_t count) {
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i < count) y[i] += x[i];
+    if (i < count) y[i] *= x[i];
 }
 
 // y[r, c] += bias[c].

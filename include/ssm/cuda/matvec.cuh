@@ -47,18 +47,13 @@ struct rms_norm {
     float epsilon = 0.0f;
 };
 
-// Rows of a float matrix (row stride `stride`); with `second`, columns from `split` on come from a
-// second matrix (row stride second_stride): the two inputs of products summed as one.
+// Rows of a float matrix (row stride `stride`).
 struct rows_input {
-    const float* first;
+    const float* x;
     index_t stride;
-    const float* second = nullptr;
-    index_t second_stride = 0, split = 0;
     rms_norm norm{};
 
-    __device__ float load(index_t b, index_t i) const {
-        return second && i >= split ? second[b * second_stride + i - split] : first[b * stride + i];
-    }
+    __device__ float load(index_t b, index_t i) const { return x[b * stride + i]; }
     __device__ static float value(float v) { return v; }
 };
 
@@ -161,8 +156,8 @@ struct residual_output {
 
 // An in_proj of a decoding step: every output is stored in `projected`; those of the convolved columns
 // [first, first + channels) also take a step of their channel's causal conv (+ SiLU) into `convolved`
-// (row stride channels) and, with a global window (Mamba-1's global selection), that value a step of
-// the global conv (no SiLU) into `window`.
+// (row stride channels) and, with Mamba-1's global selection, a step of the global conv (+ SiLU) into
+// `gate`.
 struct conv_step_output {
     float* projected;
     index_t stride, first, channels, kernel;
@@ -172,8 +167,9 @@ struct conv_step_output {
     float* convolved;
     index_t global_kernel = 0;
     const float* global_weight = nullptr;
+    const float* global_bias = nullptr;
     float* global_state = nullptr;
-    float* window = nullptr;
+    float* gate = nullptr;
 
     // The taps and states of the convolved channels among the outputs: a memory round trip less.
     __device__ void prefetch(index_t b0, int rows, index_t o0, int outs) const {
@@ -194,12 +190,10 @@ struct conv_step_output {
         const index_t c = o - first;
         if (c < 0 || c >= channels) return;
         const index_t bc = b * channels + c;
-        const float x =
-            conv_step(v, weight + c * kernel, bias ? bias[c] : 0.0f, state + bc * (kernel - 1), kernel, true);
-        convolved[bc] = x;
+        convolved[bc] = conv_step(v, weight + c * kernel, bias ? bias[c] : 0.0f, state + bc * (kernel - 1), kernel);
         if (global_kernel > 0)
-            window[bc] = conv_step(x, global_weight + c * global_kernel, 0.0f, global_state + bc * (global_kernel - 1),
-                                   global_kernel, false);
+            gate[bc] = conv_step(v, global_weight + c * global_kernel, global_bias ? global_bias[c] : 0.0f,
+                                 global_state + bc * (global_kernel - 1), global_kernel);
     }
 };
 

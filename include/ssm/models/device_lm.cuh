@@ -33,7 +33,7 @@ namespace ssm::models {
 struct device_layer_state {
     cuda::device_array<float> conv;    // (batch, conv channels, K-1)
     cuda::device_array<float> ssm;     // (batch, channels, state)
-    cuda::device_array<float> global;  // (batch, d_inner, K_g-1): the global selection window
+    cuda::device_array<float> global;  // (batch, d_inner, K_g-1): the global selection conv's window
 };
 
 // Activations of one forward call; sized before any work is queued (never during graph capture).
@@ -41,7 +41,7 @@ struct device_layer_state {
 template <class X>
 struct device_workspace {
     cuda::device_array<float> hidden, mixed, projected, convolved, x_projected, delta, y, final_state;
-    cuda::device_array<float> global_window, global_term;  // the global selection module's
+    cuda::device_array<float> global_gate;  // the global selection module's SiLU(global_conv(x) + bias)
     cuda::device_array<X> normed, product_input;
     cuda::device_array<float> importance, gathered;
     cuda::device_array<std::int64_t> kept_rows;  // absolute rows (b·length + position) of the kept tokens
@@ -74,13 +74,13 @@ void linear(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, 
     check_launch("linear: bias launch");
 }
 
-// Causal conv (+ SiLU unless `silu` is false) over the first `channels` columns of x (row stride
+// Causal conv + SiLU over the first `channels` columns of x (row stride
 // x_stride) and the conv state update: one kernel for a single token, else the convolution and then
 // the update.
 inline void causal_conv(const cuda_exec& exec, const float* x, index_t x_stride, index_t batch, index_t length,
                         index_t channels, index_t kernel, const device_array<float>& weight,
-                        const device_array<float>& bias, device_array<float>& state, float* y, bool silu = true) {
-    const cuda::conv_geometry g{batch, length, channels, kernel, x_stride, silu};
+                        const device_array<float>& bias, device_array<float>& state, float* y) {
+    const cuda::conv_geometry g{batch, length, channels, kernel, x_stride};
     if (length == 1) {
         cuda::causal_conv1d_step_kernel<<<blocks(batch * channels), 256, 0, exec.stream>>>(
             x, weight.data(), bias.empty() ? nullptr : bias.data(), g, state.data(), y);
@@ -203,8 +203,8 @@ tensor_view<const X, 2> as_product_input(const cuda_exec& exec, const device_arr
         return {converted.data(), rows, cols};
     }
 }
-// Mamba-1's decoding step inputs: x from the convolved row, Δ = softplus(dt_proj row · x_proj's Δ part +
-// dt bias), the dt_proj product folded into the step (a kernel less per layer).
+// Mamba-1's decoding step inputs: x from the convolved row, Δ = softplus(dt_proj row · x_proj's Δ part
+// (times the global gate) + dt bias), the dt_proj product folded into the step (a kernel less per layer).
 struct mamba1_token {
     static constexpr bool constant_parameters = true;
     const float* x;
@@ -213,6 +213,7 @@ struct mamba1_token {
     index_t channels, rank;
     const float* x_dbl;  // (batch, x_dbl_stride), Δ part first
     index_t x_dbl_stride;
+    const float* gate;  // (batch, channels): the global selection's gate on Δ, or null
 
     // The channel's dt_proj row (a line a lane) and bias.
     __device__ void prefetch(index_t d, int lane, int lanes) const {
@@ -225,7 +226,8 @@ struct mamba1_token {
         float part = 0.0f;
 #pragma unroll 4  // loads of four products in flight
         for (index_t r = lane; r < rank; r += lanes) part += dt_proj[d * rank + r] * x_dbl[b * x_dbl_stride + r];
-        return {x[b * channels + d], math::softplus(cuda::lanes_sum(part, lanes) + dt_bias[d])};
+        const float delta = cuda::lanes_sum(part, lanes) * (gate ? gate[b * channels + d] : 1.0f);
+        return {x[b * channels + d], math::softplus(delta + dt_bias[d])};
     }
 };
 
@@ -257,25 +259,25 @@ struct device_mamba1_mixer {
     index_t d_model, d_inner, state, rank, kernel, global_kernel;
     layer_scaling scaling;
     array<X> in_proj, out_proj;
-    // x_proj, with global selection [x_proj | global_proj] side by side: (rank + 2N, d_inner or 2·d_inner)
-    array<float> in_proj_bias, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A, D, out_proj_bias, global_conv;
+    array<float> in_proj_bias, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A, D, out_proj_bias, global_conv,
+        global_bias;
 
     explicit device_mamba1_mixer(const mamba1_mixer& m)
         : d_model(m.d_model), d_inner(m.d_inner), state(m.state), rank(m.rank), kernel(m.kernel),
           global_kernel(m.global_kernel), scaling(m.scaling),
           in_proj(array<X>::copy_of(m.in_proj)), out_proj(array<X>::copy_of(m.out_proj)),
           in_proj_bias(array<float>::copy_of(m.in_proj_bias)), conv_weight(array<float>::copy_of(m.conv_weight)),
-          conv_bias(array<float>::copy_of(m.conv_bias)), x_proj(array<float>::copy_of(selection_weights(m))),
+          conv_bias(array<float>::copy_of(m.conv_bias)), x_proj(array<float>::copy_of(m.x_proj)),
           dt_proj(array<float>::copy_of(m.dt_proj)), dt_bias(array<float>::copy_of(m.dt_bias)),
           A(array<float>::copy_of(m.A)), D(array<float>::copy_of(m.D)),
-          out_proj_bias(array<float>::copy_of(m.out_proj_bias)), global_conv(array<float>::copy_of(m.global_conv)) {}
+          out_proj_bias(array<float>::copy_of(m.out_proj_bias)), global_conv(array<float>::copy_of(m.global_conv)),
+          global_bias(array<float>::copy_of(m.global_bias)) {}
 
     index_t conv_channels() const { return d_inner; }
     index_t scan_channels() const { return d_inner; }
     index_t state_size() const { return state; }
     index_t kernel_size() const { return kernel; }
     index_t global_window() const { return global_kernel > 0 ? d_inner * (global_kernel - 1) : 0; }
-    index_t selection_inputs() const { return global_kernel > 0 ? 2 * d_inner : d_inner; }
 
     void reserve(device_workspace<X>& ws, index_t batch, index_t rows) const {
         ws.projected.reserve(std::size_t(rows * 2 * d_inner));
@@ -285,10 +287,7 @@ struct device_mamba1_mixer {
         ws.y.reserve(std::size_t(rows * d_inner));
         ws.final_state.reserve(std::size_t(batch * d_inner * state));
         if constexpr (!std::same_as<X, float>) ws.product_input.reserve(std::size_t(rows * d_inner));
-        if (global_kernel > 0) {
-            ws.global_window.reserve(std::size_t(rows * d_inner));
-            ws.global_term.reserve(std::size_t(rows * (rank + 2 * state)));
-        }
+        if (global_kernel > 0) ws.global_gate.reserve(std::size_t(rows * d_inner));
     }
 
     // As mamba1_mixer::forward: cuBLAS products between layer kernels (device_causal_lm sends a
@@ -306,23 +305,21 @@ struct device_mamba1_mixer {
                         ws.convolved.data());
         const tensor_view<const float, 2> conv_out(ws.convolved.data(), rows, di);
         const tensor_view<float, 2> x_dbl(ws.x_projected.data(), rows, xw);
-        const index_t sw = selection_inputs();
-        gemm.multiply(exec, conv_out, tensor_view<const float, 2>(x_proj.data(), {xw, di}, {sw, 1}), x_dbl);
-        if (global_kernel > 0) {  // x_dbl += global_conv(x)·global_projᵀ
-            dd::causal_conv(exec, conv_out.data(), di, batch, length, di, global_kernel, global_conv, {}, cache.global,
-                            ws.global_window.data(), false);
-            const tensor_view<float, 2> term(ws.global_term.data(), rows, xw);
-            gemm.multiply(exec, tensor_view<const float, 2>(ws.global_window.data(), rows, di),
-                          tensor_view<const float, 2>(x_proj.data() + di, {xw, di}, {sw, 1}), term);
-            cuda::add_kernel<<<dd::blocks(rows * xw), 256, 0, exec.stream>>>(x_dbl.data(), term.data(), rows * xw);
-            dd::check_launch("global selection: add launch");
-        }
+        gemm.multiply(exec, conv_out, dd::matrix(x_proj, xw, di), x_dbl);
+        if (global_kernel > 0)  // the gate SiLU(global_conv(x) + bias), over in_proj's x as the short conv
+            dd::causal_conv(exec, xz.data(), width, batch, length, di, global_kernel, global_conv, global_bias,
+                            cache.global, ws.global_gate.data());
         if (length == 1) {  // several sequences' next token: dt_proj's product runs in the step kernel
             dd::step_with_state(exec, ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di),
                                 cache.ssm, token(ws));
         } else {
             gemm.multiply(exec, tensor_view<const float, 2>(x_dbl.data(), {rows, rank}, {xw, 1}),
                           dd::matrix(dt_proj, di, rank), tensor_view<float, 2>(ws.delta.data(), rows, di));
+            if (global_kernel > 0) {
+                cuda::multiply_kernel<<<dd::blocks(rows * di), 256, 0, exec.stream>>>(ws.delta.data(),
+                                                                                     ws.global_gate.data(), rows * di);
+                dd::check_launch("global selection: gate launch");
+            }
             if (decimation) {
                 length = dd::decimate(exec, *decimation, ws.delta.data(), di, dt_bias.data(), batch, length, ws,
                                       {{xz.data(), width}, {ws.convolved.data(), di}, {x_dbl.data(), xw},
@@ -338,21 +335,19 @@ struct device_mamba1_mixer {
     }
 
     // One token a sequence, the residual stream `hidden` (batch, d_model) updated in place: four
-    // kernels — the norm, in_proj and the convolutions; x_proj (with global_proj); the scan step with
-    // dt_proj's product; out_proj with the residual add.
+    // kernels — the norm, in_proj and the convolutions (the global selection's too); x_proj; the scan
+    // step with dt_proj's product (and the global gate); out_proj with the residual add.
     void decode(const cuda_exec& exec, const float* norm, float epsilon, index_t batch, device_layer_state& cache,
                 device_workspace<X>& ws, float* hidden) const {
         namespace dd = device_detail;
         const index_t di = d_inner, width = 2 * di, xw = rank + 2 * state;
-        const bool global = global_kernel > 0;
         cuda::matvec(exec, in_proj.data(), dd::bias_or_null(in_proj_bias), width, d_model, batch,
                      cuda::rms_normed_input{hidden, d_model, {norm, epsilon}},
                      cuda::conv_step_output{ws.projected.data(), width, 0, di, kernel, conv_weight.data(),
                                             dd::bias_or_null(conv_bias), cache.conv.data(), ws.convolved.data(),
-                                            global_kernel, global_conv.data(), cache.global.data(),
-                                            ws.global_window.data()});
-        cuda::matvec(exec, x_proj.data(), nullptr, xw, selection_inputs(), batch,
-                     cuda::rows_input{ws.convolved.data(), di, global ? ws.global_window.data() : nullptr, di, di},
+                                            global_kernel, global_conv.data(), dd::bias_or_null(global_bias),
+                                            cache.global.data(), ws.global_gate.data()});
+        cuda::matvec(exec, x_proj.data(), nullptr, xw, di, batch, cuda::rows_input{ws.convolved.data(), di},
                      cuda::store_output{ws.x_projected.data(), xw});
         dd::step_with_state(exec, ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di),
                             cache.ssm, token(ws));
@@ -364,7 +359,7 @@ private:
     ssm_type ssm() const { return {{device_detail::matrix(A, d_inner, state)}, {}, scaling.modulation()}; }
     device_detail::mamba1_token token(const device_workspace<X>& ws) const {
         return {ws.convolved.data(), dt_proj.data(), dt_bias.data(), d_inner, rank, ws.x_projected.data(),
-                rank + 2 * state};
+                rank + 2 * state, global_kernel > 0 ? ws.global_gate.data() : nullptr};
     }
 
     // The scan's inputs in the workspace: u the convolved x, Δ (before bias and softplus), B and C from
@@ -380,18 +375,6 @@ private:
                 .D = device_detail::optional_vector(D),
                 .delta_bias = device_detail::optional_vector(dt_bias),
                 .delta_softplus = true};
-    }
-
-    static std::vector<float> selection_weights(const mamba1_mixer& m) {
-        if (m.global_kernel == 0) return m.x_proj;
-        const std::size_t rows = std::size_t(m.rank + 2 * m.state), cols = std::size_t(m.d_inner);
-        std::vector<float> both(rows * 2 * cols);
-        for (std::size_t r = 0; r < rows; ++r) {
-            std::copy_n(m.x_proj.begin() + std::ptrdiff_t(r * cols), cols, both.begin() + std::ptrdiff_t(2 * r * cols));
-            std::copy_n(m.global_proj.begin() + std::ptrdiff_t(r * cols), cols,
-                        both.begin() + std::ptrdiff_t((2 * r + 1) * cols));
-        }
-        return both;
     }
 };
 

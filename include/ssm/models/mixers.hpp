@@ -70,7 +70,7 @@ namespace ssm::models {
 struct layer_state {
     std::vector<float> conv;    // (batch, conv channels, K-1): the last K-1 inputs of the convolution
     std::vector<float> ssm;     // (batch, channels, state)
-    std::vector<float> global;  // (batch, d_inner, K_g-1): the global selection window (Mamba-1 only)
+    std::vector<float> global;  // (batch, d_inner, K_g-1): the global selection conv's window (Mamba-1 only)
 };
 
 // A layer's context-extension factors, fused into its scan's discretization: Δ modulation
@@ -94,7 +94,7 @@ struct layer_scaling {
 // Scratch buffers a forward pass reuses from call to call; `kept` holds the positions a decimating
 // layer kept, (batch, kept length), relative to the sequence the layer was given.
 struct workspace {
-    std::vector<float> projected, convolved, x_projected, delta, y, gated, global_window, global_term;
+    std::vector<float> projected, convolved, x_projected, delta, y, gated, global_gate;
     std::vector<index_t> kept;
 };
 
@@ -132,9 +132,9 @@ struct layer_decimation {
 
 // Mamba-1: in_proj → causal conv + SiLU → x_proj (Δ rank, B, C) → dt_proj → selective scan with
 // softplus(Δ + bias), D skip and SiLU(z) gate → out_proj.
-// With the global selection module (arXiv 2410.15678; config global_selection_kernel = K_g > 0), the
-// selection inputs also see the last K_g tokens: x_proj(x) + global_proj(global_conv(x)), global_conv
-// a causal depthwise convolution of K_g taps without bias or activation (docs/design.md).
+// With the global selection module (arXiv 2410.15678; config global_selection_kernel = K_g > 0) Δ is
+// gated by a long view of the input: Δ = softplus(dt_proj(Δ rank)·SiLU(global_conv(x) + bias) + dt_bias),
+// global_conv a causal depthwise convolution of K_g taps over in_proj's x (before the short conv).
 struct mamba1_mixer {
     static constexpr io::architecture architecture = io::architecture::mamba1;
     using ssm_type = selective_ssm<diagonal_real, zoh_euler, layer_scaling::modulation_type>;
@@ -142,7 +142,7 @@ struct mamba1_mixer {
     index_t d_model = 0, d_inner = 0, state = 0, rank = 0, kernel = 0, global_kernel = 0;
     layer_scaling scaling;
     std::vector<float> in_proj, in_proj_bias, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A, D, out_proj,
-        out_proj_bias, global_conv, global_proj;
+        out_proj_bias, global_conv, global_bias;
 
     template <weight_source Source>
     static mamba1_mixer load(Source& source, const std::string& prefix, const io::model_config& c) {
@@ -165,15 +165,15 @@ struct mamba1_mixer {
         const bool global = m.global_kernel > 0;
         m.global_conv = source.optional(prefix + "global_conv.weight", {di, 1, m.global_kernel}, global,
                                         "global_selection_kernel");
-        m.global_proj = source.optional(prefix + "global_proj.weight", {m.rank + 2 * n, di}, global,
-                                        "global_selection_kernel");
+        m.global_bias = source.optional(prefix + "global_conv.bias", {di}, global && c.use_conv_bias,
+                                        global ? "use_conv_bias" : "global_selection_kernel");
         return m;
     }
 
     index_t parameter_count() const {
         return index_t(in_proj.size() + in_proj_bias.size() + conv_weight.size() + conv_bias.size() + x_proj.size() +
                        dt_proj.size() + dt_bias.size() + A.size() + D.size() + out_proj.size() + out_proj_bias.size() +
-                       global_conv.size() + global_proj.size());
+                       global_conv.size() + global_bias.size());
     }
     layer_state make_state(index_t batch) const {
         return {std::vector<float>(std::size_t(batch * d_inner * (kernel - 1))),
@@ -206,10 +206,10 @@ struct mamba1_mixer {
 
         const auto x_dbl = detail::buffer(ws.x_projected, rows, xw);
         gemm.multiply(exec, conv_out, detail::matrix(x_proj, xw, di), x_dbl);
-        if (global_kernel > 0) add_global_selection(exec, gemm, conv_out, batch, length, cache, ws, x_dbl);
         const auto delta = detail::buffer(ws.delta, rows, di);
         gemm.multiply(exec, tensor_view<const float, 2>(x_dbl.data(), {rows, rank}, {xw, 1}), detail::matrix(dt_proj, di, rank),
                       delta);
+        if (global_kernel > 0) gate_delta(exec, xz, batch, length, cache, ws, delta);
 
         if (decimation) {
             // Token importance from the step the scan will take: softplus(Δ + bias), before any factor.
@@ -241,22 +241,20 @@ struct mamba1_mixer {
     }
 
 private:
-    // x_dbl += global_conv(x)·global_projᵀ, the window carried in cache.global.
-    template <host_gemm Gemm>
-    void add_global_selection(const host_exec& exec, const Gemm& gemm, tensor_view<const float, 2> x, index_t batch,
-                              index_t length, layer_state& cache, workspace& ws, tensor_view<float, 2> x_dbl) const {
-        const index_t rows = batch * length, di = d_inner, xw = x_dbl.extent(1);
-        const auto window = detail::buffer(ws.global_window, rows, di);
+    // Δ (before bias and softplus) ·= SiLU(global_conv(x) + bias), x in_proj's first half; the conv's
+    // window is carried in cache.global.
+    void gate_delta(const host_exec& exec, tensor_view<const float, 2> xz, index_t batch, index_t length,
+                    layer_state& cache, workspace& ws, tensor_view<float, 2> delta) const {
+        const index_t rows = batch * length, di = d_inner;
+        const auto gate = detail::buffer(ws.global_gate, rows, di);
         causal_conv1d(exec,
-                      conv1d_inputs<float>{.x = {x.data(), batch, length, di},
+                      conv1d_inputs<float>{.x = detail::columns<const float>(xz.data(), batch, length, xz.extent(1), 0, di),
                                            .weight = detail::matrix(global_conv, di, global_kernel),
-                                           .silu = false},
+                                           .bias = detail::optional_vector(global_bias)},
                       tensor_view<float, 3>(cache.global.data(), batch, di, global_kernel - 1),
-                      tensor_view<float, 3>(window.data(), batch, length, di));
-        const auto term = detail::buffer(ws.global_term, rows, xw);
-        gemm.multiply(exec, tensor_view<const float, 2>(window), detail::matrix(global_proj, xw, di), term);
+                      tensor_view<float, 3>(gate.data(), batch, length, di));
         ssm::detail::parallel_for(exec, rows, [&](index_t r) {
-            for (index_t c = 0; c < xw; ++c) x_dbl(r, c) += term(r, c);
+            for (index_t c = 0; c < di; ++c) delta(r, c) *= gate(r, c);
         });
     }
 };
