@@ -6,7 +6,8 @@ Global selection (arXiv 2410.15678, as its public code implements it): per layer
 convolution of K_g taps (with bias, like the short conv) over in_proj's x before the short conv;
 SiLU of it gates Δ before Δ's bias: Δ = softplus(dt_proj(Δ rank)·SiLU(global_conv(x) + b) + dt_bias).
 Weights ``mixer.global_conv.weight`` (d_inner, 1, K_g) and ``mixer.global_conv.bias`` (d_inner);
-config key ``global_selection_kernel`` = K_g. PyTorch's default initialization, as in that code.
+config key ``global_selection_kernel`` = K_g. Initialized as PyTorch does by default (as in that code),
+or with --global-init identity: taps 0 and bias SiLU⁻¹(1), so that the gate starts at 1.
 
 Tasks:
 - ``recall`` (gapped associative recall; token ids: keys 1..K, values K+1..K+V): P key-value pairs laid
@@ -39,13 +40,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_byte_mamba import init_weights, patch_model, set_exact_fp32  # noqa: E402
 
 
-def add_global_selection(model, kernel):
-    """Adds the module's conv to every mixer (PyTorch's default initialization)."""
+SILU_ONE = 1.2785  # SiLU(1.2785) = 1.0000
+
+
+def add_global_selection(model, kernel, init="default"):
+    """Adds the module's conv to every mixer: PyTorch's default initialization, or "identity" (taps 0,
+    bias SILU_ONE: the gate starts at 1 and the model as its plain self)."""
     model.config.global_selection_kernel = kernel
     for layer in model.backbone.layers:
         m = layer.mixer
         m.global_conv = torch.nn.Conv1d(m.intermediate_size, m.intermediate_size, kernel, groups=m.intermediate_size,
                                         bias=True, padding=kernel - 1)
+        if init == "identity":
+            torch.nn.init.zeros_(m.global_conv.weight)
+            torch.nn.init.constant_(m.global_conv.bias, SILU_ONE)
 
 
 def build(vocab, args, kernel):
@@ -56,7 +64,7 @@ def build(vocab, args, kernel):
     model = MambaForCausalLM(cfg)
     init_weights(model, cfg)
     if kernel:
-        add_global_selection(model, kernel)
+        add_global_selection(model, kernel, getattr(args, "global_init", "default"))
     return model
 
 
@@ -224,6 +232,8 @@ def main():
     ap.add_argument("--key-length", type=int, default=2, help="ngram: tokens a key")
     ap.add_argument("--value-length", type=int, default=2, help="ngram: tokens a value")
     ap.add_argument("--global-kernel", type=int, default=0, help="0: the plain model")
+    ap.add_argument("--global-init", choices=["default", "identity"], default="default",
+                    help="the module's conv: PyTorch's default init (the paper's code) or gate 1 at the start")
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--keys", type=int, default=64, help="ids keys are drawn from")
     ap.add_argument("--values", type=int, default=64, help="ids values are drawn from")

@@ -132,6 +132,6 @@ endforeach()
 # info names the global selection module of a model that has one.
 execute_process(COMMAND "${SSM_RUN}" info "${RECALL_MODEL}" --json OUTPUT_VARIABLE info RESULT_VARIABLE rc)
 string(JSON kernel GET "${info}" global_selection_kernel)
-if(NOT rc EQUAL 0 OR NOT kernel EQUAL 16)
+if(NOT rc EQUAL 0 OR NOT kernel EQUAL 128)
   message(FATAL_ERROR "info on a model with global selection: exit ${rc}:\n${info}")
 endif()
