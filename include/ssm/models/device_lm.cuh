@@ -74,9 +74,8 @@ void linear(const cuda_exec& exec, const Gemm& gemm, tensor_view<const X, 2> x, 
     check_launch("linear: bias launch");
 }
 
-// Causal conv + SiLU over the first `channels` columns of x (row stride
-// x_stride) and the conv state update: one kernel for a single token, else the convolution and then
-// the update.
+// Causal conv + SiLU over the first `channels` columns of x (row stride x_stride) and the conv state
+// update: one kernel for a single token, else the convolution and then the update.
 inline void causal_conv(const cuda_exec& exec, const float* x, index_t x_stride, index_t batch, index_t length,
                         index_t channels, index_t kernel, const device_array<float>& weight,
                         const device_array<float>& bias, device_array<float>& state, float* y) {
