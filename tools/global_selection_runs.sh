@@ -11,11 +11,11 @@ out=$1 seconds=${2:-240}
 tool="$(dirname "$0")/train_global_selection.py"
 mkdir -p "$out"
 python3 "$tool" --fixture "$out/fixture" 2>&1 | tee "$out/fixture.log"
+declare -A task_args=([recall]="--task recall" [ngram]="--task ngram --pairs 4 --length 64")
 for task in recall ngram; do
-  python3 "$tool" --out "$out/smoke-$task" --task $task --global-kernel 128 --seconds 3 --eval-sequences 256 \
+  python3 "$tool" --out "$out/smoke-$task" ${task_args[$task]} --global-kernel 128 --seconds 3 --eval-sequences 256 \
     > "$out/smoke-$task.log" 2>&1 || { tail -n 30 "$out/smoke-$task.log"; exit 1; }
 done
-declare -A task_args=([recall]="--task recall" [ngram]="--task ngram --pairs 4 --length 64")
 for task in recall ngram; do
   for kernel in 0 128; do
     name=$task-$([ $kernel = 0 ] && echo plain || echo global)

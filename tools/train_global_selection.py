@@ -99,8 +99,7 @@ def ngram_batch(gen, batch, length, pairs, key_length, value_length, keys, value
     ids = torch.randint(FIRST_KEY, FIRST_KEY + keys + values, (batch, length), generator=gen)  # the noise
     targets = torch.full_like(ids, -100)
 
-    def place(rows, starts, key, value, query):
-        at = starts
+    def place(rows, at, key, value, query):
         ids[rows, at] = S1
         for j in range(key_length):
             ids[rows, at + 1 + j] = key[:, j]
