@@ -378,87 +378,116 @@ __device__ inline float lanes_sum(float v, int lanes) {
     return v;
 }
 
-// One decoding step (length-1 problems): each (batch, channel) is served by `lanes` consecutive threads
-// of a warp (a power of two <= 32), S states each, so that its state is read and written in whole
-// lines; the lanes' shares of C·h meet by shuffles. Every thread loads all its states (and B, C)
-// before it writes any, so the initial and final state may be the same memory and a step waits for
-// one round trip, not one a state. `token` (see problem_token) gives the channel's x and Δ (read from
-// the problem, or computed by a model's fused decoding kernel). Blocks are whole warps; every thread
-// calls `token` and joins the shuffles, inactive ones (past the last channel, with b = d = 0) too, and
-// must then write nothing.
+// A channel's decoding step, served by `lanes` consecutive threads of a warp (a power of two <= 32),
+// S states each, so that its state is read and written in whole lines. Construct it before the
+// previous kernel has finished (it starts the loads of constants), call advance after: every thread
+// loads all its states (and B, C) before it writes any, so the initial and final state may be the
+// same memory and a step waits for one round trip, not one a state. `token` (see problem_token) gives
+// the channel's x and Δ. Every thread of the warp takes part, inactive ones (past the last channel,
+// with b = d = 0) too, and then writes nothing.
 template <int S, class Ssm, class T, class Token>
-__global__ void step_kernel(Ssm model, scan_problem<T> p, int lanes, Token token) {
+class channel_step {
     using V = typename Ssm::value_type;
-    constexpr int components = std::same_as<V, cfloat> ? 2 : 1;
-    const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    const index_t slot = i / lanes;
-    const int lane = int(i % lanes);
-    const index_t channels = p.shape.channels, first = index_t(lane) * S;
-    const bool active = slot < p.shape.batch * channels;
-    const index_t b = active ? slot / channels : 0, d = active ? slot % channels : 0;
-    const index_t g = d / (channels / p.shape.groups);
-    const index_t dc = model.transition.delta_channel(d);
-    const auto& start = p.in.initial_state;
-    const auto& end = p.out.final_state;
-    const auto here = [&](int j) { return active && first + j < p.shape.state; };
-    // Before the previous kernel has finished: the state's line into L2, the token's constants, and
-    // the eigenvalues when they are constants.
-    if (here(0) && start.data()) prefetch_l2(&start(b, d, components * first));
-    token.prefetch(d, lane, lanes);
-    V lambda[S];
-    const auto eigenvalues = [&] {
-#pragma unroll
-        for (int j = 0; j < S; ++j)
-            if (here(j)) lambda[j] = model.modulation.eigenvalue(model.transition.eigenvalue(d, first + j), dc);
-    };
-    if constexpr (Token::constant_parameters) eigenvalues();
-    wait_for_previous_kernel();
-    if constexpr (!Token::constant_parameters) eigenvalues();
-    V h[S], bv[S], cv[S];
-#pragma unroll
-    for (int j = 0; j < S; ++j) {
-        if (!here(j)) continue;
-        const index_t n = first + j;
-        h[j] = V{};
-        if (start.data()) {
-            if constexpr (components == 2) h[j] = {start(b, d, 2 * n), start(b, d, 2 * n + 1)};
-            else h[j] = start(b, d, n);
-        }
-        bv[j] = detail::load_value<V>(p.in.B, b, 0, g, n);
-        cv[j] = detail::load_value<V>(p.in.C, b, 0, g, n);
+    static constexpr int components = std::same_as<V, cfloat> ? 2 : 1;
+
+public:
+    __device__ channel_step(const Ssm& model, const scan_problem<T>& p, const Token& token, index_t b, index_t d,
+                            int lane, int lanes, bool active)
+        : model_(model), p_(p), token_(token), b_(b), d_(d), dc_(model.transition.delta_channel(d)),
+          first_(index_t(lane) * S), lane_(lane), lanes_(lanes), active_(active) {
+        if (here(0) && p.in.initial_state.data()) prefetch_l2(&p.in.initial_state(b, d, components * first_));
+        token.prefetch(d, lane, lanes);
+        if constexpr (Token::constant_parameters) eigenvalues();
     }
-    const token_input in = token(b, d, dc, lane, lanes, active);
-    const float dt = model.modulation.delta(in.delta, dc);
-    float acc = 0.0f;
-    discretized<V> shared_q{};
-#pragma unroll
-    for (int j = 0; j < S; ++j) {
-        if (!here(j)) continue;
-        if constexpr (Ssm::structure_type::state_invariant_decay)
-            if (j == 0) shared_q = Ssm::discretization_type::apply(lambda[0], dt);
-        const auto q = detail::discretize<Ssm>(shared_q, lambda[j], dt);
-        h[j] = q.decay * h[j] + q.input * bv[j] * in.x;
-        acc += detail::real_product(cv[j], h[j]);
-    }
-    if (end.data()) {
+
+    // The state advanced (and written to the final state); returns this lane's share of C·h.
+    __device__ float advance() {
+        if constexpr (!Token::constant_parameters) eigenvalues();
+        const auto& start = p_.in.initial_state;
+        const auto& end = p_.out.final_state;
+        const index_t g = d_ / (p_.shape.channels / p_.shape.groups);
+        V h[S], bv[S], cv[S];
 #pragma unroll
         for (int j = 0; j < S; ++j) {
             if (!here(j)) continue;
-            const index_t n = first + j;
-            if constexpr (components == 2) {
-                end(b, d, 2 * n) = h[j].re;
-                end(b, d, 2 * n + 1) = h[j].im;
-            } else {
-                end(b, d, n) = h[j];
+            const index_t n = first_ + j;
+            h[j] = V{};
+            if (start.data()) {
+                if constexpr (components == 2) h[j] = {start(b_, d_, 2 * n), start(b_, d_, 2 * n + 1)};
+                else h[j] = start(b_, d_, n);
+            }
+            bv[j] = detail::load_value<V>(p_.in.B, b_, 0, g, n);
+            cv[j] = detail::load_value<V>(p_.in.C, b_, 0, g, n);
+        }
+        in_ = token_(b_, d_, dc_, lane_, lanes_, active_);
+        const float dt = model_.modulation.delta(in_.delta, dc_);
+        float acc = 0.0f;
+        discretized<V> shared_q{};
+#pragma unroll
+        for (int j = 0; j < S; ++j) {
+            if (!here(j)) continue;
+            if constexpr (Ssm::structure_type::state_invariant_decay)
+                if (j == 0) shared_q = Ssm::discretization_type::apply(lambda_[0], dt);
+            const auto q = detail::discretize<Ssm>(shared_q, lambda_[j], dt);
+            h[j] = q.decay * h[j] + q.input * bv[j] * in_.x;
+            acc += detail::real_product(cv[j], h[j]);
+        }
+        if (end.data()) {
+#pragma unroll
+            for (int j = 0; j < S; ++j) {
+                if (!here(j)) continue;
+                const index_t n = first_ + j;
+                if constexpr (components == 2) {
+                    end(b_, d_, 2 * n) = h[j].re;
+                    end(b_, d_, 2 * n + 1) = h[j].im;
+                } else {
+                    end(b_, d_, n) = h[j];
+                }
             }
         }
+        return acc;
     }
+
+    // The channel's output from the lanes' summed shares of C·h (after advance).
+    __device__ float output(float ch) const {
+        float out = model_.transition.output_scale() * ch + (p_.in.D.data() ? p_.in.D(d_) : 0.0f) * in_.x;
+        if (p_.in.z.data()) out *= math::silu(to_float(p_.in.z(b_, 0, d_)));
+        return out;
+    }
+
+private:
+    __device__ bool here(int j) const { return active_ && first_ + j < p_.shape.state; }
+    __device__ void eigenvalues() {
+#pragma unroll
+        for (int j = 0; j < S; ++j)
+            if (here(j)) lambda_[j] = model_.modulation.eigenvalue(model_.transition.eigenvalue(d_, first_ + j), dc_);
+    }
+
+    const Ssm& model_;
+    const scan_problem<T>& p_;
+    const Token& token_;
+    index_t b_, d_, dc_, first_;
+    int lane_, lanes_;
+    bool active_;
+    V lambda_[S];
+    token_input in_{};
+};
+
+// One decoding step (length-1 problems): a channel_step for each (batch, channel), its lanes' shares
+// of C·h meeting by shuffles. Blocks are whole warps.
+template <int S, class Ssm, class T, class Token>
+__global__ void step_kernel(Ssm model, scan_problem<T> p, int lanes, Token token) {
+    const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    const index_t slot = i / lanes, channels = p.shape.channels;
+    const int lane = int(i % lanes);
+    const bool active = slot < p.shape.batch * channels;
+    const index_t b = active ? slot / channels : 0, d = active ? slot % channels : 0;
+    channel_step<S, Ssm, T, Token> step(model, p, token, b, d, lane, lanes, active);
+    wait_for_previous_kernel();
+    float acc = step.advance();
     let_next_kernel_start();
     acc = lanes_sum(acc, lanes);
-    if (!active || lane != 0) return;
-    float out = model.transition.output_scale() * acc + (p.in.D.data() ? p.in.D(d) : 0.0f) * in.x;
-    if (p.in.z.data()) out *= math::silu(to_float(p.in.z(b, 0, d)));
-    p.out.y(b, 0, d) = from_float<T>(out);
+    if (active && lane == 0) p.out.y(b, 0, d) = from_float<T>(step.output(acc));
 }
 
 inline unsigned blocks_for(index_t threads, int block) { return unsigned((threads + block - 1) / block); }
