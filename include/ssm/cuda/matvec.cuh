@@ -28,6 +28,7 @@ inline constexpr int matvec_tile = 8;                // batch rows a block serve
 inline constexpr int matvec_group = 64;              // most rows of W a block takes
 inline constexpr index_t matvec_rows_bytes = 24 * 1024;  // bytes of W a block takes, one row at least
 inline constexpr index_t matvec_shared = 160 * 1024;  // dynamic shared memory a block at most
+inline constexpr int matvec_scratch = matvec_group * matvec_tile;  // floats of a block's results
 
 SSM_HOST_DEVICE constexpr std::size_t aligned_bytes(std::size_t bytes) { return (bytes + 15) / 16 * 16; }
 
@@ -209,16 +210,38 @@ struct conv_step_output {
             gate[bc] = conv_step(v, global_weight + c * global_kernel, global_bias ? global_bias[c] : 0.0f,
                                  global_state + bc * (global_kernel - 1), global_kernel);
     }
-    // After every output of the block: its share of x_proj's products.
-    __device__ void finish(index_t b0, int rows, index_t o0, int outs) const {
+    // After every output of the block (`scratch`: matvec_scratch floats of shared memory): its share of
+    // x_proj's products, summed in shared memory first (one global add a product and batch row), every
+    // load in flight at once.
+    __device__ void finish(index_t b0, int rows, index_t o0, int outs, float* scratch) const {
         const auto [c0, c1] = convolved_range(o0, outs);
         if (!x_proj || c0 >= c1) return;
-        for (index_t k = threadIdx.x; k < rows * x_proj_rows; k += blockDim.x) {
-            const index_t b = b0 + k / x_proj_rows, r = k % x_proj_rows;
-            float sum = 0.0f;
-            for (index_t c = c0; c < c1; ++c) sum += x_proj[r * channels + c] * convolved[b * channels + c];
-            atomicAdd(x_sums + b * x_proj_rows + r, sum);
-        }
+        const int here = int(c1 - c0), threads = int(blockDim.x);
+        for (index_t b = b0; b < b0 + rows; ++b)
+            for (index_t r0 = 0; r0 < x_proj_rows; r0 += matvec_scratch) {
+                const int count = int(x_proj_rows - r0 < matvec_scratch ? x_proj_rows - r0 : matvec_scratch);
+                __syncthreads();  // the outputs (the convolved values), or the previous rows' adds
+                for (int r = int(threadIdx.x); r < count; r += threads) scratch[r] = 0.0f;
+                __syncthreads();
+                constexpr int ahead = 8;
+                for (int base = int(threadIdx.x); base < count * here; base += ahead * threads) {
+                    float w[ahead], v[ahead];
+#pragma unroll
+                    for (int u = 0; u < ahead; ++u) {
+                        const int k = base + u * threads, c = int(c0) + k % here;
+                        if (k < count * here)
+                            w[u] = x_proj[(r0 + k / here) * channels + c], v[u] = convolved[b * channels + c];
+                    }
+#pragma unroll
+                    for (int u = 0; u < ahead; ++u) {
+                        const int k = base + u * threads;
+                        if (k < count * here) atomicAdd(scratch + k / here, w[u] * v[u]);
+                    }
+                }
+                __syncthreads();
+                for (int r = int(threadIdx.x); r < count; r += threads)
+                    atomicAdd(x_sums + b * x_proj_rows + r0 + r, scratch[r]);
+            }
     }
 };
 
@@ -239,7 +262,7 @@ __global__ void __launch_bounds__(matvec_warps * 32)
     matvec_kernel(const X* weight, const float* bias, index_t outs, index_t ins, index_t batch, int group, int tile,
                   bool pieces, matvec_layout layout, Input input, Output output) {
     extern __shared__ __align__(16) unsigned char staged[];
-    __shared__ float results[matvec_group * matvec_tile];
+    __shared__ float results[matvec_scratch];
     constexpr int per_load = 16 / sizeof(X);
     X* w = reinterpret_cast<X*>(staged);  // (group, ins)
     float* norm_weight = input.norm.weight ? reinterpret_cast<float*>(staged + layout.norm) : nullptr;
@@ -296,10 +319,7 @@ __global__ void __launch_bounds__(matvec_warps * 32)
     __syncthreads();
     for (int k = int(threadIdx.x); k < here * rows; k += int(blockDim.x))
         output(b0 + k % rows, o0 + k / rows, results[k]);
-    if constexpr (requires { output.finish(b0, rows, o0, here); }) {
-        __syncthreads();
-        output.finish(b0, rows, o0, here);
-    }
+    if constexpr (requires { output.finish(b0, rows, o0, here, results); }) output.finish(b0, rows, o0, here, results);
 }
 
 // Queues y = x·Wᵀ (+ bias) for `batch` rows, launched overlapped. A block's shared memory holds a row
@@ -454,7 +474,9 @@ void step_product(const cuda_exec& exec, const Ssm& model, const scan_problem<fl
     int lanes = 1;
     while (lanes * S < p.shape.state) lanes *= 2;
     int channels = std::clamp(256 / lanes, 8, 32);
-    const auto bytes = [&](int c) { return aligned_bytes(std::size_t(product.outs * c) * sizeof(X)) + c * sizeof(float); };
+    const auto bytes = [&](int c) {
+        return aligned_bytes(std::size_t(product.outs * c) * sizeof(X)) + std::size_t(c) * sizeof(float);
+    };
     while (bytes(channels) > std::size_t(matvec_shared) && channels > 8 && channels / 2 * lanes >= 32) channels /= 2;
     detail::require(bytes(channels) <= std::size_t(matvec_shared), "step_product: ", product.outs, " outputs of ",
                     channels, " channels (", bytes(channels), " bytes of ", storage_name<X>,

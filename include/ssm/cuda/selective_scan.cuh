@@ -394,7 +394,8 @@ public:
     __device__ channel_step(const Ssm& model, const scan_problem<T>& p, const Token& token, index_t b, index_t d,
                             int lane, int lanes, bool active)
         : model_(model), p_(p), token_(token), b_(b), d_(d), dc_(model.transition.delta_channel(d)),
-          first_(index_t(lane) * S), lane_(lane), lanes_(lanes), active_(active) {
+          g_(d / (p.shape.channels / p.shape.groups)), first_(index_t(lane) * S), lane_(lane), lanes_(lanes),
+          active_(active) {
         if (here(0) && p.in.initial_state.data()) prefetch_l2(&p.in.initial_state(b, d, components * first_));
         token.prefetch(d, lane, lanes);
         if constexpr (Token::constant_parameters) eigenvalues();
@@ -405,7 +406,6 @@ public:
         if constexpr (!Token::constant_parameters) eigenvalues();
         const auto& start = p_.in.initial_state;
         const auto& end = p_.out.final_state;
-        const index_t g = d_ / (p_.shape.channels / p_.shape.groups);
         V h[S], bv[S], cv[S];
 #pragma unroll
         for (int j = 0; j < S; ++j) {
@@ -416,8 +416,8 @@ public:
                 if constexpr (components == 2) h[j] = {start(b_, d_, 2 * n), start(b_, d_, 2 * n + 1)};
                 else h[j] = start(b_, d_, n);
             }
-            bv[j] = detail::load_value<V>(p_.in.B, b_, 0, g, n);
-            cv[j] = detail::load_value<V>(p_.in.C, b_, 0, g, n);
+            bv[j] = detail::load_value<V>(p_.in.B, b_, 0, g_, n);
+            cv[j] = detail::load_value<V>(p_.in.C, b_, 0, g_, n);
         }
         in_ = token_(b_, d_, dc_, lane_, lanes_, active_);
         const float dt = model_.modulation.delta(in_.delta, dc_);
@@ -466,7 +466,7 @@ private:
     const Ssm& model_;
     const scan_problem<T>& p_;
     const Token& token_;
-    index_t b_, d_, dc_, first_;
+    index_t b_, d_, dc_, g_, first_;
     int lane_, lanes_;
     bool active_;
     V lambda_[S];
