@@ -53,16 +53,16 @@ s=sub(s,'''    __syncthreads();
     for (int k = int(threadIdx.x); k < here * rows; k += int(blockDim.x))''','''    __syncthreads();
     PROBE(5)
     for (int k = int(threadIdx.x); k < here * rows; k += int(blockDim.x))''')
-s=sub(s,'''output.finish(b0, rows, o0, here, results);
-}''','''output.finish(b0, rows, o0, here, results);
+s=sub(s,'''        output(b0 + k % rows, o0 + k / rows, results[k]);
+}''','''        output(b0 + k % rows, o0 + k / rows, results[k]);
     __syncthreads();
     PROBE(2)
 }''')
 s=sub(s,'''input, output);
 }''','''input, output, probe_slot++);
 }''')
-# step_product_kernel: inputs = the step, weights = W staged, products, outputs = the atomic adds.
-s=sub(s,'''Token token, split_product<X> product, consumed_sums sums) {''','''Token token, split_product<X> product, consumed_sums sums, int probe) {
+# step_product_kernel: inputs = the step, weights = W staged, products = the products with their atomic adds.
+s=sub(s,'''Token token, split_product<X> product) {''','''Token token, split_product<X> product, int probe) {
     PROBE(0)''')
 s=sub(s,'''    wait_for_previous_kernel();
     const float ch''','''    wait_for_previous_kernel();
@@ -86,5 +86,5 @@ s=sub(s,'''            atomicAdd(hidden + o, sum);
     PROBE(5)
     PROBE(2)
 }''')
-s=sub(s,'''pieces, vector_adds, token, product, sums);''','''pieces, vector_adds, token, product, sums, probe_slot++);''')
+s=sub(s,'''pieces, vector_adds, token, product);''','''pieces, vector_adds, token, product, probe_slot++);''')
 open(p,'w').write(s)

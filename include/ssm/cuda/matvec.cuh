@@ -28,7 +28,6 @@ inline constexpr int matvec_tile = 8;                // batch rows a block serve
 inline constexpr int matvec_group = 64;              // most rows of W a block takes
 inline constexpr index_t matvec_rows_bytes = 24 * 1024;  // bytes of W a block takes, one row at least
 inline constexpr index_t matvec_shared = 160 * 1024;  // dynamic shared memory a block at most
-inline constexpr int matvec_scratch = matvec_group * matvec_tile;  // floats of a block's results
 
 SSM_HOST_DEVICE constexpr std::size_t aligned_bytes(std::size_t bytes) { return (bytes + 15) / 16 * 16; }
 
@@ -158,10 +157,7 @@ struct residual_output {
 // An in_proj of a decoding step: every output is stored in `projected`; those of the convolved columns
 // [first, first + channels) also take a step of their channel's causal conv (+ SiLU) into `convolved`
 // (row stride channels) and, with Mamba-1's global selection, a step of the global conv (+ SiLU) into
-// `gate`. With `x_proj` (x_proj_rows, channels) the block's convolved channels also go through their
-// columns of x_proj, each block adding its share of every product to `x_sums` (batch, x_proj_rows)
-// with atomic adds: x_sums must be zero before (step_product_kernel clears it after use), and the
-// order of the adds, so the sums' last bits, may differ between runs.
+// `gate`.
 struct conv_step_output {
     float* projected;
     index_t stride, first, channels, kernel;
@@ -174,21 +170,11 @@ struct conv_step_output {
     const float* global_bias = nullptr;
     float* global_state = nullptr;
     float* gate = nullptr;
-    const float* x_proj = nullptr;
-    index_t x_proj_rows = 0;
-    float* x_sums = nullptr;
 
-    // The convolved channels [c0, c1) among the outputs [o0, o0 + outs).
-    struct range {
-        index_t c0, c1;
-    };
-    __device__ range convolved_range(index_t o0, int outs) const {
-        return {o0 > first ? o0 - first : 0, o0 + outs - first < channels ? o0 + outs - first : channels};
-    }
-    // The taps, states and x_proj columns of the convolved channels among the outputs: a memory round
-    // trip less.
+    // The taps and states of the convolved channels among the outputs: a memory round trip less.
     __device__ void prefetch(index_t b0, int rows, index_t o0, int outs) const {
-        const auto [c0, c1] = convolved_range(o0, outs);
+        const index_t c0 = o0 > first ? o0 - first : 0;
+        const index_t c1 = o0 + outs - first < channels ? o0 + outs - first : channels;
         if (c0 >= c1) return;
         const int bytes = int((c1 - c0) * index_t(sizeof(float)));  // a float of each channel
         const auto taps = [&](const float* w, const float* s, index_t k) {
@@ -198,7 +184,6 @@ struct conv_step_output {
         };
         taps(weight, state, kernel);
         if (global_kernel > 0) taps(global_weight, global_state, global_kernel);
-        if (x_proj) prefetch_rows_l2(x_proj + c0, int(x_proj_rows), channels * index_t(sizeof(float)), bytes);
     }
     __device__ void operator()(index_t b, index_t o, float v) const {
         projected[b * stride + o] = v;
@@ -209,39 +194,6 @@ struct conv_step_output {
         if (global_kernel > 0)
             gate[bc] = conv_step(v, global_weight + c * global_kernel, global_bias ? global_bias[c] : 0.0f,
                                  global_state + bc * (global_kernel - 1), global_kernel);
-    }
-    // After every output of the block (`scratch`: matvec_scratch floats of shared memory): its share of
-    // x_proj's products, summed in shared memory first (one global add a product and batch row), every
-    // load in flight at once.
-    __device__ void finish(index_t b0, int rows, index_t o0, int outs, float* scratch) const {
-        const auto [c0, c1] = convolved_range(o0, outs);
-        if (!x_proj || c0 >= c1) return;
-        const int here = int(c1 - c0), threads = int(blockDim.x);
-        for (index_t b = b0; b < b0 + rows; ++b)
-            for (index_t r0 = 0; r0 < x_proj_rows; r0 += matvec_scratch) {
-                const int count = int(x_proj_rows - r0 < matvec_scratch ? x_proj_rows - r0 : matvec_scratch);
-                __syncthreads();  // the outputs (the convolved values), or the previous rows' adds
-                for (int r = int(threadIdx.x); r < count; r += threads) scratch[r] = 0.0f;
-                __syncthreads();
-                constexpr int ahead = 8;
-                for (int base = int(threadIdx.x); base < count * here; base += ahead * threads) {
-                    float w[ahead], v[ahead];
-#pragma unroll
-                    for (int u = 0; u < ahead; ++u) {
-                        const int k = base + u * threads, c = int(c0) + k % here;
-                        if (k < count * here)
-                            w[u] = x_proj[(r0 + k / here) * channels + c], v[u] = convolved[b * channels + c];
-                    }
-#pragma unroll
-                    for (int u = 0; u < ahead; ++u) {
-                        const int k = base + u * threads;
-                        if (k < count * here) atomicAdd(scratch + k / here, w[u] * v[u]);
-                    }
-                }
-                __syncthreads();
-                for (int r = int(threadIdx.x); r < count; r += threads)
-                    atomicAdd(x_sums + b * x_proj_rows + r0 + r, scratch[r]);
-            }
     }
 };
 
@@ -262,7 +214,7 @@ __global__ void __launch_bounds__(matvec_warps * 32)
     matvec_kernel(const X* weight, const float* bias, index_t outs, index_t ins, index_t batch, int group, int tile,
                   bool pieces, matvec_layout layout, Input input, Output output) {
     extern __shared__ __align__(16) unsigned char staged[];
-    __shared__ float results[matvec_scratch];
+    __shared__ float results[matvec_group * matvec_tile];
     constexpr int per_load = 16 / sizeof(X);
     X* w = reinterpret_cast<X*>(staged);  // (group, ins)
     float* norm_weight = input.norm.weight ? reinterpret_cast<float*>(staged + layout.norm) : nullptr;
@@ -319,7 +271,6 @@ __global__ void __launch_bounds__(matvec_warps * 32)
     __syncthreads();
     for (int k = int(threadIdx.x); k < here * rows; k += int(blockDim.x))
         output(b0 + k % rows, o0 + k / rows, results[k]);
-    if constexpr (requires { output.finish(b0, rows, o0, here, results); }) output.finish(b0, rows, o0, here, results);
 }
 
 // Queues y = x·Wᵀ (+ bias) for `batch` rows, launched overlapped. A block's shared memory holds a row
@@ -365,7 +316,6 @@ void matvec(const cuda_exec& exec, const X* weight, const float* bias, index_t o
                       input, output);
 }
 
-
 // The product a decoding step's outputs feed at once (see step_product_kernel): hidden[b, o] +=
 // Σ_c W[o, c]·y[b, c] (+ bias[o]), y the step's outputs, W (outs, channels) stored as X.
 template <class X>
@@ -375,15 +325,6 @@ struct split_product {
     index_t outs;
     float* hidden;      // (batch, stride)
     index_t stride;
-};
-
-// Rows a previous kernel accumulated with atomic adds for a step (conv_step_output's x_sums), to be
-// cleared once every block has read them; `arrivals` counts the blocks done reading (zero between
-// steps). Null data: nothing to clear.
-struct consumed_sums {
-    float* data = nullptr;
-    index_t count = 0;
-    unsigned* arrivals = nullptr;
 };
 
 // A decoding step and the product of its outputs in one kernel (Mamba-1's scan step and out_proj): a
@@ -398,7 +339,7 @@ struct consumed_sums {
 template <int S, class Ssm, class Token, class X>
 __global__ void __launch_bounds__(256)
     step_product_kernel(Ssm model, scan_problem<float> p, int lanes, int channels, bool pieces, bool vector_adds,
-                        Token token, split_product<X> product, consumed_sums sums) {
+                        Token token, split_product<X> product) {
     extern __shared__ __align__(16) unsigned char staged[];
     constexpr int per_load = 16 / sizeof(X);
     const index_t outs = product.outs, ins = p.shape.channels, b = blockIdx.y, c0 = index_t(blockIdx.x) * channels;
@@ -427,13 +368,6 @@ __global__ void __launch_bounds__(256)
     if (lane == 0) y[local] = active ? rounded_to<X>(step.output(ch)) : 0.0f;
     __pipeline_wait_prior(0);
     __syncthreads();
-    if (sums.data && threadIdx.x == 0) {  // every load of the sums in this block has returned
-        __threadfence();
-        if (atomicAdd(sums.arrivals, 1u) == gridDim.x * gridDim.y - 1) {
-            for (index_t k = 0; k < sums.count; ++k) sums.data[k] = 0.0f;
-            *sums.arrivals = 0;
-        }
-    }
     // Lanes take 16-byte pieces of W's rows, row_pieces lanes a row, 32 / row_pieces rows a warp at once.
     const int warp = int(threadIdx.x) / 32, warps = int(blockDim.x) / 32, wl = int(threadIdx.x) % 32;
     const int piece = wl % row_pieces, at_once = 32 / row_pieces;
@@ -465,12 +399,14 @@ __global__ void __launch_bounds__(256)
 }
 
 // Queues step_product_kernel for a length-1 problem p (float, its state read and written in place as
-// p's initial and final state): 8 to 32 channels a block (at most 256 threads, at least a warp), fewer
-// where W's columns would not fit in shared memory.
+// p's initial and final state): 8 to 32 channels a block (at most 256 threads, at least a warp), as
+// many as W's columns allow in shared memory. Fewer, wider blocks cost less: each block adds to every
+// output, and L2 serves the adds to one line one after another (two states a lane up to 16 states,
+// so that a block takes 32 channels).
 template <class Ssm, class Token, class X>
 void step_product(const cuda_exec& exec, const Ssm& model, const scan_problem<float>& p, const Token& token,
-                  const split_product<X>& product, const consumed_sums& sums) {
-    const int S = p.shape.state <= 32 ? 1 : p.shape.state <= 128 ? 4 : 8;
+                  const split_product<X>& product) {
+    const int S = p.shape.state <= 16 ? 2 : p.shape.state <= 128 ? 4 : 8;
     int lanes = 1;
     while (lanes * S < p.shape.state) lanes *= 2;
     int channels = std::clamp(256 / lanes, 8, 32);
@@ -496,9 +432,9 @@ void step_product(const cuda_exec& exec, const Ssm& model, const scan_problem<fl
                   "step_product: shared memory");
         launch_overlapped("step_product: launch", kernel, dim3(unsigned(blocks), unsigned(p.shape.batch)),
                           dim3(unsigned(channels * lanes)), bytes(channels), exec.stream, model, p, lanes, channels,
-                          pieces, vector_adds, token, product, sums);
+                          pieces, vector_adds, token, product);
     };
-    if (S == 1) launch(step_product_kernel<1, Ssm, Token, X>);
+    if (S == 2) launch(step_product_kernel<2, Ssm, Token, X>);
     else if (S == 4) launch(step_product_kernel<4, Ssm, Token, X>);
     else launch(step_product_kernel<8, Ssm, Token, X>);
 }
