@@ -276,7 +276,8 @@ TEST_CASE("device step decodes like the scan", "[cuda]") {
 }
 
 // cuda::step_product: one decoding step (state in place) whose outputs, rounded to X, go through a
-// matrix W (outs, channels) into rows of `hidden` (+= W·y + bias), against the float64 reference.
+// matrix W (outs, channels) into rows of `hidden` (+= W·y + bias), against the float64 reference; the
+// consumed sums it is given are cleared.
 template <class X>
 void check_step_product(ref::random_source& rng, const ref::shape& s, ssm::index_t outs) {
     ref::problem p = ref::random_problem(rng, ref::structure::diagonal_real, ref::rule::zoh_euler, s);
@@ -289,8 +290,9 @@ void check_step_product(ref::random_source& rng, const ref::shape& s, ssm::index
     const device_buffer<float> A(stored<float>(p.A)), D(stored<float>(p.D)), bias(stored<float>(p.delta_bias)),
         u(stored<float>(p.u)), delta(stored<float>(p.delta)), B(stored<float>(p.B)), C(stored<float>(p.C)),
         z(stored<float>(p.z)), state(stored<float>(p.initial_state)), hidden(stored<float>(base)),
-        bias_o(stored<float>(out_bias));
+        bias_o(stored<float>(out_bias)), sums(stored<float>(rng.uniform(7, -1.0, 1.0)));
     const device_buffer<X> weight(stored<X>(w));
+    const device_buffer<unsigned> arrivals(std::vector<unsigned>{0});
     const device_buffer<float> y(std::vector<float>(std::size_t(p.batch * p.channels), ref::poison<float>()));
     const ssm::selective_ssm<ssm::diagonal_real, ssm::zoh_euler> model{device_structure<ssm::diagonal_real>(p, A)};
     const ssm::tensor_view<float, 3> cached(state.data(), p.batch, p.channels, p.width());
@@ -307,7 +309,8 @@ void check_step_product(ref::random_source& rng, const ref::shape& s, ssm::index
                                            ssm::scan_outputs<float>{.y = {y.data(), p.batch, 1, p.channels},
                                                                     .final_state = cached});
     ssm::cuda::step_product(ssm::cuda_exec{}, model, problem, ssm::cuda::problem_token<float>{problem},
-                            ssm::cuda::split_product<X>{weight.data(), bias_o.data(), outs, hidden.data(), outs});
+                            ssm::cuda::split_product<X>{weight.data(), bias_o.data(), outs, hidden.data(), outs},
+                            ssm::cuda::consumed_sums{sums.data(), 7, arrivals.data()});
     cuda_require(cudaDeviceSynchronize(), "step_product kernel");
     const ref::result want = ref::scan(p);
     ref::require_close(written(state, "state"), want.final_state, {1e-5}, "state", want.final_state_scale);
@@ -328,13 +331,14 @@ void check_step_product(ref::random_source& rng, const ref::shape& s, ssm::index
             INFO("batch row " << b << ", output " << o << ": " << got[k] << " against " << sum);
             REQUIRE(std::abs(got[k] - sum) <= ulp * size + 1e-30);
         }
+    REQUIRE(sums.to_host() == std::vector<float>(7, 0.0f));
+    REQUIRE(arrivals.to_host() == std::vector<unsigned>{0});
 }
 
 TEST_CASE("device step_product: a decoding step times a matrix equals the float64 reference", "[cuda][matvec]") {
     SSM_SEEDED_RANDOM(rng);
-    // Channels: one, a prime (blocks short of channels), Mamba-130m's 1536; states of 1 to 8 lanes (two
-    // states a lane, 32 channels a block), 37 (4 a lane, 16 lanes, 16 channels a block); outputs a
-    // multiple of 4 (four an atomic add) or not.
+    // Channels: one, a prime (blocks short of channels), Mamba-130m's 1536; states of 1, 2 and 16 lanes
+    // (8 to 32 channels a block), 37 (4 a lane); outputs a multiple of 4 (four an atomic add) or not.
     for (const ssm::index_t channels : {1, 37, 1536})
         for (const ssm::index_t n : {1, 5, 16, 37})
             for (const ssm::index_t outs : {13, 768}) {

@@ -22,14 +22,14 @@ __device__ inline unsigned long long probe_now() { unsigned long long t; asm vol
 s=sub(s,'''__global__ void step_kernel(Ssm model, scan_problem<T> p, int lanes, Token token) {''','''__global__ void step_kernel(Ssm model, scan_problem<T> p, int lanes, Token token, int probe) {
     PROBE(0)''')
 s=sub(s,'''    wait_for_previous_kernel();
-    float acc = step.advance();''','''    wait_for_previous_kernel();
+    if constexpr (!Token::constant_parameters) eigenvalues();''','''    wait_for_previous_kernel();
     PROBE(1)
-    float acc = step.advance();''')
+    if constexpr (!Token::constant_parameters) eigenvalues();''')
 s=sub(s,'''    acc = lanes_sum(acc, lanes);
-    if (active''','''    acc = lanes_sum(acc, lanes);
+    if (!active''','''    acc = lanes_sum(acc, lanes);
     __syncwarp();
     PROBE(2)
-    if (active''')
+    if (!active''')
 s=sub(s,'''blocks_for(p.shape.batch * p.shape.channels * lanes, block), block, 0, exec.stream, model, p,
                       lanes, token);''','''blocks_for(p.shape.batch * p.shape.channels * lanes, block), block, 0, exec.stream, model, p,
                       lanes, token, probe_slot++);''')
@@ -54,7 +54,15 @@ s=sub(s,'''    __syncthreads();
     PROBE(5)
     for (int k = int(threadIdx.x); k < here * rows; k += int(blockDim.x))''')
 s=sub(s,'''        output(b0 + k % rows, o0 + k / rows, results[k]);
+    if constexpr (requires { output.finish(b0, rows, o0, here); }) {
+        __syncthreads();
+        output.finish(b0, rows, o0, here);
+    }
 }''','''        output(b0 + k % rows, o0 + k / rows, results[k]);
+    if constexpr (requires { output.finish(b0, rows, o0, here); }) {
+        __syncthreads();
+        output.finish(b0, rows, o0, here);
+    }
     __syncthreads();
     PROBE(2)
 }''')
@@ -62,7 +70,7 @@ s=sub(s,'''input, output);
 }''','''input, output, probe_slot++);
 }''')
 # step_product_kernel: inputs = the step, weights = W staged, products = the products with their atomic adds.
-s=sub(s,'''Token token, split_product<X> product) {''','''Token token, split_product<X> product, int probe) {
+s=sub(s,'''Token token, split_product<X> product, consumed_sums sums) {''','''Token token, split_product<X> product, consumed_sums sums, int probe) {
     PROBE(0)''')
 s=sub(s,'''    wait_for_previous_kernel();
     const float ch''','''    wait_for_previous_kernel();
@@ -86,5 +94,5 @@ s=sub(s,'''            atomicAdd(hidden + o, sum);
     PROBE(5)
     PROBE(2)
 }''')
-s=sub(s,'''pieces, vector_adds, token, product);''','''pieces, vector_adds, token, product, probe_slot++);''')
+s=sub(s,'''pieces, vector_adds, token, product, sums);''','''pieces, vector_adds, token, product, sums, probe_slot++);''')
 open(p,'w').write(s)

@@ -197,6 +197,37 @@ struct conv_step_output {
     }
 };
 
+// Mamba-1's in_proj of a decoding step: conv_step_output, and x_proj (x_proj_rows, channels) of the
+// convolved channels, each block adding its share of every product to `x_sums` (batch, x_proj_rows)
+// with atomic adds — which saves x_proj a kernel of its own; x_sums must be zero before
+// (step_product_kernel clears it after use), and the order of the adds, so the sums' last bits, may
+// differ between runs.
+struct conv_x_proj_output : conv_step_output {
+    const float* x_proj;
+    index_t x_proj_rows;
+    float* x_sums;
+
+    __device__ void prefetch(index_t b0, int rows, index_t o0, int outs) const {
+        conv_step_output::prefetch(b0, rows, o0, outs);
+        const index_t c0 = o0 > first ? o0 - first : 0;
+        const index_t c1 = o0 + outs - first < channels ? o0 + outs - first : channels;
+        if (c0 < c1)
+            prefetch_rows_l2(x_proj + c0, int(x_proj_rows), channels * index_t(sizeof(float)),
+                             int((c1 - c0) * index_t(sizeof(float))));
+    }
+    // After every output of the block (and a barrier): its share of x_proj's products.
+    __device__ void finish(index_t b0, int rows, index_t o0, int outs) const {
+        const index_t c0 = o0 > first ? o0 - first : 0;
+        const index_t c1 = o0 + outs - first < channels ? o0 + outs - first : channels;
+        for (index_t k = threadIdx.x; k < rows * x_proj_rows && c0 < c1; k += blockDim.x) {
+            const index_t b = b0 + k / x_proj_rows, r = k % x_proj_rows;
+            float sum = 0.0f;
+            for (index_t c = c0; c < c1; ++c) sum += x_proj[r * channels + c] * convolved[b * channels + c];
+            atomicAdd(x_sums + b * x_proj_rows + r, sum);
+        }
+    }
+};
+
 // Where a block's dynamic shared memory holds a group of W's rows, the norm's weight (inputs with a
 // norm) and the tile of x: byte offsets, 16-byte aligned.
 struct matvec_layout {
@@ -271,6 +302,10 @@ __global__ void __launch_bounds__(matvec_warps * 32)
     __syncthreads();
     for (int k = int(threadIdx.x); k < here * rows; k += int(blockDim.x))
         output(b0 + k % rows, o0 + k / rows, results[k]);
+    if constexpr (requires { output.finish(b0, rows, o0, here); }) {
+        __syncthreads();
+        output.finish(b0, rows, o0, here);
+    }
 }
 
 // Queues y = x·Wᵀ (+ bias) for `batch` rows, launched overlapped. A block's shared memory holds a row
@@ -327,6 +362,15 @@ struct split_product {
     index_t stride;
 };
 
+// Rows a previous kernel accumulated with atomic adds for a step (conv_x_proj_output's x_sums), to be
+// cleared once every block has read them; `arrivals` counts the blocks done reading (zero between
+// steps). Null data: nothing to clear.
+struct consumed_sums {
+    float* data = nullptr;
+    index_t count = 0;
+    unsigned* arrivals = nullptr;
+};
+
 // A decoding step and the product of its outputs in one kernel (Mamba-1's scan step and out_proj): a
 // block advances `channels` consecutive channels of batch row blockIdx.y (channel_step, `lanes`
 // threads each), rounds their outputs to X as a product's input, and adds their share of every
@@ -339,7 +383,7 @@ struct split_product {
 template <int S, class Ssm, class Token, class X>
 __global__ void __launch_bounds__(256)
     step_product_kernel(Ssm model, scan_problem<float> p, int lanes, int channels, bool pieces, bool vector_adds,
-                        Token token, split_product<X> product) {
+                        Token token, split_product<X> product, consumed_sums sums) {
     extern __shared__ __align__(16) unsigned char staged[];
     constexpr int per_load = 16 / sizeof(X);
     const index_t outs = product.outs, ins = p.shape.channels, b = blockIdx.y, c0 = index_t(blockIdx.x) * channels;
@@ -368,6 +412,13 @@ __global__ void __launch_bounds__(256)
     if (lane == 0) y[local] = active ? rounded_to<X>(step.output(ch)) : 0.0f;
     __pipeline_wait_prior(0);
     __syncthreads();
+    if (sums.data && threadIdx.x == 0) {  // every load of the sums in this block has returned
+        __threadfence();
+        if (atomicAdd(sums.arrivals, 1u) == gridDim.x * gridDim.y - 1) {
+            for (index_t k = 0; k < sums.count; ++k) sums.data[k] = 0.0f;
+            *sums.arrivals = 0;
+        }
+    }
     // Lanes take 16-byte pieces of W's rows, row_pieces lanes a row, 32 / row_pieces rows a warp at once.
     const int warp = int(threadIdx.x) / 32, warps = int(blockDim.x) / 32, wl = int(threadIdx.x) % 32;
     const int piece = wl % row_pieces, at_once = 32 / row_pieces;
@@ -399,20 +450,16 @@ __global__ void __launch_bounds__(256)
 }
 
 // Queues step_product_kernel for a length-1 problem p (float, its state read and written in place as
-// p's initial and final state): 8 to 32 channels a block (at most 256 threads, at least a warp), as
-// many as W's columns allow in shared memory. Fewer, wider blocks cost less: each block adds to every
-// output, and L2 serves the adds to one line one after another (two states a lane up to 16 states,
-// so that a block takes 32 channels).
+// p's initial and final state): 8 to 32 channels a block (at most 256 threads, at least a warp), fewer
+// where W's columns would not fit in shared memory.
 template <class Ssm, class Token, class X>
 void step_product(const cuda_exec& exec, const Ssm& model, const scan_problem<float>& p, const Token& token,
-                  const split_product<X>& product) {
-    const int S = p.shape.state <= 16 ? 2 : p.shape.state <= 128 ? 4 : 8;
+                  const split_product<X>& product, const consumed_sums& sums) {
+    const int S = p.shape.state <= 32 ? 1 : p.shape.state <= 128 ? 4 : 8;
     int lanes = 1;
     while (lanes * S < p.shape.state) lanes *= 2;
     int channels = std::clamp(256 / lanes, 8, 32);
-    const auto bytes = [&](int c) {
-        return aligned_bytes(std::size_t(product.outs * c) * sizeof(X)) + std::size_t(c) * sizeof(float);
-    };
+    const auto bytes = [&](int c) { return aligned_bytes(std::size_t(product.outs * c) * sizeof(X)) + c * sizeof(float); };
     while (bytes(channels) > std::size_t(matvec_shared) && channels > 8 && channels / 2 * lanes >= 32) channels /= 2;
     detail::require(bytes(channels) <= std::size_t(matvec_shared), "step_product: ", product.outs, " outputs of ",
                     channels, " channels (", bytes(channels), " bytes of ", storage_name<X>,
@@ -432,9 +479,9 @@ void step_product(const cuda_exec& exec, const Ssm& model, const scan_problem<fl
                   "step_product: shared memory");
         launch_overlapped("step_product: launch", kernel, dim3(unsigned(blocks), unsigned(p.shape.batch)),
                           dim3(unsigned(channels * lanes)), bytes(channels), exec.stream, model, p, lanes, channels,
-                          pieces, vector_adds, token, product);
+                          pieces, vector_adds, token, product, sums);
     };
-    if (S == 2) launch(step_product_kernel<2, Ssm, Token, X>);
+    if (S == 1) launch(step_product_kernel<1, Ssm, Token, X>);
     else if (S == 4) launch(step_product_kernel<4, Ssm, Token, X>);
     else launch(step_product_kernel<8, Ssm, Token, X>);
 }

@@ -378,8 +378,10 @@ __device__ inline float lanes_sum(float v, int lanes) {
     return v;
 }
 
-// A channel's decoding step, served by `lanes` consecutive threads of a warp (a power of two <= 32),
-// S states each, so that its state is read and written in whole lines. Construct it before the
+// A channel's decoding step for kernels that do more after it (step_product_kernel; step_kernel keeps
+// its own copy of these lines, which measured 2% faster for Mamba-2 than this class), served by
+// `lanes` consecutive threads of a warp (a power of two <= 32), S states each, so that its state is
+// read and written in whole lines. Construct it before the
 // previous kernel has finished (it starts the loads of constants), call advance after: every thread
 // loads all its states (and B, C) before it writes any, so the initial and final state may be the
 // same memory and a step waits for one round trip, not one a state. `token` (see problem_token) gives
@@ -473,21 +475,87 @@ private:
     token_input in_{};
 };
 
-// One decoding step (length-1 problems): a channel_step for each (batch, channel), its lanes' shares
-// of C·h meeting by shuffles. Blocks are whole warps.
+// One decoding step (length-1 problems): each (batch, channel) is served by `lanes` consecutive threads
+// of a warp (a power of two <= 32), S states each, so that its state is read and written in whole
+// lines; the lanes' shares of C·h meet by shuffles. Every thread loads all its states (and B, C)
+// before it writes any, so the initial and final state may be the same memory and a step waits for
+// one round trip, not one a state. `token` (see problem_token) gives the channel's x and Δ (read from
+// the problem, or computed by a model's fused decoding kernel). Blocks are whole warps; every thread
+// calls `token` and joins the shuffles, inactive ones (past the last channel, with b = d = 0) too, and
+// must then write nothing.
 template <int S, class Ssm, class T, class Token>
 __global__ void step_kernel(Ssm model, scan_problem<T> p, int lanes, Token token) {
+    using V = typename Ssm::value_type;
+    constexpr int components = std::same_as<V, cfloat> ? 2 : 1;
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    const index_t slot = i / lanes, channels = p.shape.channels;
+    const index_t slot = i / lanes;
     const int lane = int(i % lanes);
+    const index_t channels = p.shape.channels, first = index_t(lane) * S;
     const bool active = slot < p.shape.batch * channels;
     const index_t b = active ? slot / channels : 0, d = active ? slot % channels : 0;
-    channel_step<S, Ssm, T, Token> step(model, p, token, b, d, lane, lanes, active);
+    const index_t g = d / (channels / p.shape.groups);
+    const index_t dc = model.transition.delta_channel(d);
+    const auto& start = p.in.initial_state;
+    const auto& end = p.out.final_state;
+    const auto here = [&](int j) { return active && first + j < p.shape.state; };
+    // Before the previous kernel has finished: the state's line into L2, the token's constants, and
+    // the eigenvalues when they are constants.
+    if (here(0) && start.data()) prefetch_l2(&start(b, d, components * first));
+    token.prefetch(d, lane, lanes);
+    V lambda[S];
+    const auto eigenvalues = [&] {
+#pragma unroll
+        for (int j = 0; j < S; ++j)
+            if (here(j)) lambda[j] = model.modulation.eigenvalue(model.transition.eigenvalue(d, first + j), dc);
+    };
+    if constexpr (Token::constant_parameters) eigenvalues();
     wait_for_previous_kernel();
-    float acc = step.advance();
+    if constexpr (!Token::constant_parameters) eigenvalues();
+    V h[S], bv[S], cv[S];
+#pragma unroll
+    for (int j = 0; j < S; ++j) {
+        if (!here(j)) continue;
+        const index_t n = first + j;
+        h[j] = V{};
+        if (start.data()) {
+            if constexpr (components == 2) h[j] = {start(b, d, 2 * n), start(b, d, 2 * n + 1)};
+            else h[j] = start(b, d, n);
+        }
+        bv[j] = detail::load_value<V>(p.in.B, b, 0, g, n);
+        cv[j] = detail::load_value<V>(p.in.C, b, 0, g, n);
+    }
+    const token_input in = token(b, d, dc, lane, lanes, active);
+    const float dt = model.modulation.delta(in.delta, dc);
+    float acc = 0.0f;
+    discretized<V> shared_q{};
+#pragma unroll
+    for (int j = 0; j < S; ++j) {
+        if (!here(j)) continue;
+        if constexpr (Ssm::structure_type::state_invariant_decay)
+            if (j == 0) shared_q = Ssm::discretization_type::apply(lambda[0], dt);
+        const auto q = detail::discretize<Ssm>(shared_q, lambda[j], dt);
+        h[j] = q.decay * h[j] + q.input * bv[j] * in.x;
+        acc += detail::real_product(cv[j], h[j]);
+    }
+    if (end.data()) {
+#pragma unroll
+        for (int j = 0; j < S; ++j) {
+            if (!here(j)) continue;
+            const index_t n = first + j;
+            if constexpr (components == 2) {
+                end(b, d, 2 * n) = h[j].re;
+                end(b, d, 2 * n + 1) = h[j].im;
+            } else {
+                end(b, d, n) = h[j];
+            }
+        }
+    }
     let_next_kernel_start();
     acc = lanes_sum(acc, lanes);
-    if (active && lane == 0) p.out.y(b, 0, d) = from_float<T>(step.output(acc));
+    if (!active || lane != 0) return;
+    float out = model.transition.output_scale() * acc + (p.in.D.data() ? p.in.D(d) : 0.0f) * in.x;
+    if (p.in.z.data()) out *= math::silu(to_float(p.in.z(b, 0, d)));
+    p.out.y(b, 0, d) = from_float<T>(out);
 }
 
 inline unsigned blocks_for(index_t threads, int block) { return unsigned((threads + block - 1) / block); }
