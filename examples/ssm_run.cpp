@@ -239,6 +239,7 @@ int info(const Model& model, const fs::path& folder, const arguments& args) {
     if (c.architecture == ssm::io::architecture::mamba1) {
         j["time_step_rank"] = c.time_step_rank;
         if (c.global_selection_kernel > 0) j["global_selection_kernel"] = c.global_selection_kernel;
+        if (!c.global_selection_layers.empty()) j["global_selection_layers"] = c.global_selection_layers;
     } else j["heads"] = c.heads, j["head_dim"] = c.head_dim, j["groups"] = c.groups;
     if (args.flags.contains("json")) {
         std::cout << j.dump(2) << "\n";

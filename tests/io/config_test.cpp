@@ -37,11 +37,13 @@ ssm::io::model_config from_text(const std::string& text) {
     return ssm::io::read_config(path);
 }
 
-nlohmann::json edited(const char* text, const std::string& key, const nlohmann::json& value) {
-    auto json = nlohmann::json::parse(ssm::io::detail::quote_python_numbers(text));
+nlohmann::json edited(nlohmann::json json, const std::string& key, const nlohmann::json& value) {
     if (value.is_null()) json.erase(key);
     else json[key] = value;
     return json;
+}
+nlohmann::json edited(const char* text, const std::string& key, const nlohmann::json& value) {
+    return edited(nlohmann::json::parse(ssm::io::detail::quote_python_numbers(text)), key, value);
 }
 
 std::string error_of(const nlohmann::json& json) {
@@ -71,6 +73,14 @@ TEST_CASE("a Mamba-1 config gives the model's sizes", "[io][config]") {
     CHECK(c.tie_word_embeddings);  // PretrainedConfig's default
     CHECK(c.global_selection_kernel == 0);
     CHECK(ssm::io::parse_config(edited(mamba_130m, "global_selection_kernel", 32), "config.json").global_selection_kernel == 32);
+    CHECK(c.global_selection_layers.empty());
+    const auto some = ssm::io::parse_config(
+        edited(edited(mamba_130m, "global_selection_kernel", 32), "global_selection_layers", {3, 1}), "config.json");
+    CHECK(some.global_selection_layers == std::vector<ssm::index_t>{3, 1});
+    CHECK(some.global_selection_in(1));
+    CHECK(some.global_selection_in(3));
+    CHECK_FALSE(some.global_selection_in(0));
+    CHECK_FALSE(c.global_selection_in(0));
 }
 
 TEST_CASE("a Mamba-2 config with Python's Infinity parses", "[io][config]") {
@@ -112,6 +122,19 @@ TEST_CASE("config errors name the key and the problem", "[io][config][errors]") 
                Catch::Contains("'global_selection_kernel' must be a non-negative integer, got -2"));
     CHECK_THAT(error_of(edited(mamba2_small, "global_selection_kernel", 8)),
                Catch::Contains("'global_selection_kernel' is not supported for mamba2"));
+    const auto global = edited(mamba_130m, "global_selection_kernel", 32);
+    CHECK_THAT(error_of(edited(mamba_130m, "global_selection_layers", {1})),
+               Catch::Contains("'global_selection_layers' needs a 'global_selection_kernel' above 0"));
+    CHECK_THAT(error_of(edited(global, "global_selection_layers", 1)),
+               Catch::Contains("'global_selection_layers' must be a non-empty list of layer indices, got 1"));
+    CHECK_THAT(error_of(edited(global, "global_selection_layers", nlohmann::json::array())),
+               Catch::Contains("'global_selection_layers' must be a non-empty list"));
+    CHECK_THAT(error_of(edited(global, "global_selection_layers", {0, 24})),
+               Catch::Contains("'global_selection_layers' holds 24, not a layer index of the 24 layers"));
+    CHECK_THAT(error_of(edited(global, "global_selection_layers", {2, "3"})),
+               Catch::Contains("'global_selection_layers' holds \"3\""));
+    CHECK_THAT(error_of(edited(global, "global_selection_layers", {5, 2, 5})),
+               Catch::Contains("'global_selection_layers' lists layer 5 twice"));
     CHECK_THAT(error_of(nlohmann::json::array()), Catch::Contains("config must be a JSON object"));
     CHECK_THROWS_WITH(from_text("{\"model_type\": "), Catch::Contains("not valid JSON"));
 }

@@ -70,6 +70,7 @@ nlohmann::json config_json(const ssm::io::model_config& c) {
         j["model_type"] = "mamba";
         j["time_step_rank"] = c.time_step_rank;
         if (c.global_selection_kernel > 0) j["global_selection_kernel"] = c.global_selection_kernel;
+        if (!c.global_selection_layers.empty()) j["global_selection_layers"] = c.global_selection_layers;
     } else {
         j["model_type"] = "mamba2";
         j["num_heads"] = c.heads, j["head_dim"] = c.head_dim, j["n_groups"] = c.groups;
@@ -231,6 +232,40 @@ TEST_CASE("global selection: split prefills and decoding equal one prefill, and 
     CHECK_THAT(with([&](tensor_map&, nlohmann::json& j) { j.erase("global_selection_kernel"); }),
                Catch::Contains("global_conv.weight' is in the checkpoint but the config's 'global_selection_kernel' says "
                                "the model has none"));
+    CHECK_THAT(with([&](tensor_map&, nlohmann::json& j) { j["global_selection_layers"] = {1}; }),
+               Catch::Contains("'backbone.layers.0.mixer.global_conv.weight' is in the checkpoint but the config's "
+                               "'global_selection_layers' says the model has none"));
+}
+
+TEST_CASE("global selection in some layers only: the layers the config lists load and run the module",
+          "[models][global]") {
+    SSM_SEEDED_RANDOM(rng);
+    auto config = checks::mamba1_config();
+    config.global_selection_kernel = 5;
+    config.global_selection_layers = {1};
+    recording_weights recorded{ssm::models::random_weights(rng.integer(0, 1 << 30)), {}};
+    const mamba_lm original = mamba_lm::build(config, recorded);
+    CHECK(original.mixers()[0].global_kernel == 0);
+    CHECK(original.mixers()[1].global_kernel == 5);
+    CHECK_FALSE(recorded.tensors.contains("backbone.layers.0.mixer.global_conv.weight"));
+    CHECK(recorded.tensors.contains("backbone.layers.1.mixer.global_conv.weight"));
+    const fs::path dir = scratch("global_some_layers");
+    write_checkpoint(dir, config_json(config), recorded.tensors);
+    const mamba_lm model = mamba_lm::load(dir);
+    CHECK(model.config().global_selection_layers == std::vector<index_t>{1});
+    const index_t batch = 2, length = 17;
+    const auto tokens = random_tokens(rng, batch * length, config.vocab_size);
+    const auto whole = prefill(model, tokens, batch);
+    CHECK(max_difference(whole, prefill(original, tokens, batch)) == 0.0);
+    CHECK(max_difference(checks::prefill_then_decode(model, tokens, batch, 4), whole) <= 2e-5);
+    // Layer 1 without its module computes something else.
+    auto plain = config;
+    plain.global_selection_kernel = 0, plain.global_selection_layers.clear();
+    auto plain_tensors = recorded.tensors;
+    std::erase_if(plain_tensors, [](const auto& t) { return t.first.find(".global_") != std::string::npos; });
+    const fs::path plain_dir = scratch("global_some_layers_removed");
+    write_checkpoint(plain_dir, config_json(plain), plain_tensors);
+    CHECK(max_difference(prefill(mamba_lm::load(plain_dir), tokens, batch), whole) > 1e-3);
 }
 
 // Multi-query associative recall with multi-token keys and values, laid out as

@@ -2,6 +2,7 @@
 // Hugging Face config.json of MambaForCausalLM ("mamba") and Mamba2ForCausalLM ("mamba2"), parsed into
 // the sizes a model needs. Keys that change what the model computes and that the library does not
 // implement are rejected by name; keys that only concern training or tokenization are ignored.
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -24,10 +26,19 @@ struct model_config {
     index_t hidden_size = 0, intermediate_size = 0, state_size = 0, layers = 0, conv_kernel = 0, vocab_size = 0;
     index_t time_step_rank = 0;                               // Mamba-1: width of dt_proj's input
     index_t global_selection_kernel = 0;                      // Mamba-1: taps of the global selection module (0: none)
+    std::vector<index_t> global_selection_layers;             // the layers that have it (empty: all of them)
     index_t heads = 0, head_dim = 0, groups = 1, chunk_size = 0;  // Mamba-2
     float norm_epsilon = 1e-5f;
     bool use_bias = false, use_conv_bias = true, residual_in_fp32 = true, tie_word_embeddings = true;
     float time_step_min = 0.0f, time_step_max = std::numeric_limits<float>::infinity();  // Mamba-2 Δ clamp
+
+    // Whether layer l has the global selection module.
+    bool global_selection_in(index_t l) const {
+        return global_selection_kernel > 0 &&
+               (global_selection_layers.empty() ||
+                std::find(global_selection_layers.begin(), global_selection_layers.end(), l) !=
+                    global_selection_layers.end());
+    }
 };
 
 model_config parse_config(const nlohmann::json& json, const std::string& source);
@@ -159,6 +170,24 @@ inline model_config parse_config(const nlohmann::json& json, const std::string& 
     c.global_selection_kernel = r.non_negative_or("global_selection_kernel", 0);
     require(!mamba2 || c.global_selection_kernel == 0, source,
             ": config key 'global_selection_kernel' is not supported for mamba2 (the module is a Mamba-1 one)");
+    // The module in some layers only (the `module_layers` of the paper's code): distinct layer indices.
+    if (r.has("global_selection_layers")) {
+        const auto& layers = json["global_selection_layers"];
+        require(c.global_selection_kernel > 0, source,
+                ": config key 'global_selection_layers' needs a 'global_selection_kernel' above 0");
+        require(layers.is_array() && !layers.empty(), source,
+                ": config key 'global_selection_layers' must be a non-empty list of layer indices, got ", layers.dump());
+        for (const auto& l : layers) {
+            require(l.is_number_integer() && l.get<std::int64_t>() >= 0 && l.get<std::int64_t>() < c.layers, source,
+                    ": config key 'global_selection_layers' holds ", l.dump(), ", not a layer index of the ", c.layers,
+                    " layers");
+            auto& listed = c.global_selection_layers;
+            const auto layer = index_t(l.get<std::int64_t>());
+            require(std::find(listed.begin(), listed.end(), layer) == listed.end(), source,
+                    ": config key 'global_selection_layers' lists layer ", layer, " twice");
+            listed.push_back(layer);
+        }
+    }
 
     if (mamba2) {
         c.heads = r.positive("num_heads");

@@ -132,9 +132,10 @@ struct layer_decimation {
 
 // Mamba-1: in_proj → causal conv + SiLU → x_proj (Δ rank, B, C) → dt_proj → selective scan with
 // softplus(Δ + bias), D skip and SiLU(z) gate → out_proj.
-// With the global selection module (arXiv 2410.15678; config global_selection_kernel = K_g > 0) Δ is
-// gated by a long view of the input: Δ = softplus(dt_proj(Δ rank)·SiLU(global_conv(x) + bias) + dt_bias),
-// global_conv a causal depthwise convolution of K_g taps over in_proj's x (before the short conv).
+// With the global selection module (arXiv 2410.15678; config global_selection_kernel = K_g > 0, in the
+// layers global_selection_layers lists, or in all) Δ is gated by a long view of the input:
+// Δ = softplus(dt_proj(Δ rank)·SiLU(global_conv(x) + bias) + dt_bias), global_conv a causal depthwise
+// convolution of K_g taps over in_proj's x (before the short conv).
 struct mamba1_mixer {
     static constexpr io::architecture architecture = io::architecture::mamba1;
     using ssm_type = selective_ssm<diagonal_real, zoh_euler, layer_scaling::modulation_type>;
@@ -162,11 +163,12 @@ struct mamba1_mixer {
         m.D = source.required(prefix + "D", {di});
         m.out_proj = source.required(prefix + "out_proj.weight", {m.d_model, di});
         m.out_proj_bias = source.optional(prefix + "out_proj.bias", {m.d_model}, c.use_bias, "use_bias");
+        // A layer left out by global_selection_layers comes with its kernel set to 0 (causal_lm::build).
         const bool global = m.global_kernel > 0;
-        m.global_conv = source.optional(prefix + "global_conv.weight", {di, 1, m.global_kernel}, global,
-                                        "global_selection_kernel");
+        const char* key = c.global_selection_layers.empty() ? "global_selection_kernel" : "global_selection_layers";
+        m.global_conv = source.optional(prefix + "global_conv.weight", {di, 1, m.global_kernel}, global, key);
         m.global_bias = source.optional(prefix + "global_conv.bias", {di}, global && c.use_conv_bias,
-                                        global ? "use_conv_bias" : "global_selection_kernel");
+                                        global ? "use_conv_bias" : key);
         return m;
     }
 
