@@ -131,9 +131,11 @@ TEST_CASE("rms_norm rejects bad shapes and options", "[layers][norm][errors]") {
 
 TEST_CASE("causal_conv1d matches the float64 reference, and carries its state", "[layers][conv1d]") {
     std::mt19937 rng(Catch::rngSeed());
-    for (const ssm::index_t K : {1, 2, 4}) {
-        for (const ssm::index_t length : {1, 3, 61}) {
-            const ssm::index_t batch = 2, channels = 37;
+    // 37 channels: part of one block of 64; 131: two whole blocks and part of a third. K = 9 > length 3.
+    for (const ssm::index_t K : {1, 2, 4, 9}) {
+        using sizes = std::pair<ssm::index_t, ssm::index_t>;  // length, channels
+        for (const auto& [length, channels] : {sizes{1, 37}, sizes{3, 131}, sizes{61, 37}, sizes{61, 131}}) {
+            const ssm::index_t batch = 2;
             const auto x = uniform(rng, std::size_t(batch * length * channels), -2.0f, 2.0f);
             const auto w = uniform(rng, std::size_t(channels * K), -1.0f, 1.0f);
             const auto bias = uniform(rng, std::size_t(channels), -0.5f, 0.5f);
