@@ -39,10 +39,8 @@ void causal_conv1d(const host_exec& exec, const conv1d_inputs<T>& in, tensor_vie
     if (!state.empty()) detail::check_shape(where, "state", state, {batch, channels, K - 1}, {"batch", "channels", "taps - 1"});
     detail::check_shape(where, "y", y, {batch, length, channels}, {"batch", "length", "channels"});
 
-    // A task is a block of channels of one sequence, walked in time. It keeps the last K inputs of its
-    // channels in a ring of contiguous rows (the carried history, or zeros, before the sequence), so
-    // that the inner loops run over unit-stride rows of floats and vectorize whatever x's strides;
-    // the taps are laid out tap-major for the same reason.
+    // A task is a block of channels of one sequence, walked in time: every row of x it reads is a
+    // contiguous run of channels, and the taps are laid out tap-major so the inner loops vectorize.
     constexpr index_t block = 64;
     const index_t blocks = (channels + block - 1) / block;
     detail::parallel_for(exec, batch * blocks, [&](index_t task) {
@@ -50,30 +48,27 @@ void causal_conv1d(const host_exec& exec, const conv1d_inputs<T>& in, tensor_vie
         std::vector<float> taps(std::size_t(K * n));  // taps[k·n + j] = weight(first + j, k)
         for (index_t k = 0; k < K; ++k)
             for (index_t j = 0; j < n; ++j) taps[std::size_t(k * n + j)] = in.weight(first + j, k);
-        std::vector<float> ring(std::size_t(K * n));  // input s of channel first + j at ring[slot(s)·n + j]
-        const auto slot = [K](index_t s) { return ((s % K) + K) % K; };
-        for (index_t s = 1 - K; s < 0; ++s)
-            for (index_t j = 0; j < n; ++j)
-                ring[std::size_t(slot(s) * n + j)] = state.empty() ? 0.0f : state(b, first + j, K - 1 + s);
         float acc[block];
         for (index_t t = 0; t < length; ++t) {
-            float* const row = ring.data() + slot(t) * n;
-            for (index_t j = 0; j < n; ++j) row[j] = to_float(in.x(b, t, first + j));
             for (index_t j = 0; j < n; ++j) acc[j] = in.bias.empty() ? 0.0f : in.bias(first + j);
             for (index_t k = 0; k < K; ++k) {
-                const float* const w = taps.data() + k * n;
-                const float* const past = ring.data() + slot(t - K + 1 + k) * n;
-                for (index_t j = 0; j < n; ++j) acc[j] += w[j] * past[j];
+                const float* w = taps.data() + k * n;
+                const index_t source = t - K + 1 + k;  // before the sequence: the carried history, or zeros
+                if (source >= 0)
+                    for (index_t j = 0; j < n; ++j) acc[j] += w[j] * to_float(in.x(b, source, first + j));
+                else if (!state.empty())
+                    for (index_t j = 0; j < n; ++j) acc[j] += w[j] * state(b, first + j, K - 1 + source);
             }
             for (index_t j = 0; j < n; ++j) y(b, t, first + j) = from_float<T>(in.silu ? math::silu(acc[j]) : acc[j]);
         }
-        // The new history is inputs length-K+1 .. length-1, all still in the ring: a slot is overwritten
-        // only by the input K later.
+        // The new history is inputs length-K+1 .. length-1; in ascending k, an entry taken from the old
+        // history lies to the right of k and is still unread.
         if (state.empty()) return;
-        for (index_t k = 0; k + 1 < K; ++k) {
-            const float* const past = ring.data() + slot(length - K + 1 + k) * n;
-            for (index_t j = 0; j < n; ++j) state(b, first + j, k) = past[j];
-        }
+        for (index_t j = 0; j < n; ++j)
+            for (index_t k = 0; k + 1 < K; ++k) {
+                const index_t source = length - K + 1 + k;
+                state(b, first + j, k) = source >= 0 ? to_float(in.x(b, source, first + j)) : state(b, first + j, K - 1 + source);
+            }
     });
 }
 
