@@ -177,12 +177,11 @@ inline model_config parse_config(const nlohmann::json& json, const std::string& 
                 ": config key 'global_selection_layers' needs a 'global_selection_kernel' above 0");
         require(layers.is_array() && !layers.empty(), source,
                 ": config key 'global_selection_layers' must be a non-empty list of layer indices, got ", layers.dump());
+        auto& listed = c.global_selection_layers;
         for (const auto& l : layers) {
-            require(l.is_number_integer() && l.get<std::int64_t>() >= 0 && l.get<std::int64_t>() < c.layers, source,
-                    ": config key 'global_selection_layers' holds ", l.dump(), ", not a layer index of the ", c.layers,
-                    " layers");
-            auto& listed = c.global_selection_layers;
-            const auto layer = index_t(l.get<std::int64_t>());
+            const index_t layer = l.is_number_integer() ? index_t(l.get<std::int64_t>()) : -1;
+            require(layer >= 0 && layer < c.layers, source, ": config key 'global_selection_layers' holds ", l.dump(),
+                    ", not a layer index of the ", c.layers, " layers");
             require(std::find(listed.begin(), listed.end(), layer) == listed.end(), source,
                     ": config key 'global_selection_layers' lists layer ", layer, " twice");
             listed.push_back(layer);

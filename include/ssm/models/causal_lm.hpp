@@ -101,9 +101,7 @@ public:
         for (index_t l = 0; l < config.layers; ++l) {
             const std::string prefix = "backbone.layers." + std::to_string(l) + ".";
             m.norms_.push_back(source.required(prefix + "norm.weight", {d}));
-            io::model_config layer_config = config;  // the global selection module where the config puts it
-            if (!config.global_selection_in(l)) layer_config.global_selection_kernel = 0;
-            m.mixers_.push_back(Mixer::load(source, prefix + "mixer.", layer_config));
+            m.mixers_.push_back(Mixer::load(source, prefix + "mixer.", config, l));
         }
         m.norm_f_ = source.required("backbone.norm_f.weight", {d});
         if (!config.tie_word_embeddings) m.lm_head_ = source.required("lm_head.weight", {config.vocab_size, d});

@@ -146,10 +146,11 @@ struct mamba1_mixer {
         out_proj_bias, global_conv, global_bias;
 
     template <weight_source Source>
-    static mamba1_mixer load(Source& source, const std::string& prefix, const io::model_config& c) {
+    static mamba1_mixer load(Source& source, const std::string& prefix, const io::model_config& c, index_t layer) {
         mamba1_mixer m;
         m.d_model = c.hidden_size, m.d_inner = c.intermediate_size, m.state = c.state_size;
-        m.rank = c.time_step_rank, m.kernel = c.conv_kernel, m.global_kernel = c.global_selection_kernel;
+        m.rank = c.time_step_rank, m.kernel = c.conv_kernel;
+        m.global_kernel = c.global_selection_in(layer) ? c.global_selection_kernel : 0;
         const index_t di = m.d_inner, n = m.state;
         m.in_proj = source.required(prefix + "in_proj.weight", {2 * di, m.d_model});
         m.in_proj_bias = source.optional(prefix + "in_proj.bias", {2 * di}, c.use_bias, "use_bias");
@@ -163,7 +164,6 @@ struct mamba1_mixer {
         m.D = source.required(prefix + "D", {di});
         m.out_proj = source.required(prefix + "out_proj.weight", {m.d_model, di});
         m.out_proj_bias = source.optional(prefix + "out_proj.bias", {m.d_model}, c.use_bias, "use_bias");
-        // A layer left out by global_selection_layers comes with its kernel set to 0 (causal_lm::build).
         const bool global = m.global_kernel > 0;
         const char* key = c.global_selection_layers.empty() ? "global_selection_kernel" : "global_selection_layers";
         m.global_conv = source.optional(prefix + "global_conv.weight", {di, 1, m.global_kernel}, global, key);
@@ -274,7 +274,8 @@ struct mamba2_mixer {
     std::vector<float> in_proj, in_proj_bias, conv_weight, conv_bias, dt_bias, A, D, norm, out_proj, out_proj_bias;
 
     template <weight_source Source>
-    static mamba2_mixer load(Source& source, const std::string& prefix, const io::model_config& c) {
+    static mamba2_mixer load(Source& source, const std::string& prefix, const io::model_config& c,
+                             index_t /*layer: Mamba-2 layers are all alike*/) {
         detail::require(c.global_selection_kernel == 0, "mamba2_mixer: the global selection module is a Mamba-1 one");
         mamba2_mixer m;
         m.d_model = c.hidden_size, m.d_inner = c.intermediate_size, m.state = c.state_size;
