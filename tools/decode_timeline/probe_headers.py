@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Copies include/ to build-timeline/include with timing probes in matvec_kernel and step_kernel: a
-__device__ table probe_t[slot][6] of %globaltimer readings (start, after the wait for the previous
-kernel, end, after the inputs, after the weights, after the products), each launch taking the next
-slot (probe_slot, counted on the host when it is launched or captured). See run.sh."""
+"""Copies include/ to build-timeline/include with timing probes in matvec_kernel, step_kernel and
+step_product_kernel: a __device__ table probe_t[slot][6] of %globaltimer readings (start, after the
+wait for the previous kernel, end, after the inputs, after the weights, after the products), each
+launch taking the next slot (probe_slot, counted on the host when it is launched or captured). See
+run.sh."""
 import shutil
 shutil.rmtree('build-timeline/include', ignore_errors=True)
 shutil.copytree('include', 'build-timeline/include')
@@ -53,11 +54,45 @@ s=sub(s,'''    __syncthreads();
     PROBE(5)
     for (int k = int(threadIdx.x); k < here * rows; k += int(blockDim.x))''')
 s=sub(s,'''        output(b0 + k % rows, o0 + k / rows, results[k]);
+    if constexpr (requires { output.finish(b0, rows, o0, here); }) {
+        __syncthreads();
+        output.finish(b0, rows, o0, here);
+    }
 }''','''        output(b0 + k % rows, o0 + k / rows, results[k]);
+    if constexpr (requires { output.finish(b0, rows, o0, here); }) {
+        __syncthreads();
+        output.finish(b0, rows, o0, here);
+    }
     __syncthreads();
     PROBE(2)
 }''')
 s=sub(s,'''input, output);
 }''','''input, output, probe_slot++);
 }''')
+# step_product_kernel: inputs = the step, weights = W staged, products = the products with their atomic adds.
+s=sub(s,'''Token token, split_product<X> product, consumed_sums sums) {''','''Token token, split_product<X> product, consumed_sums sums, int probe) {
+    PROBE(0)''')
+s=sub(s,'''    wait_for_previous_kernel();
+    const float ch''','''    wait_for_previous_kernel();
+    PROBE(1)
+    const float ch''')
+s=sub(s,'''    if (lane == 0) y[local] = active ? rounded_to<X>(step.output(ch)) : 0.0f;
+    __pipeline_wait_prior(0);
+    __syncthreads();''','''    if (lane == 0) y[local] = active ? rounded_to<X>(step.output(ch)) : 0.0f;
+    __syncthreads();
+    PROBE(3)
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    PROBE(4)''')
+s=sub(s,'''            atomicAdd(hidden + o, sum);
+        }
+    }
+}''','''            atomicAdd(hidden + o, sum);
+        }
+    }
+    __syncthreads();
+    PROBE(5)
+    PROBE(2)
+}''')
+s=sub(s,'''pieces, vector_adds, token, product, sums);''','''pieces, vector_adds, token, product, sums, probe_slot++);''')
 open(p,'w').write(s)

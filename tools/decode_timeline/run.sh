@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Where a decoding step's time goes on the device: copies include/ to build-timeline/ with probes in
-# matvec_kernel and step_kernel (%globaltimer at a block's start, after its wait for the previous
-# kernel, after its inputs, after its weights, after its products, at its end; earliest start and wait,
-# latest of the others over the blocks), then decodes one token of mamba-130m-shaped models (Mamba-1
-# fp32 and bf16, Mamba-2 bf16) from a CUDA graph and prints each kernel's times in ns. Needs a GPU;
-# DEPS as in tools/device_check.sh. Usage: bash tools/decode_timeline/run.sh > timeline.txt
+# matvec_kernel, step_kernel and step_product_kernel (%globaltimer at a block's start, after its wait
+# for the previous kernel, after its inputs, after its weights, after its products, at its end;
+# earliest start and wait, latest of the others over the blocks), then decodes one token of
+# mamba-130m-shaped models (fp32 and bf16) from a CUDA graph and prints each kernel's times in ns.
+# Needs a GPU; DEPS as in tools/device_check.sh. Usage: bash tools/decode_timeline/run.sh > timeline.txt
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deps=${DEPS:-.deps}

@@ -1,7 +1,8 @@
 // Decodes one token of mamba-130m-shaped models from a CUDA graph with the probed headers of
 // probe_headers.py and prints, for each probed kernel of the step, its times from the step's first
 // kernel start (ns): gap = its wait's end - the previous kernel's end; work = end - wait's end, split
-// into inputs, weights, products and outputs for matrix-vector kernels. See run.sh.
+// into inputs (the step's, in step_product), weights, products and outputs for matrix-vector kernels.
+// See run.sh.
 #include <algorithm>
 #include <cstdio>
 #include <vector>
@@ -69,5 +70,6 @@ int main() {
     run<device_mamba_lm<float>>("mamba fp32", h1);
     run<device_mamba_lm<ssm::bfloat16>>("mamba bf16", h1);
     const auto h2 = mamba2_lm::random(bench::mamba2_130m(), 7);
+    run<device_mamba2_lm<float>>("mamba2 fp32", h2);
     run<device_mamba2_lm<ssm::bfloat16>>("mamba2 bf16", h2);
 }

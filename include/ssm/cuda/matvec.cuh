@@ -197,6 +197,37 @@ struct conv_step_output {
     }
 };
 
+// Mamba-1's in_proj of a decoding step: conv_step_output, and x_proj (x_proj_rows, channels) of the
+// convolved channels, each block adding its share of every product to `x_sums` (batch, x_proj_rows)
+// with atomic adds — which saves x_proj a kernel of its own; x_sums must be zero before
+// (step_product_kernel clears it after use), and the order of the adds, so the sums' last bits, may
+// differ between runs.
+struct conv_x_proj_output : conv_step_output {
+    const float* x_proj;
+    index_t x_proj_rows;
+    float* x_sums;
+
+    __device__ void prefetch(index_t b0, int rows, index_t o0, int outs) const {
+        conv_step_output::prefetch(b0, rows, o0, outs);
+        const index_t c0 = o0 > first ? o0 - first : 0;
+        const index_t c1 = o0 + outs - first < channels ? o0 + outs - first : channels;
+        if (c0 < c1)
+            prefetch_rows_l2(x_proj + c0, int(x_proj_rows), channels * index_t(sizeof(float)),
+                             int((c1 - c0) * index_t(sizeof(float))));
+    }
+    // After every output of the block (and a barrier): its share of x_proj's products.
+    __device__ void finish(index_t b0, int rows, index_t o0, int outs) const {
+        const index_t c0 = o0 > first ? o0 - first : 0;
+        const index_t c1 = o0 + outs - first < channels ? o0 + outs - first : channels;
+        for (index_t k = threadIdx.x; k < rows * x_proj_rows && c0 < c1; k += blockDim.x) {
+            const index_t b = b0 + k / x_proj_rows, r = k % x_proj_rows;
+            float sum = 0.0f;
+            for (index_t c = c0; c < c1; ++c) sum += x_proj[r * channels + c] * convolved[b * channels + c];
+            atomicAdd(x_sums + b * x_proj_rows + r, sum);
+        }
+    }
+};
+
 // Where a block's dynamic shared memory holds a group of W's rows, the norm's weight (inputs with a
 // norm) and the tile of x: byte offsets, 16-byte aligned.
 struct matvec_layout {
@@ -271,6 +302,10 @@ __global__ void __launch_bounds__(matvec_warps * 32)
     __syncthreads();
     for (int k = int(threadIdx.x); k < here * rows; k += int(blockDim.x))
         output(b0 + k % rows, o0 + k / rows, results[k]);
+    if constexpr (requires { output.finish(b0, rows, o0, here); }) {
+        __syncthreads();
+        output.finish(b0, rows, o0, here);
+    }
 }
 
 // Queues y = x·Wᵀ (+ bias) for `batch` rows, launched overlapped. A block's shared memory holds a row
@@ -314,6 +349,141 @@ void matvec(const cuda_exec& exec, const X* weight, const float* bias, index_t o
     launch_overlapped("matvec: launch", kernel, dim3(unsigned(groups), unsigned(tiles)), dim3(matvec_warps * 32),
                       layout.bytes, exec.stream, weight, bias, outs, ins, batch, int(group), int(tile), pieces, layout,
                       input, output);
+}
+
+// The product a decoding step's outputs feed at once (see step_product_kernel): hidden[b, o] +=
+// Σ_c W[o, c]·y[b, c] (+ bias[o]), y the step's outputs, W (outs, channels) stored as X.
+template <class X>
+struct split_product {
+    const X* weight;
+    const float* bias;  // or null
+    index_t outs;
+    float* hidden;      // (batch, stride)
+    index_t stride;
+};
+
+// Rows a previous kernel accumulated with atomic adds for a step (conv_x_proj_output's x_sums), to be
+// cleared once every block has read them; `arrivals` counts the blocks done reading (zero between
+// steps). Null data: nothing to clear.
+struct consumed_sums {
+    float* data = nullptr;
+    index_t count = 0;
+    unsigned* arrivals = nullptr;
+};
+
+// A decoding step and the product of its outputs in one kernel (Mamba-1's scan step and out_proj): a
+// block advances `channels` consecutive channels of batch row blockIdx.y (channel_step, `lanes`
+// threads each), rounds their outputs to X as a product's input, and adds their share of every
+// output of the product to `hidden` with atomic adds (four outputs an add where `vector_adds`): the
+// product is split over the step's channels, so no block holds a whole output and no kernel boundary
+// lies between the step and the product; the order of the adds, so the last bits of the residual
+// stream, may differ between runs. W's columns for the block's channels are staged in shared memory
+// before the wait (16-byte pieces where `pieces` and the block has all its channels), rows of
+// channels·sizeof(X) bytes, which lanes read in 16-byte pieces.
+template <int S, class Ssm, class Token, class X>
+__global__ void __launch_bounds__(256)
+    step_product_kernel(Ssm model, scan_problem<float> p, int lanes, int channels, bool pieces, bool vector_adds,
+                        Token token, split_product<X> product, consumed_sums sums) {
+    extern __shared__ __align__(16) unsigned char staged[];
+    constexpr int per_load = 16 / sizeof(X);
+    const index_t outs = product.outs, ins = p.shape.channels, b = blockIdx.y, c0 = index_t(blockIdx.x) * channels;
+    X* w = reinterpret_cast<X*>(staged);  // (outs, channels)
+    float* y = reinterpret_cast<float*>(staged + aligned_bytes(std::size_t(outs * channels) * sizeof(X)));
+    const int here = ins - c0 < channels ? int(ins - c0) : channels, row_pieces = channels / per_load;
+    if (pieces && here == channels) {
+        for (index_t k = threadIdx.x; k < outs * row_pieces; k += blockDim.x)
+            __pipeline_memcpy_async(reinterpret_cast<uint4*>(w + (k / row_pieces) * channels) + k % row_pieces,
+                                    reinterpret_cast<const uint4*>(product.weight + (k / row_pieces) * ins + c0) +
+                                        k % row_pieces,
+                                    16);
+    } else {
+        for (index_t k = threadIdx.x; k < outs * channels; k += blockDim.x) {
+            const index_t o = k / channels, c = k % channels;
+            w[k] = c < here ? product.weight[o * ins + c0 + c] : from_float<X>(0.0f);
+        }
+    }
+    __pipeline_commit();
+    const int lane = int(threadIdx.x) % lanes, local = int(threadIdx.x) / lanes;
+    const bool active = local < here;
+    channel_step<S, Ssm, float, Token> step(model, p, token, b, active ? c0 + local : 0, lane, lanes, active);
+    let_next_kernel_start();
+    wait_for_previous_kernel();
+    const float ch = lanes_sum(step.advance(), lanes);
+    if (lane == 0) y[local] = active ? rounded_to<X>(step.output(ch)) : 0.0f;
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    if (sums.data && threadIdx.x == 0) {  // every load of the sums in this block has returned
+        __threadfence();
+        if (atomicAdd(sums.arrivals, 1u) == gridDim.x * gridDim.y - 1) {
+            for (index_t k = 0; k < sums.count; ++k) sums.data[k] = 0.0f;
+            *sums.arrivals = 0;
+        }
+    }
+    // Lanes take 16-byte pieces of W's rows, row_pieces lanes a row, 32 / row_pieces rows a warp at once.
+    const int warp = int(threadIdx.x) / 32, warps = int(blockDim.x) / 32, wl = int(threadIdx.x) % 32;
+    const int piece = wl % row_pieces, at_once = 32 / row_pieces;
+    float yv[per_load];
+#pragma unroll
+    for (int j = 0; j < per_load; ++j) yv[j] = y[piece * per_load + j];
+    float* const hidden = product.hidden + b * product.stride;
+    for (index_t base = index_t(warp) * at_once; base < outs; base += index_t(warps) * at_once) {
+        const index_t o = base + wl / row_pieces;
+        float part = 0.0f;
+        if (o < outs) {
+            float wf[per_load];
+            unpack<X>(reinterpret_cast<const uint4*>(w + o * channels)[piece], wf);
+#pragma unroll
+            for (int j = 0; j < per_load; ++j) part += wf[j] * yv[j];
+        }
+        float sum = lanes_sum(part, row_pieces);
+        if (product.bias && blockIdx.x == 0 && o < outs) sum += product.bias[o];
+        if (vector_adds) {  // lane k gathers the sums of rows base + 4k .. base + 4k + 3
+            float v[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) v[i] = __shfl_sync(0xffffffffu, sum, ((4 * wl + i) * row_pieces) % 32);
+            if (wl < at_once / 4 && base + 4 * wl < outs)
+                atomicAdd(reinterpret_cast<float4*>(hidden + base + 4 * wl), make_float4(v[0], v[1], v[2], v[3]));
+        } else if (piece == 0 && o < outs) {
+            atomicAdd(hidden + o, sum);
+        }
+    }
+}
+
+// Queues step_product_kernel for a length-1 problem p (float, its state read and written in place as
+// p's initial and final state): 8 to 32 channels a block (at most 256 threads, at least a warp), fewer
+// where W's columns would not fit in shared memory.
+template <class Ssm, class Token, class X>
+void step_product(const cuda_exec& exec, const Ssm& model, const scan_problem<float>& p, const Token& token,
+                  const split_product<X>& product, const consumed_sums& sums) {
+    const int S = p.shape.state <= 32 ? 1 : p.shape.state <= 128 ? 4 : 8;
+    int lanes = 1;
+    while (lanes * S < p.shape.state) lanes *= 2;
+    int channels = std::clamp(256 / lanes, 8, 32);
+    const auto bytes = [&](int c) { return aligned_bytes(std::size_t(product.outs * c) * sizeof(X)) + c * sizeof(float); };
+    while (bytes(channels) > std::size_t(matvec_shared) && channels > 8 && channels / 2 * lanes >= 32) channels /= 2;
+    detail::require(bytes(channels) <= std::size_t(matvec_shared), "step_product: ", product.outs, " outputs of ",
+                    channels, " channels (", bytes(channels), " bytes of ", storage_name<X>,
+                    " weights) do not fit in shared memory (at most ", matvec_shared, ")");
+    if (product.outs == 0 || p.shape.batch == 0 || p.shape.channels == 0) return;
+    const index_t blocks = (p.shape.channels + channels - 1) / channels;
+    detail::require(blocks < (index_t(1) << 31) && p.shape.batch <= 65535, "step_product: ", p.shape.channels,
+                    " channels of ", p.shape.batch, " rows exceed the grid");
+    const bool pieces = p.shape.channels % (16 / index_t(sizeof(X))) == 0 &&
+                        reinterpret_cast<std::uintptr_t>(product.weight) % 16 == 0;
+    const int row_pieces = channels * int(sizeof(X)) / 16;
+    const bool vector_adds = 32 / row_pieces >= 4 && product.outs % 4 == 0 && product.stride % 4 == 0 &&
+                             reinterpret_cast<std::uintptr_t>(product.hidden) % 16 == 0;
+    const auto launch = [&](auto kernel) {
+        if (bytes(channels) > 48 * 1024)
+            check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes(channels))),
+                  "step_product: shared memory");
+        launch_overlapped("step_product: launch", kernel, dim3(unsigned(blocks), unsigned(p.shape.batch)),
+                          dim3(unsigned(channels * lanes)), bytes(channels), exec.stream, model, p, lanes, channels,
+                          pieces, vector_adds, token, product, sums);
+    };
+    if (S == 1) launch(step_product_kernel<1, Ssm, Token, X>);
+    else if (S == 4) launch(step_product_kernel<4, Ssm, Token, X>);
+    else launch(step_product_kernel<8, Ssm, Token, X>);
 }
 
 }  // namespace ssm::cuda

@@ -42,6 +42,10 @@ template <class X>
 struct device_workspace {
     cuda::device_array<float> hidden, mixed, projected, convolved, x_projected, delta, y, final_state;
     cuda::device_array<float> global_gate;  // the global selection module's SiLU(global_conv(x) + bias)
+    // Single-sequence decoding's x_proj rows, summed by atomic adds, and the count of blocks done
+    // reading them (cuda::consumed_sums): zero between steps.
+    cuda::device_array<float> x_sums;
+    cuda::device_array<unsigned> arrivals;
     cuda::device_array<X> normed, product_input;
     cuda::device_array<float> importance, gathered;
     cuda::device_array<std::int64_t> kept_rows;  // absolute rows (b·length + position) of the kept tokens
@@ -57,6 +61,14 @@ inline void check_launch(const char* what) { cuda::check(cudaGetLastError(), wha
 template <class T>
 tensor_view<const T, 2> matrix(const device_array<T>& a, index_t rows, index_t cols) {
     return {a.data(), rows, cols};
+}
+// Grows `a` to at least `size` elements, all zero when it grows (accumulators the kernels keep zero).
+template <class T>
+void reserve_zeroed(device_array<T>& a, std::size_t size) {
+    if (a.size() >= size) return;
+    a.reserve(size);
+    cuda::check(cudaMemset(a.data(), 0, size * sizeof(T)), "workspace: clear");
+    cuda::check(cudaDeviceSynchronize(), "workspace: clear");  // before kernels of any stream use it
 }
 inline const float* bias_or_null(const device_array<float>& a) { return a.empty() ? nullptr : a.data(); }
 inline tensor_view<const float, 1> optional_vector(const device_array<float>& a) {
@@ -287,6 +299,8 @@ struct device_mamba1_mixer {
         ws.final_state.reserve(std::size_t(batch * d_inner * state));
         if constexpr (!std::same_as<X, float>) ws.product_input.reserve(std::size_t(rows * d_inner));
         if (global_kernel > 0) ws.global_gate.reserve(std::size_t(rows * d_inner));
+        device_detail::reserve_zeroed(ws.x_sums, std::size_t(batch * (rank + 2 * state)));
+        device_detail::reserve_zeroed(ws.arrivals, 1);
     }
 
     // As mamba1_mixer::forward: cuBLAS products between layer kernels (device_causal_lm sends a
@@ -309,8 +323,8 @@ struct device_mamba1_mixer {
             dd::causal_conv(exec, xz.data(), width, batch, length, di, global_kernel, global_conv, global_bias,
                             cache.global, ws.global_gate.data());
         if (length == 1) {  // several sequences' next token: dt_proj's product runs in the step kernel
-            dd::step_with_state(exec, ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di),
-                                cache.ssm, token(ws));
+            dd::step_with_state(exec, ssm(), scan_input(ws, x_dbl.data(), batch, 1),
+                                tensor_view<float, 3>(ws.y.data(), batch, 1, di), cache.ssm, token(ws, x_dbl.data()));
         } else {
             gemm.multiply(exec, tensor_view<const float, 2>(x_dbl.data(), {rows, rank}, {xw, 1}),
                           dd::matrix(dt_proj, di, rank), tensor_view<float, 2>(ws.delta.data(), rows, di));
@@ -325,7 +339,7 @@ struct device_mamba1_mixer {
                                        {ws.delta.data(), di}});
                 rows = batch * length;
             }
-            dd::scan_with_state(exec, ssm(), scan_input(ws, batch, length),
+            dd::scan_with_state(exec, ssm(), scan_input(ws, x_dbl.data(), batch, length),
                                 tensor_view<float, 3>(ws.y.data(), batch, length, di), cache.ssm, ws.final_state);
         }
         dd::linear(exec, gemm, dd::as_product_input(exec, ws.y, ws.product_input, rows, di), out_proj, out_proj_bias,
@@ -333,39 +347,44 @@ struct device_mamba1_mixer {
         return length;
     }
 
-    // One token a sequence, the residual stream `hidden` (batch, d_model) updated in place: four
-    // kernels — the norm, in_proj and the convolutions (the global selection's too); x_proj; the scan
-    // step with dt_proj's product (and the global gate); out_proj with the residual add.
+    // One token a sequence, the residual stream `hidden` (batch, d_model) updated in place: two
+    // kernels — the norm, in_proj, the convolutions (the global selection's too) and x_proj's product;
+    // the scan step with dt_proj's product (and the global gate), out_proj and the residual add.
     void decode(const cuda_exec& exec, const float* norm, float epsilon, index_t batch, device_layer_state& cache,
                 device_workspace<X>& ws, float* hidden) const {
         namespace dd = device_detail;
         const index_t di = d_inner, width = 2 * di, xw = rank + 2 * state;
+        float* const x_dbl = ws.x_sums.data();
         cuda::matvec(exec, in_proj.data(), dd::bias_or_null(in_proj_bias), width, d_model, batch,
                      cuda::rms_normed_input{hidden, d_model, {norm, epsilon}},
-                     cuda::conv_step_output{ws.projected.data(), width, 0, di, kernel, conv_weight.data(),
-                                            dd::bias_or_null(conv_bias), cache.conv.data(), ws.convolved.data(),
-                                            global_kernel, global_conv.data(), dd::bias_or_null(global_bias),
-                                            cache.global.data(), ws.global_gate.data()});
-        cuda::matvec(exec, x_proj.data(), nullptr, xw, di, batch, cuda::rows_input{ws.convolved.data(), di},
-                     cuda::store_output{ws.x_projected.data(), xw});
-        dd::step_with_state(exec, ssm(), scan_input(ws, batch, 1), tensor_view<float, 3>(ws.y.data(), batch, 1, di),
-                            cache.ssm, token(ws));
-        cuda::matvec(exec, out_proj.data(), dd::bias_or_null(out_proj_bias), d_model, di, batch,
-                     cuda::rows_input{ws.y.data(), di}, cuda::residual_output{hidden, d_model});
+                     cuda::conv_x_proj_output{{ws.projected.data(), width, 0, di, kernel, conv_weight.data(),
+                                               dd::bias_or_null(conv_bias), cache.conv.data(), ws.convolved.data(),
+                                               global_kernel, global_conv.data(), dd::bias_or_null(global_bias),
+                                               cache.global.data(), ws.global_gate.data()},
+                                              x_proj.data(), xw, x_dbl});
+        scan_inputs<float> in = scan_input(ws, x_dbl, batch, 1);
+        const tensor_view<float, 3> cached = dd::cached_state(cache.ssm, batch, di);
+        in.initial_state = cached;
+        const auto p = make_problem("decode", ssm(), in,
+                                    scan_outputs<float>{.y = {ws.y.data(), batch, 1, di}, .final_state = cached});
+        cuda::step_product(exec, ssm(), p, token(ws, x_dbl),
+                           cuda::split_product<X>{out_proj.data(), dd::bias_or_null(out_proj_bias), d_model, hidden,
+                                                  d_model},
+                           cuda::consumed_sums{x_dbl, batch * xw, ws.arrivals.data()});
     }
 
 private:
     ssm_type ssm() const { return {{device_detail::matrix(A, d_inner, state)}, {}, scaling.modulation()}; }
-    device_detail::mamba1_token token(const device_workspace<X>& ws) const {
-        return {ws.convolved.data(), dt_proj.data(), dt_bias.data(), d_inner, rank, ws.x_projected.data(),
+    device_detail::mamba1_token token(const device_workspace<X>& ws, const float* x_dbl) const {
+        return {ws.convolved.data(), dt_proj.data(), dt_bias.data(), d_inner, rank, x_dbl,
                 rank + 2 * state, global_kernel > 0 ? ws.global_gate.data() : nullptr};
     }
 
     // The scan's inputs in the workspace: u the convolved x, Δ (before bias and softplus), B and C from
     // x_proj's output, z from in_proj's.
-    scan_inputs<float> scan_input(const device_workspace<X>& ws, index_t batch, index_t length) const {
+    scan_inputs<float> scan_input(const device_workspace<X>& ws, const float* x_dbl, index_t batch,
+                                  index_t length) const {
         const index_t di = d_inner, n = state, xw = rank + 2 * n;
-        const float* x_dbl = ws.x_projected.data();
         return {.u = {ws.convolved.data(), batch, length, di},
                 .delta = {ws.delta.data(), batch, length, di},
                 .B = detail::grouped_columns<const float>(x_dbl, batch, length, xw, rank, 1, n),
@@ -598,6 +617,7 @@ public:
                 if (!a->empty()) cuda::check(cudaMemset(a->data(), 0, a->size() * sizeof(float)), "make_cache: clear");
             c.layers.push_back(std::move(s));
         }
+        cuda::check(cudaDeviceSynchronize(), "make_cache: clear");  // before kernels of any stream use it
         return c;
     }
 
