@@ -84,10 +84,10 @@ s=sub(s,'''    if (lane == 0) y[local] = active ? rounded_to<X>(step.output(ch))
     __pipeline_wait_prior(0);
     __syncthreads();
     PROBE(4)''')
-s=sub(s,'''            atomicAdd(hidden + o, sum);
+s=sub(s,'''                if (o0 + i < outs) atomicAdd(hidden + o0 + i, sum[i]);
         }
     }
-}''','''            atomicAdd(hidden + o, sum);
+}''','''                if (o0 + i < outs) atomicAdd(hidden + o0 + i, sum[i]);
         }
     }
     __syncthreads();

@@ -378,8 +378,9 @@ struct consumed_sums {
 // product is split over the step's channels, so no block holds a whole output and no kernel boundary
 // lies between the step and the product; the order of the adds, so the last bits of the residual
 // stream, may differ between runs. W's columns for the block's channels are staged in shared memory
-// before the wait (16-byte pieces where `pieces` and the block has all its channels), rows of
-// channels·sizeof(X) bytes, which lanes read in 16-byte pieces.
+// before the wait (16-byte pieces where `pieces` and the block has all its channels): rows of
+// channels·sizeof(X) bytes, piece q of row o at place q ^ swizzle(o), so that the threads, four rows
+// each, read their rows' pieces from different banks.
 template <int S, class Ssm, class Token, class X>
 __global__ void __launch_bounds__(256)
     step_product_kernel(Ssm model, scan_problem<float> p, int lanes, int channels, bool pieces, bool vector_adds,
@@ -387,19 +388,21 @@ __global__ void __launch_bounds__(256)
     extern __shared__ __align__(16) unsigned char staged[];
     constexpr int per_load = 16 / sizeof(X);
     const index_t outs = product.outs, ins = p.shape.channels, b = blockIdx.y, c0 = index_t(blockIdx.x) * channels;
-    X* w = reinterpret_cast<X*>(staged);  // (outs, channels)
+    uint4* w = reinterpret_cast<uint4*>(staged);  // (outs, row_pieces) pieces of 16 bytes
     float* y = reinterpret_cast<float*>(staged + aligned_bytes(std::size_t(outs * channels) * sizeof(X)));
     const int here = ins - c0 < channels ? int(ins - c0) : channels, row_pieces = channels / per_load;
+    const auto place = [&](index_t o, int q) { return o * row_pieces + (q ^ int((o / 4) % row_pieces)); };
     if (pieces && here == channels) {
-        for (index_t k = threadIdx.x; k < outs * row_pieces; k += blockDim.x)
-            __pipeline_memcpy_async(reinterpret_cast<uint4*>(w + (k / row_pieces) * channels) + k % row_pieces,
-                                    reinterpret_cast<const uint4*>(product.weight + (k / row_pieces) * ins + c0) +
-                                        k % row_pieces,
-                                    16);
+        for (index_t k = threadIdx.x; k < outs * row_pieces; k += blockDim.x) {
+            const index_t o = k / row_pieces;
+            const int q = int(k % row_pieces);
+            __pipeline_memcpy_async(w + place(o, q), product.weight + o * ins + c0 + q * per_load, 16);
+        }
     } else {
         for (index_t k = threadIdx.x; k < outs * channels; k += blockDim.x) {
             const index_t o = k / channels, c = k % channels;
-            w[k] = c < here ? product.weight[o * ins + c0 + c] : from_float<X>(0.0f);
+            reinterpret_cast<X*>(w + place(o, int(c) / per_load))[c % per_load] =
+                c < here ? product.weight[o * ins + c0 + c] : from_float<X>(0.0f);
         }
     }
     __pipeline_commit();
@@ -419,32 +422,31 @@ __global__ void __launch_bounds__(256)
             *sums.arrivals = 0;
         }
     }
-    // Lanes take 16-byte pieces of W's rows, row_pieces lanes a row, 32 / row_pieces rows a warp at once.
-    const int warp = int(threadIdx.x) / 32, warps = int(blockDim.x) / 32, wl = int(threadIdx.x) % 32;
-    const int piece = wl % row_pieces, at_once = 32 / row_pieces;
-    float yv[per_load];
-#pragma unroll
-    for (int j = 0; j < per_load; ++j) yv[j] = y[piece * per_load + j];
+    // Each thread takes four consecutive rows: no shuffles, one add of four where the rows allow.
     float* const hidden = product.hidden + b * product.stride;
-    for (index_t base = index_t(warp) * at_once; base < outs; base += index_t(warps) * at_once) {
-        const index_t o = base + wl / row_pieces;
-        float part = 0.0f;
-        if (o < outs) {
-            float wf[per_load];
-            unpack<X>(reinterpret_cast<const uint4*>(w + o * channels)[piece], wf);
+    for (index_t o0 = 4 * index_t(threadIdx.x); o0 < outs; o0 += 4 * index_t(blockDim.x)) {
+        float sum[4] = {};
+        for (int q = 0; q < row_pieces; ++q) {
+            float yq[per_load];
 #pragma unroll
-            for (int j = 0; j < per_load; ++j) part += wf[j] * yv[j];
+            for (int j = 0; j < per_load; ++j) yq[j] = y[q * per_load + j];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                if (o0 + i >= outs) continue;
+                float wf[per_load];
+                unpack<X>(w[place(o0 + i, q)], wf);
+#pragma unroll
+                for (int j = 0; j < per_load; ++j) sum[i] += wf[j] * yq[j];
+            }
         }
-        float sum = lanes_sum(part, row_pieces);
-        if (product.bias && blockIdx.x == 0 && o < outs) sum += product.bias[o];
-        if (vector_adds) {  // lane k gathers the sums of rows base + 4k .. base + 4k + 3
-            float v[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) v[i] = __shfl_sync(0xffffffffu, sum, ((4 * wl + i) * row_pieces) % 32);
-            if (wl < at_once / 4 && base + 4 * wl < outs)
-                atomicAdd(reinterpret_cast<float4*>(hidden + base + 4 * wl), make_float4(v[0], v[1], v[2], v[3]));
-        } else if (piece == 0 && o < outs) {
-            atomicAdd(hidden + o, sum);
+        if (product.bias && blockIdx.x == 0)
+            for (int i = 0; i < 4; ++i)
+                if (o0 + i < outs) sum[i] += product.bias[o0 + i];
+        if (vector_adds) {
+            atomicAdd(reinterpret_cast<float4*>(hidden + o0), make_float4(sum[0], sum[1], sum[2], sum[3]));
+        } else {
+            for (int i = 0; i < 4; ++i)
+                if (o0 + i < outs) atomicAdd(hidden + o0 + i, sum[i]);
         }
     }
 }
@@ -470,8 +472,7 @@ void step_product(const cuda_exec& exec, const Ssm& model, const scan_problem<fl
                     " channels of ", p.shape.batch, " rows exceed the grid");
     const bool pieces = p.shape.channels % (16 / index_t(sizeof(X))) == 0 &&
                         reinterpret_cast<std::uintptr_t>(product.weight) % 16 == 0;
-    const int row_pieces = channels * int(sizeof(X)) / 16;
-    const bool vector_adds = 32 / row_pieces >= 4 && product.outs % 4 == 0 && product.stride % 4 == 0 &&
+    const bool vector_adds = product.outs % 4 == 0 && product.stride % 4 == 0 &&
                              reinterpret_cast<std::uintptr_t>(product.hidden) % 16 == 0;
     const auto launch = [&](auto kernel) {
         if (bytes(channels) > 48 * 1024)
