@@ -114,8 +114,10 @@ struct tile_registers {
     T x[tile_loads], delta[tile_loads], z[tile_loads], b[tile_loads], c[tile_loads];
 };
 
+// Three blocks a multiprocessor (up to 168 registers a thread): at four (128 registers) the kernel
+// spilled and took 0.65 ms instead of 0.51 ms for the Mamba-1 shape (8, 2048), docs/performance.md.
 template <int S, bool Summary, class Ssm, class T>
-__global__ void __launch_bounds__(block_threads, 4)
+__global__ void __launch_bounds__(block_threads, 3)
 chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<typename Ssm::value_type> w) {
     using V = typename Ssm::value_type;
     extern __shared__ float shared[];
@@ -149,28 +151,47 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
     const float load_bias = in.delta_bias.data() ? in.delta_bias(load_dc) : 0.0f;
     const float skip = in.D.data() ? in.D(load_d) : 0.0f;
     const float scale = model.transition.output_scale();
+    // The loader's rows as base pointers and strides, and where its B and C elements start (element
+    // e = tid + j·threads of a tile is token e / width, column e % width): a tile's loads then add
+    // offsets instead of recomputing four-term indices and divisions (which had been 15% of the
+    // kernel's instructions).
+    const T* const u_row = in.u.data() + b * in.u.stride(0) + load_d * in.u.stride(2);
+    const T* const delta_row = in.delta.data() + b * in.delta.stride(0) + load_dc * in.delta.stride(2);
+    const T* const z_row = gated ? in.z.data() + b * in.z.stride(0) + load_d * in.z.stride(2) : nullptr;
+    const T* const b_row = in.B.data() + b * in.B.stride(0) + g * in.B.stride(2);
+    const T* const c_row = Summary ? nullptr : in.C.data() + b * in.C.stride(0) + g * in.C.stride(2);
+    struct tile_element {
+        int token, col;
+    };
+    const tile_element first_element{tid / tile.width, tid % tile.width};
+    const tile_element element_step{tile.threads() / tile.width, tile.threads() % tile.width};
+    auto next_element = [&](tile_element& e) {
+        e.token += element_step.token;
+        e.col += element_step.col;
+        if (e.col >= tile.width) {
+            e.col -= tile.width;
+            ++e.token;
+        }
+    };
     auto fetch = [&](index_t first, tile_registers<T>& r) {
         const index_t count = t1 - first < TT ? t1 - first : TT;
+        tile_element e = first_element;
 #pragma unroll
-        for (int j = 0; j < tile_loads; ++j) {
+        for (int j = 0; j < tile_loads; ++j, next_element(e)) {
             const int t = tid / W + j * slices;
             const bool ok = t < count && load_channel < valid;
-            r.x[j] = ok ? in.u(b, first + t, load_d) : T{};
-            r.delta[j] = ok ? in.delta(b, first + t, load_dc) : T{};
-            r.z[j] = ok && gated ? in.z(b, first + t, load_d) : T{};
-            const int e = tid + j * tile.threads(), te = e / tile.width, col = e % tile.width;
-            const bool bc = te < count;
-            r.b[j] = bc ? in.B.data()[b * in.B.stride(0) + (first + te) * in.B.stride(1) + g * in.B.stride(2) +
-                                      col * in.B.stride(3)]
-                        : T{};
-            r.c[j] = bc && !Summary ? in.C.data()[b * in.C.stride(0) + (first + te) * in.C.stride(1) +
-                                                  g * in.C.stride(2) + col * in.C.stride(3)]
-                                    : T{};
+            r.x[j] = ok ? u_row[(first + t) * in.u.stride(1)] : T{};
+            r.delta[j] = ok ? delta_row[(first + t) * in.delta.stride(1)] : T{};
+            r.z[j] = ok && gated ? z_row[(first + t) * in.z.stride(1)] : T{};
+            const bool bc = e.token < count;
+            r.b[j] = bc ? b_row[(first + e.token) * in.B.stride(1) + e.col * in.B.stride(3)] : T{};
+            r.c[j] = bc && !Summary ? c_row[(first + e.token) * in.C.stride(1) + e.col * in.C.stride(3)] : T{};
         }
     };
     auto stage = [&](const tile_registers<T>& r) {
+        tile_element e = first_element;
 #pragma unroll
-        for (int j = 0; j < tile_loads; ++j) {
+        for (int j = 0; j < tile_loads; ++j, next_element(e)) {
             const int t = tid / W + j * slices;
             if (t < TT) {
                 float dt = to_float(r.delta[j]) + load_bias;
@@ -179,15 +200,14 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
                 dts[t * W + load_channel] = model.modulation.delta(dt, load_dc);
                 zs[t * W + load_channel] = to_float(r.z[j]);
             }
-            const int e = tid + j * tile.threads();
-            if (e < TT * tile.width) {
-                const int at = e / tile.width * tile.row + e % tile.width;
-                bs[at] = to_float(r.b[j]);
-                cs[at] = to_float(r.c[j]);
+            if (e.token < TT) {
+                bs[e.token * tile.row + e.col] = to_float(r.b[j]);
+                cs[e.token * tile.row + e.col] = to_float(r.c[j]);
             }
         }
     };
     // y = (scale·Σ_slices C·h + D·x)·SiLU(z), from the slices' partial sums of the tile.
+    T* const y_row = p.out.y.data() + b * p.out.y.stride(0) + load_d * p.out.y.stride(2);
     auto store_outputs = [&](index_t first) {
         const index_t count = t1 - first < TT ? t1 - first : TT;
 #pragma unroll
@@ -198,7 +218,7 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
             for (int s = 0; s < slices; ++s) acc += partial[e * slices + s];
             float out = scale * acc + skip * xs[e];
             if (gated) out *= math::silu(zs[e]);
-            p.out.y(b, first + t, load_d) = from_float<T>(out);
+            y_row[(first + t) * p.out.y.stride(1)] = from_float<T>(out);
         }
     };
 
@@ -227,10 +247,23 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
             h[j] = w.start[w.slot(p.shape, b, d, k, n)];
         }
     }
-    auto state_value = [&](const float* row, int j) -> V {
-        const int col = (s * S + j) * comps;
-        if constexpr (std::same_as<V, cfloat>) return {row[col], row[col + 1]};
-        else return row[col];
+    // A thread's S states of a B or C row in float4 loads: rows are whole slices of S·comps floats
+    // (a multiple of 4), and every array of the tile starts at a multiple of 4 floats.
+    static_assert(S * comps % 4 == 0);
+    auto load_states = [&](const float* row, float (&v)[S * comps]) {
+        const float4* from = reinterpret_cast<const float4*>(row + s * S * comps);
+#pragma unroll
+        for (int i = 0; i < S * comps / 4; ++i) {
+            const float4 q = from[i];
+            v[4 * i] = q.x;
+            v[4 * i + 1] = q.y;
+            v[4 * i + 2] = q.z;
+            v[4 * i + 3] = q.w;
+        }
+    };
+    auto state_value = [](const float (&v)[S * comps], int j) -> V {
+        if constexpr (std::same_as<V, cfloat>) return {v[2 * j], v[2 * j + 1]};
+        else return v[j];
     };
 
     // The token loop carries only h from token to token: the reduction over slices, the skip and the
@@ -247,8 +280,13 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
         // Tokens in groups of `group` whose partial sums are stored after the group: a store between
         // tokens would keep the next token's shared-memory loads from being issued early.
         constexpr int group = 4;
+        // (input·x)·B, so that an input that does not depend on the state (Δ in Mamba's rule) is
+        // multiplied by x once a token.
         auto advance = [&](int t) {
             const float dt = dts[t * W + c], x = xs[t * W + c];
+            float bv[S * comps], cv[S * comps];
+            load_states(bs + t * tile.row, bv);
+            if constexpr (!Summary) load_states(cs + t * tile.row, cv);
             discretized<V> shared_q{};
             if constexpr (Ssm::structure_type::state_invariant_decay)
                 shared_q = Ssm::discretization_type::apply(lambda[0], dt);
@@ -256,9 +294,9 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
 #pragma unroll
             for (int j = 0; j < S; ++j) {
                 const auto q = ssm::detail::discretize<Ssm>(shared_q, lambda[j], dt);
-                h[j] = q.decay * h[j] + q.input * state_value(bs + t * tile.row, j) * x;
+                h[j] = q.decay * h[j] + q.input * x * state_value(bv, j);
                 if constexpr (Summary) product[j] = product[j] * q.decay;
-                else acc += ssm::detail::real_product(state_value(cs + t * tile.row, j), h[j]);
+                else acc += ssm::detail::real_product(state_value(cv, j), h[j]);
             }
             return acc;
         };
