@@ -151,7 +151,7 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
     const float load_bias = in.delta_bias.data() ? in.delta_bias(load_dc) : 0.0f;
     const float skip = in.D.data() ? in.D(load_d) : 0.0f;
     const float scale = model.transition.output_scale();
-    // The loader's rows as base pointers and strides, and where its B and C elements start (element
+    // The loader's rows as base pointers, and where its B and C elements start (element
     // e = tid + j·threads of a tile is token e / width, column e % width): a tile's loads then add
     // offsets instead of recomputing four-term indices and divisions (which had been 15% of the
     // kernel's instructions).
@@ -422,8 +422,8 @@ __device__ inline float lanes_sum(float v, int lanes) {
 // written in whole lines. Construct it before the previous kernel has finished (it starts the loads
 // of constants), call advance after: every thread loads all its states (and B, C) before it writes
 // any, so the initial and final state may be the same memory and a step waits for one round trip, not
-// one a state. `token` (see problem_token) gives the channel's x and Δ. Every thread of the warp takes part, inactive ones (past the last channel,
-// with b = d = 0) too, and then writes nothing.
+// one a state. `token` (see problem_token) gives the channel's x and Δ. Every thread of the warp takes
+// part, inactive ones (past the last channel, with b = d = 0) too, and then writes nothing.
 template <int S, class Ssm, class T, class Token>
 class channel_step {
     using V = typename Ssm::value_type;
