@@ -153,6 +153,14 @@ int main(int argc, char** argv) {
         add(("mamba2/bf16/chunked/" + suffix).c_str(),
             [chunk](benchmark::State& s) { bench_scan<variant::mamba2, ssm::bfloat16>(s, ssm::chunked{chunk}); });
     }
+    // Look-back: one kernel, chunks chained within it.
+    for (const ssm::index_t chunk : {256, 512, 1024, 2048}) {
+        const std::string suffix = std::to_string(chunk);
+        add(("mamba1/f32/look_back/" + suffix).c_str(),
+            [chunk](benchmark::State& s) { bench_scan<variant::mamba1, float>(s, ssm::look_back{chunk}); });
+        add(("mamba1/bf16/look_back/" + suffix).c_str(),
+            [chunk](benchmark::State& s) { bench_scan<variant::mamba1, ssm::bfloat16>(s, ssm::look_back{chunk}); });
+    }
     add("mamba2/f32/ssd", [](benchmark::State& s) { bench_scan<variant::mamba2, float>(s, ssm::ssd{}); });
     add("mamba2/bf16/ssd", [](benchmark::State& s) { bench_scan<variant::mamba2, ssm::bfloat16>(s, ssm::ssd{}); });
     benchmark::RunSpecifiedBenchmarks();

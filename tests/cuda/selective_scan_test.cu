@@ -73,17 +73,20 @@ std::vector<double> written(const device_buffer<E>& b, const char* what) {
     return out;
 }
 
-using device_strategy = std::variant<ssm::sequential, ssm::chunked, ssm::ssd>;
+using device_strategy = std::variant<ssm::sequential, ssm::chunked, ssm::look_back, ssm::ssd>;
 
-// The device strategies every test runs: one thread per channel, and the chunked scan as one pass
-// and with chunks of 1, 7 and 64 tokens.
+// The device strategies every test runs: one thread per channel, the chunked scan as one pass and
+// with chunks of 1, 7 and 64 tokens, and the look-back scan with chunks of 1, 7 and 64 tokens.
 std::vector<device_strategy> device_strategies() {
-    return {ssm::sequential{}, ssm::chunked{.chunk = ssm::index_t(1) << 40}, ssm::chunked{.chunk = 1},
-            ssm::chunked{.chunk = 7}, ssm::chunked{.chunk = 64}};
+    return {ssm::sequential{},          ssm::chunked{.chunk = ssm::index_t(1) << 40},
+            ssm::chunked{.chunk = 1},   ssm::chunked{.chunk = 7},
+            ssm::chunked{.chunk = 64},  ssm::look_back{.chunk = 1},
+            ssm::look_back{.chunk = 7}, ssm::look_back{.chunk = 64}};
 }
 
 std::string describe(const device_strategy& s) {
     if (const auto* c = std::get_if<ssm::chunked>(&s)) return "chunked{" + std::to_string(c->chunk) + "}";
+    if (const auto* c = std::get_if<ssm::look_back>(&s)) return "look_back{" + std::to_string(c->chunk) + "}";
     return std::holds_alternative<ssm::ssd>(s) ? "ssd" : "sequential";
 }
 
@@ -184,8 +187,11 @@ TEST_CASE("device scans carry state over a million tokens", "[cuda]") {
                                  {.batch = 1, .length = ssm::index_t(1) << 20, .channels = 3, .state = 16,
                                   .z = true, .D = true, .softplus = true});
     for (auto& a : p.A) a *= 0.01;  // slow decay: the state remembers across the whole sequence
-    check_device_scan<ssm::diagonal_real, ssm::zoh_euler, float>(p, {ssm::sequential{}, ssm::chunked{.chunk = 4096}});
-    check_device_scan<ssm::diagonal_real, ssm::zoh_euler, ssm::bfloat16>(p, {ssm::chunked{.chunk = 1000}});
+    check_device_scan<ssm::diagonal_real, ssm::zoh_euler, float>(
+        p, {ssm::sequential{}, ssm::chunked{.chunk = 4096}, ssm::look_back{.chunk = 4096}});
+    // 1,049 chunks chained by look-back, most of them waiting on predecessors still running.
+    check_device_scan<ssm::diagonal_real, ssm::zoh_euler, ssm::bfloat16>(
+        p, {ssm::chunked{.chunk = 1000}, ssm::look_back{.chunk = 1000}});
 }
 
 // SSD on tensor cores: lengths around the chunk of 64 tokens, head dimensions and state sizes that

@@ -15,6 +15,14 @@ struct cuda_exec {
     cudaStream_t stream = nullptr;
 };
 
+// Device strategy: time cut into chunks, one block a chunk and channel tile, chained by decoupled
+// look-back within one kernel (cuda::look_back_kernel). Where the chunked strategy runs a summary
+// pass over the whole input before any output, a look-back block rescans only its own short chunk
+// (mostly from L2), and not at all once its predecessor has finished.
+struct look_back {
+    index_t chunk = 512;  // tokens per chunk
+};
+
 namespace cuda {
 // Throws ssm::error naming the operation when a CUDA call failed.
 inline void check(cudaError_t status, const char* what) {
@@ -106,6 +114,39 @@ struct tile_shape {
 inline constexpr int tile_loads = 8;
 inline constexpr int block_threads = 128;
 
+// What one block of a chunked scan computes: chunk k (tokens t0 .. t1) of the `valid` channels
+// d0 .. d0 + valid - 1 (of group g) in batch row b.
+struct chunk_block {
+    index_t k, g, d0, b, t0, t1;
+    int valid;
+};
+
+// The block at `position` among a chunk's blocks (groups x channel tiles, channel tiles fastest).
+__device__ inline chunk_block locate(const scan_shape& shape, const tile_shape& tile, index_t chunk, index_t k,
+                                     index_t position, index_t b) {
+    const index_t per_group = shape.channels / shape.groups;
+    const index_t tiles_per_group = (per_group + tile.channels - 1) / tile.channels;
+    const index_t g = position / tiles_per_group;
+    const index_t first = position % tiles_per_group * tile.channels;
+    const index_t t0 = k * chunk, t1 = t0 + chunk < shape.length ? t0 + chunk : shape.length;
+    return {k, g, g * per_group + first, b, t0, t1,
+            int(per_group - first < tile.channels ? per_group - first : tile.channels)};
+}
+
+// The S states a thread of such a block holds: states s·S .. s·S + S - 1 of the block's channel c
+// (threads past the last channel compute nothing).
+template <int S>
+struct thread_states {
+    int c, s;
+    bool computes;
+    index_t d;
+    __device__ thread_states(const tile_shape& tile, const chunk_block& at)
+        : c(int(threadIdx.x) / tile.slices), s(int(threadIdx.x) % tile.slices), computes(c < at.valid),
+          d(at.d0 + (computes ? c : 0)) {}
+    __device__ index_t n(int j) const { return index_t(s) * S + j; }
+    __device__ bool holds(int j, const scan_shape& shape) const { return computes && n(j) < shape.state; }
+};
+
 // A thread's share of the next tile, held in registers while the current tile computes. The values
 // stay in their storage type until staged: converting them on arrival would make the thread wait
 // for its loads before it computes the current tile (which is what made 16-bit inputs slower).
@@ -114,11 +155,12 @@ struct tile_registers {
     T x[tile_loads], delta[tile_loads], z[tile_loads], b[tile_loads], c[tile_loads];
 };
 
-// Three blocks a multiprocessor (up to 168 registers a thread): at four (128 registers) the kernel
-// spilled and took 0.65 ms instead of 0.51 ms for the Mamba-1 shape (8, 2048), docs/performance.md.
+// One pass of a block over its chunk, advancing the thread's states h. A summary pass reads only
+// what the states need (x, Δ, B) and multiplies the decays into `product`; an output pass writes y.
+// The caller synchronizes the block between two passes.
 template <int S, bool Summary, class Ssm, class T>
-__global__ void __launch_bounds__(block_threads, 3)
-chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<typename Ssm::value_type> w) {
+__device__ void scan_chunk(const Ssm& model, const scan_problem<T>& p, const tile_shape& tile, const chunk_block& at,
+                           typename Ssm::value_type (&h)[S], typename Ssm::value_type (&product)[S]) {
     using V = typename Ssm::value_type;
     extern __shared__ float shared[];
     const int W = tile.channels, TT = tile.tokens, slices = tile.slices;
@@ -129,16 +171,8 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
     float* const cs = bs + TT * tile.row;
     float* const partial = cs + TT * tile.row;  // [token][channel][slice]: C·h over a slice's states
 
-    // Which block: (chunk, group, channel tile) flattened over x, the batch row over y.
-    const index_t per_group = p.shape.channels / p.shape.groups;
-    const index_t tiles_per_group = (per_group + W - 1) / W;
-    const index_t k = blockIdx.x / (p.shape.groups * tiles_per_group);
-    const index_t g = blockIdx.x / tiles_per_group % p.shape.groups;
-    const index_t d0 = g * per_group + blockIdx.x % tiles_per_group * W;
-    const index_t b = blockIdx.y;
-    const int valid = int(per_group - (d0 - g * per_group) < W ? per_group - (d0 - g * per_group) : W);
-    if (Summary && k + 1 == w.chunks) return;
-    const index_t t0 = k * w.chunk, t1 = t0 + w.chunk < p.shape.length ? t0 + w.chunk : p.shape.length;
+    const index_t b = at.b, g = at.g, t0 = at.t0, t1 = at.t1;
+    const int valid = at.valid;
     const auto& in = p.in;
     const bool gated = !Summary && in.z.data();
 
@@ -146,7 +180,7 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
     // tid / W + j·slices, and the B and C tile elements tid + j·threads.
     const int tid = threadIdx.x;
     const int load_channel = tid % W;
-    const index_t load_d = d0 + (load_channel < valid ? load_channel : 0);
+    const index_t load_d = at.d0 + (load_channel < valid ? load_channel : 0);
     const index_t load_dc = model.transition.delta_channel(load_d);
     const float load_bias = in.delta_bias.data() ? in.delta_bias(load_dc) : 0.0f;
     const float skip = in.D.data() ? in.D(load_d) : 0.0f;
@@ -222,31 +256,17 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
         }
     };
 
-    // Compute role: thread `tid` holds states s·S .. s·S + S - 1 of channel c.
-    const int c = tid / slices, s = tid % slices;
-    const bool computes = c < valid;
-    const index_t d = d0 + (computes ? c : 0);
-    const index_t dc = model.transition.delta_channel(d);
+    // Compute role: the thread's S states of channel c.
+    const thread_states<S> mine(tile, at);
+    const int c = mine.c, s = mine.s;
+    const index_t dc = model.transition.delta_channel(mine.d);
     constexpr int comps = components<V>;
-    bool real_state[S];
-    V lambda[S], h[S], product[S];
+    V lambda[S];
 #pragma unroll
-    for (int j = 0; j < S; ++j) {
-        const index_t n = s * S + j;
-        real_state[j] = computes && n < p.shape.state;
-        lambda[j] = real_state[j] ? model.modulation.eigenvalue(model.transition.eigenvalue(d, n), dc) : V{};
-        product[j] = ssm::detail::lift<V>(1.0f);
-        h[j] = V{};
-        if (!real_state[j]) continue;
-        if (k == 0) {
-            const auto& v = in.initial_state;
-            if (!v.data()) h[j] = V{};
-            else if constexpr (std::same_as<V, cfloat>) h[j] = {v(b, d, 2 * n), v(b, d, 2 * n + 1)};
-            else h[j] = v(b, d, n);
-        } else if (!Summary) {
-            h[j] = w.start[w.slot(p.shape, b, d, k, n)];
-        }
-    }
+    for (int j = 0; j < S; ++j)
+        lambda[j] = mine.holds(j, p.shape)
+                        ? model.modulation.eigenvalue(model.transition.eigenvalue(mine.d, mine.n(j)), dc)
+                        : V{};
     // A thread's S states of a B or C row in float4 loads: rows are whole slices of S·comps floats
     // (a multiple of 4), and every array of the tile starts at a multiple of 4 floats.
     static_assert(S * comps % 4 == 0);
@@ -300,7 +320,7 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
             }
             return acc;
         };
-        const int computed = computes ? count : 0;
+        const int computed = mine.computes ? count : 0;
         int t = 0;
         for (; t + group <= computed; t += group) {
             float acc[group];
@@ -319,23 +339,60 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
             store_outputs(first);
         }
     }
-    if (!computes) return;
+}
+
+// The thread's states at the start of the sequence: the initial state, or zeros.
+template <int S, class V, class T>
+__device__ void load_initial_states(const scan_problem<T>& p, const chunk_block& at, const thread_states<S>& mine,
+                                    V (&h)[S]) {
+#pragma unroll
+    for (int j = 0; j < S; ++j)
+        h[j] = mine.holds(j, p.shape) && p.in.initial_state.data()
+                   ? detail::state_element<V>(p.in.initial_state, at.b, mine.d, mine.n(j))
+                   : V{};
+}
+
+template <int S, class V, class T>
+__device__ void store_final_states(const scan_problem<T>& p, const chunk_block& at, const thread_states<S>& mine,
+                                   const V (&h)[S]) {
+    if (!p.out.final_state.data()) return;
+#pragma unroll
+    for (int j = 0; j < S; ++j)
+        if (mine.holds(j, p.shape)) detail::store_state_element(p.out.final_state, at.b, mine.d, mine.n(j), h[j]);
+}
+
+// Three blocks a multiprocessor (up to 168 registers a thread): at four (128 registers) the kernel
+// spilled and took 0.65 ms instead of 0.51 ms for the Mamba-1 shape (8, 2048), docs/performance.md.
+// Blocks: (chunk, group, channel tile) flattened over x, the batch row over y.
+template <int S, bool Summary, class Ssm, class T>
+__global__ void __launch_bounds__(block_threads, 3)
+chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<typename Ssm::value_type> w) {
+    using V = typename Ssm::value_type;
+    const index_t per_chunk = index_t(gridDim.x) / w.chunks;
+    const chunk_block at = locate(p.shape, tile, w.chunk, blockIdx.x / per_chunk, blockIdx.x % per_chunk, blockIdx.y);
+    if (Summary && at.k + 1 == w.chunks) return;
+    const thread_states<S> mine(tile, at);
+    V h[S], product[S];
 #pragma unroll
     for (int j = 0; j < S; ++j) {
-        const index_t n = s * S + j;
-        if (!real_state[j]) continue;
-        if constexpr (Summary) {
-            w.start[w.slot(p.shape, b, d, k + 1, n)] = h[j];
-            w.decay[w.slot(p.shape, b, d, k + 1, n)] = product[j];
-        } else if (k + 1 == w.chunks && p.out.final_state.data()) {
-            const auto& v = p.out.final_state;
-            if constexpr (std::same_as<V, cfloat>) {
-                v(b, d, 2 * n) = h[j].re;
-                v(b, d, 2 * n + 1) = h[j].im;
-            } else {
-                v(b, d, n) = h[j];
-            }
+        product[j] = ssm::detail::lift<V>(1.0f);
+        h[j] = V{};
+    }
+    if (at.k == 0) load_initial_states(p, at, mine, h);
+    else if (!Summary)
+#pragma unroll
+        for (int j = 0; j < S; ++j)
+            if (mine.holds(j, p.shape)) h[j] = w.start[w.slot(p.shape, at.b, mine.d, at.k, mine.n(j))];
+    scan_chunk<S, Summary>(model, p, tile, at, h, product);
+    if constexpr (Summary) {
+#pragma unroll
+        for (int j = 0; j < S; ++j) {
+            if (!mine.holds(j, p.shape)) continue;
+            w.start[w.slot(p.shape, at.b, mine.d, at.k + 1, mine.n(j))] = h[j];
+            w.decay[w.slot(p.shape, at.b, mine.d, at.k + 1, mine.n(j))] = product[j];
         }
+    } else if (at.k + 1 == w.chunks) {
+        store_final_states(p, at, mine, h);
     }
 }
 
@@ -348,6 +405,139 @@ __global__ void chunk_carry_kernel(scan_shape shape, chunk_workspace<V> w) {
     for (index_t k = 2; k < w.chunks; ++k) {
         const index_t here = w.slot(shape, b, d, k, n);
         w.start[here] = w.decay[here] * w.start[w.slot(shape, b, d, k - 1, n)] + w.start[here];
+    }
+}
+
+// Look-back scan: one kernel, blocks as in chunk_kernel. What each chunk publishes for its
+// successors, per (batch, channel, chunk, state), and how far it has got.
+enum chunk_status : unsigned { chunk_pending = 0, chunk_aggregate = 1, chunk_inclusive = 2 };
+
+// A value another block published, read from L2 (L1 is not coherent between multiprocessors).
+template <class V>
+__device__ V load_past_l1(const V* from) {
+    if constexpr (std::same_as<V, cfloat>) return {__ldcg(&from->re), __ldcg(&from->im)};
+    else return __ldcg(from);
+}
+template <class V>
+struct look_back_workspace {
+    V* aggregate;  // the chunk's end state from a zero start
+    V* decay;      // the product of Ā over the chunk
+    V* inclusive;  // the chunk's true end state
+    unsigned* status;   // [batch][chunk][position]: a chunk_status a block
+    unsigned* ticket;   // blocks started so far: the order in which blocks take their work
+    index_t chunks, chunk;
+
+    SSM_HOST_DEVICE index_t slot(const scan_shape& s, index_t b, index_t d, index_t k, index_t n) const {
+        return ((b * s.channels + d) * chunks + k) * s.state + n;
+    }
+};
+
+// Single-pass chunked scan with decoupled look-back. Blocks take their chunk in the order they start
+// (a ticket), every chunk's blocks before the next chunk's, so a block waits only for blocks already
+// running. A block whose predecessor chunk has finished (its inclusive state published) scans its
+// chunk once from that state. Otherwise it scans its chunk from zero, publishes that aggregate (end
+// state and decay product), and looks back over the predecessors' aggregates until it meets an
+// inclusive state; it then publishes its own inclusive state and rescans its chunk from its true
+// start, writing y (the second read of a short chunk comes mostly from L2).
+template <int S, class Ssm, class T>
+__global__ void __launch_bounds__(block_threads, 3)
+look_back_kernel(Ssm model, scan_problem<T> p, tile_shape tile, look_back_workspace<typename Ssm::value_type> w) {
+    using V = typename Ssm::value_type;
+    __shared__ unsigned ticket, seen;
+    if (threadIdx.x == 0) ticket = atomicAdd(w.ticket, 1u);
+    __syncthreads();
+    const index_t per_chunk = index_t(gridDim.x) / (w.chunks * p.shape.batch);
+    const index_t k = ticket / (per_chunk * p.shape.batch), rest = ticket % (per_chunk * p.shape.batch);
+    const chunk_block at = locate(p.shape, tile, w.chunk, k, rest % per_chunk, rest / per_chunk);
+    const thread_states<S> mine(tile, at);
+    const auto status = [&](index_t chunk) -> volatile unsigned& {
+        return w.status[(at.b * w.chunks + chunk) * per_chunk + rest % per_chunk];
+    };
+    const auto slot = [&](index_t chunk, int j) { return w.slot(p.shape, at.b, mine.d, chunk, mine.n(j)); };
+    // Thread 0 sets a status once every thread's stores before the call are visible device-wide.
+    const auto publish = [&](chunk_status value) {
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) status(k) = value;
+    };
+    // The block's view of a predecessor's status, waiting while it is pending; what it published
+    // is then visible (read it past L1, which is not coherent).
+    const auto wait_for = [&](index_t chunk) {
+        __syncthreads();  // every thread has read the last status seen
+        if (threadIdx.x == 0) {
+            unsigned s;
+            while ((s = status(chunk)) == chunk_pending) __nanosleep(64);
+            __threadfence();
+            seen = s;
+        }
+        __syncthreads();
+        return chunk_status(seen);
+    };
+
+    V h[S], product[S];
+#pragma unroll
+    for (int j = 0; j < S; ++j) {
+        product[j] = ssm::detail::lift<V>(1.0f);
+        h[j] = V{};
+    }
+    bool published = false;
+    if (k == 0) {
+        load_initial_states(p, at, mine, h);
+    } else {
+        if (threadIdx.x == 0) seen = status(k - 1);
+        __syncthreads();
+        // A summary pass unless the predecessor has finished, or no successor needs the aggregate.
+        const bool summary = seen != chunk_inclusive && k + 1 != w.chunks;
+        if (summary) {
+            scan_chunk<S, true>(model, p, tile, at, h, product);
+#pragma unroll
+            for (int j = 0; j < S; ++j) {
+                if (!mine.holds(j, p.shape)) continue;
+                w.aggregate[slot(k, j)] = h[j];
+                w.decay[slot(k, j)] = product[j];
+            }
+            publish(chunk_aggregate);
+        }
+        // start = agg[k-1] + decay[k-1]·(agg[k-2] + decay[k-2]·(… + decay[j+1]·inclusive[j])).
+        V start[S], carried[S];
+#pragma unroll
+        for (int j = 0; j < S; ++j) {
+            start[j] = V{};
+            carried[j] = ssm::detail::lift<V>(1.0f);
+        }
+        for (index_t before = k - 1;; --before) {
+            const chunk_status s = wait_for(before);
+#pragma unroll
+            for (int j = 0; j < S; ++j) {
+                if (!mine.holds(j, p.shape)) continue;
+                if (s == chunk_inclusive) {
+                    start[j] = start[j] + carried[j] * load_past_l1(&w.inclusive[slot(before, j)]);
+                } else {
+                    start[j] = start[j] + carried[j] * load_past_l1(&w.aggregate[slot(before, j)]);
+                    carried[j] = carried[j] * load_past_l1(&w.decay[slot(before, j)]);
+                }
+            }
+            if (s == chunk_inclusive) break;
+        }
+        if (summary) {
+#pragma unroll
+            for (int j = 0; j < S; ++j)
+                if (mine.holds(j, p.shape)) w.inclusive[slot(k, j)] = h[j] + product[j] * start[j];
+            publish(chunk_inclusive);
+            published = true;
+        }
+#pragma unroll
+        for (int j = 0; j < S; ++j) h[j] = start[j];
+        __syncthreads();  // the summary pass's tile buffers are free
+    }
+    scan_chunk<S, false>(model, p, tile, at, h, product);
+    if (k + 1 == w.chunks) {
+        store_final_states(p, at, mine, h);
+    } else if (!published) {
+#pragma unroll
+        for (int j = 0; j < S; ++j)
+            if (mine.holds(j, p.shape)) w.inclusive[slot(k, j)] = h[j];
+        publish(chunk_inclusive);
     }
 }
 
@@ -638,11 +828,43 @@ void run_chunked_with(const cuda_exec& exec, const chunked& strategy, const Ssm&
     if (w.start) check(cudaFreeAsync(w.start, exec.stream), "selective_scan: chunk workspace");
 }
 
+template <int S, class Ssm, class T>
+void run_look_back_with(const cuda_exec& exec, const look_back& strategy, const Ssm& model,
+                        const scan_problem<T>& p) {
+    using V = typename Ssm::value_type;
+    const tile_shape tile = tile_for<S>(p.shape);
+    const index_t chunks = (p.shape.length + strategy.chunk - 1) / strategy.chunk;
+    const index_t per_group = p.shape.channels / p.shape.groups;
+    const index_t per_chunk = p.shape.groups * ((per_group + tile.channels - 1) / tile.channels);
+    const index_t blocks = chunks * per_chunk * p.shape.batch;
+    detail::require(blocks < (index_t(1) << 31), "selective_scan: ", blocks,
+                    " blocks exceed the CUDA grid; use longer chunks or smaller batches");
+    look_back_workspace<V> w{nullptr, nullptr, nullptr, nullptr, nullptr, chunks, strategy.chunk};
+    const auto states = std::size_t(p.shape.batch * p.shape.channels * chunks * p.shape.state);
+    const auto flags = std::size_t(blocks + 1);
+    check(cudaMallocAsync(&w.aggregate, 3 * states * sizeof(V) + flags * sizeof(unsigned), exec.stream),
+          "selective_scan: look-back workspace");
+    w.decay = w.aggregate + states;
+    w.inclusive = w.decay + states;
+    w.status = reinterpret_cast<unsigned*>(w.inclusive + states);
+    w.ticket = w.status + blocks;
+    check(cudaMemsetAsync(w.status, 0, flags * sizeof(unsigned), exec.stream), "selective_scan: look-back flags");
+    look_back_kernel<S><<<unsigned(blocks), tile.threads(), std::size_t(tile.floats()) * sizeof(float),
+                          exec.stream>>>(model, p, tile, w);
+    check(cudaGetLastError(), "selective_scan: look-back launch");
+    check(cudaFreeAsync(w.aggregate, exec.stream), "selective_scan: look-back workspace");
+}
+
 // Four states per thread up to 128 states (32 threads a channel), eight above.
 template <class Ssm, class T>
 void run_chunked(const cuda_exec& exec, const chunked& strategy, const Ssm& model, const scan_problem<T>& p) {
     if (p.shape.state <= 4 * 32) run_chunked_with<4>(exec, strategy, model, p);
     else run_chunked_with<8>(exec, strategy, model, p);
+}
+template <class Ssm, class T>
+void run_look_back(const cuda_exec& exec, const look_back& strategy, const Ssm& model, const scan_problem<T>& p) {
+    if (p.shape.state <= 4 * 32) run_look_back_with<4>(exec, strategy, model, p);
+    else run_look_back_with<8>(exec, strategy, model, p);
 }
 
 // A length-1 problem through step_kernel: 1, 4 or 8 states a lane, as few lanes as cover the states.
@@ -683,6 +905,16 @@ void selective_scan(const cuda_exec& exec, const chunked& strategy, const Ssm& m
     detail::require(strategy.chunk > 0, "selective_scan: chunked chunk length must be positive, got ", strategy.chunk);
     const auto problem = make_problem("selective_scan", model, in, out);
     cuda::run_chunked(exec, strategy, model, problem);
+}
+
+// Look-back scan on the device, one kernel; see cuda::look_back_kernel.
+template <selective_ssm_type Ssm, storage_type T>
+void selective_scan(const cuda_exec& exec, const look_back& strategy, const Ssm& model, const scan_inputs<T>& in,
+                    const scan_outputs<T>& out) {
+    detail::require(strategy.chunk > 0, "selective_scan: look_back chunk length must be positive, got ",
+                    strategy.chunk);
+    const auto problem = make_problem("selective_scan", model, in, out);
+    cuda::run_look_back(exec, strategy, model, problem);
 }
 
 // One decoding step for a batch on the device (see the host ssm::step and cuda::step_kernel); state

@@ -189,16 +189,29 @@ SSM_HOST_DEVICE void scan_segment(const Ssm& model, const scan_problem<T>& p, in
     }
 }
 
+// One state of (b, d) in a (batch, channels, state·components) view of floats, and its store.
+template <class V>
+SSM_HOST_DEVICE V state_element(const tensor_view<const float, 3>& v, index_t b, index_t d, index_t n) {
+    if constexpr (std::same_as<V, cfloat>) return {v(b, d, 2 * n), v(b, d, 2 * n + 1)};
+    else return v(b, d, n);
+}
+template <class V>
+SSM_HOST_DEVICE void store_state_element(const tensor_view<float, 3>& v, index_t b, index_t d, index_t n, V value) {
+    if constexpr (std::same_as<V, cfloat>) {
+        v(b, d, 2 * n) = value.re;
+        v(b, d, 2 * n + 1) = value.im;
+    } else {
+        v(b, d, n) = value;
+    }
+}
+
 // Reads the initial state of a channel block (zeros when absent) into [n][lane] order.
 template <int Lanes, class V, class T>
 SSM_HOST_DEVICE void load_initial_state(const scan_problem<T>& p, index_t b, index_t d0, V (*state)[Lanes]) {
     for (index_t n = 0; n < p.shape.state; ++n)
         for (int lane = 0; lane < Lanes; ++lane) {
             const index_t d = d0 + lane < p.shape.channels ? d0 + lane : p.shape.channels - 1;
-            const auto& v = p.in.initial_state;
-            if (!v.data()) state[n][lane] = V{};
-            else if constexpr (std::same_as<V, cfloat>) state[n][lane] = {v(b, d, 2 * n), v(b, d, 2 * n + 1)};
-            else state[n][lane] = v(b, d, n);
+            state[n][lane] = p.in.initial_state.data() ? state_element<V>(p.in.initial_state, b, d, n) : V{};
         }
 }
 
@@ -206,15 +219,8 @@ template <int Lanes, class V, class T>
 SSM_HOST_DEVICE void store_final_state(const scan_problem<T>& p, index_t b, index_t d0, const V (*state)[Lanes]) {
     if (!p.out.final_state.data()) return;
     for (index_t n = 0; n < p.shape.state; ++n)
-        for (int lane = 0; lane < Lanes && d0 + lane < p.shape.channels; ++lane) {
-            const auto& v = p.out.final_state;
-            if constexpr (std::same_as<V, cfloat>) {
-                v(b, d0 + lane, 2 * n) = state[n][lane].re;
-                v(b, d0 + lane, 2 * n + 1) = state[n][lane].im;
-            } else {
-                v(b, d0 + lane, n) = state[n][lane];
-            }
-        }
+        for (int lane = 0; lane < Lanes && d0 + lane < p.shape.channels; ++lane)
+            store_state_element(p.out.final_state, b, d0 + lane, n, state[n][lane]);
 }
 
 }  // namespace ssm::detail
