@@ -21,8 +21,15 @@ Tasks:
   the paper's robustness variant: every key of a sequence ends with the same token, so only a key's
   earlier tokens tell it apart (a model that keys on the last token before S2 fails there).
 
+Fine-tuning, as the paper adds the module to a pretrained model: --init-from DIR starts from a trained
+plain model (its task settings must match), with the module added when --global-kernel is given
+(--global-init identity then starts it as the plain model); --train module trains only the module;
+--robust-fraction F draws that share of the training batches from the robustness variant.
+
 Usage (writes <out>/config.json, model.safetensors, training.json):
   python3 tools/train_global_selection.py --out DIR --task ngram --global-kernel 128 --seconds 240
+  python3 tools/train_global_selection.py --out DIR --task ngram --pairs 4 --length 64 \
+      --init-from examples/models/ngram-plain --global-kernel 128 --global-init identity --robust-fraction 0.5
   python3 tools/train_global_selection.py --fixture tests/fixtures/hf/mamba1-global-selection
 """
 
@@ -58,6 +65,13 @@ def add_global_selection(model, kernel, init="default"):
 
 def build(vocab, args, kernel):
     from transformers import MambaConfig, MambaForCausalLM
+    if args.init_from:
+        model = MambaForCausalLM.from_pretrained(args.init_from)
+        assert model.config.vocab_size == vocab, "--init-from: the model's vocabulary does not fit the task"
+        assert getattr(model.config, "global_selection_kernel", 0) == 0, "--init-from: expected a plain model"
+        if kernel:
+            add_global_selection(model, kernel, args.global_init)
+        return model
     cfg = MambaConfig(vocab_size=vocab, hidden_size=args.hidden, state_size=args.state,
                       num_hidden_layers=args.layers, expand=2, conv_kernel=4, use_bias=False, use_conv_bias=True,
                       tie_word_embeddings=True, pad_token_id=0, bos_token_id=0, eos_token_id=0)
@@ -245,6 +259,10 @@ def main():
     ap.add_argument("--seconds", type=float, default=240.0)
     ap.add_argument("--eval-sequences", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init-from", help="a trained plain model to start from (fine-tuning)")
+    ap.add_argument("--train", choices=["all", "module"], default="all", help="module: only the module's weights")
+    ap.add_argument("--robust-fraction", type=float, default=0.0,
+                    help="ngram: share of training batches whose keys share their last token")
     args = ap.parse_args()
     if args.fixture:
         write_fixture(args.fixture)
@@ -263,10 +281,20 @@ def main():
     print(f"{dev_name}: task {args.task}, global kernel {args.global_kernel}, {params} parameters ({extra} in the "
           f"module)", flush=True)
 
+    if args.train == "module":
+        assert extra, "--train module needs --global-kernel"
+        for n, p in model.named_parameters():
+            p.requires_grad_(".global_" in n)
     torch.backends.cuda.matmul.allow_tf32 = True
     undo = patch_model(model)
-    matrices = [p for n, p in model.named_parameters() if p.ndim == 2 and "embeddings" not in n]
-    others = [p for n, p in model.named_parameters() if not (p.ndim == 2 and "embeddings" not in n)]
+    if args.init_from:
+        model.eval()
+        initial = [held_out_accuracy(model, args, device, robust)[0] for robust in (False, True)]
+        print(f"starting held-out accuracy {initial[0]:.4f}, keys sharing their last token {initial[1]:.4f}", flush=True)
+        model.train()
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    matrices = [p for n, p in trained if p.ndim == 2 and "embeddings" not in n]
+    others = [p for n, p in trained if not (p.ndim == 2 and "embeddings" not in n)]
     opt = torch.optim.AdamW([{"params": matrices, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(args.seed)
@@ -275,7 +303,8 @@ def main():
         progress = (time.time() - t0) / args.seconds
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-        ids, targets = task_batch(gen, args.batch, args, device)
+        robust = args.task == "ngram" and torch.rand(1, generator=gen).item() < args.robust_fraction
+        ids, targets = task_batch(gen, args.batch, args, device, robust)
         logits = model(input_ids=ids, use_cache=False).logits
         loss = F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
@@ -295,6 +324,8 @@ def main():
     result, total = held_out_accuracy(model, args, device, robust=False)
     print(f"held-out accuracy {result:.4f} over {total} predictions", flush=True)
     summary = {"accuracy": result, "predictions": total}
+    if args.init_from:
+        summary["initial_accuracy"], summary["initial_robustness_accuracy"] = initial
     if args.task == "ngram":
         summary["robustness_accuracy"], _ = held_out_accuracy(model, args, device, robust=True)
         print(f"held-out accuracy, keys sharing their last token: {summary['robustness_accuracy']:.4f}", flush=True)
