@@ -159,7 +159,7 @@ struct tile_registers {
 // what the states need (x, Δ, B) and multiplies the decays into `product`; an output pass writes y.
 // The caller synchronizes the block between two passes.
 template <int S, bool Summary, class Ssm, class T>
-__device__ void scan_chunk(const Ssm& model, const scan_problem<T>& p, const tile_shape& tile, const chunk_block& at,
+__device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const tile_shape& tile, const chunk_block& at,
                            typename Ssm::value_type (&h)[S], typename Ssm::value_type (&product)[S]) {
     using V = typename Ssm::value_type;
     extern __shared__ float shared[];
@@ -383,7 +383,7 @@ chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<type
 #pragma unroll
         for (int j = 0; j < S; ++j)
             if (mine.holds(j, p.shape)) h[j] = w.start[w.slot(p.shape, at.b, mine.d, at.k, mine.n(j))];
-    scan_chunk<S, Summary>(model, p, tile, at, h, product);
+    chunk_pass<S, Summary>(model, p, tile, at, h, product);
     if constexpr (Summary) {
 #pragma unroll
         for (int j = 0; j < S; ++j) {
@@ -489,7 +489,7 @@ look_back_kernel(Ssm model, scan_problem<T> p, tile_shape tile, look_back_worksp
         // A summary pass unless the predecessor has finished, or no successor needs the aggregate.
         const bool summary = seen != chunk_inclusive && k + 1 != w.chunks;
         if (summary) {
-            scan_chunk<S, true>(model, p, tile, at, h, product);
+            chunk_pass<S, true>(model, p, tile, at, h, product);
 #pragma unroll
             for (int j = 0; j < S; ++j) {
                 if (!mine.holds(j, p.shape)) continue;
@@ -530,7 +530,7 @@ look_back_kernel(Ssm model, scan_problem<T> p, tile_shape tile, look_back_worksp
         for (int j = 0; j < S; ++j) h[j] = start[j];
         __syncthreads();  // the summary pass's tile buffers are free
     }
-    scan_chunk<S, false>(model, p, tile, at, h, product);
+    chunk_pass<S, false>(model, p, tile, at, h, product);
     if (k + 1 == w.chunks) {
         store_final_states(p, at, mine, h);
     } else if (!published) {
