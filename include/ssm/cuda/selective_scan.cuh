@@ -408,16 +408,16 @@ __global__ void chunk_carry_kernel(scan_shape shape, chunk_workspace<V> w) {
     }
 }
 
-// Look-back scan: one kernel, blocks as in chunk_kernel. What each chunk publishes for its
-// successors, per (batch, channel, chunk, state), and how far it has got.
-enum chunk_status : unsigned { chunk_pending = 0, chunk_aggregate = 1, chunk_inclusive = 2 };
-
 // A value another block published, read from L2 (L1 is not coherent between multiprocessors).
 template <class V>
 __device__ V load_past_l1(const V* from) {
     if constexpr (std::same_as<V, cfloat>) return {__ldcg(&from->re), __ldcg(&from->im)};
     else return __ldcg(from);
 }
+
+// Look-back scan: one kernel, blocks as in chunk_kernel. What each chunk publishes for its
+// successors, per (batch, channel, chunk, state), and how far it has got.
+enum chunk_status : unsigned { chunk_pending = 0, chunk_aggregate = 1, chunk_inclusive = 2 };
 template <class V>
 struct look_back_workspace {
     V* aggregate;  // the chunk's end state from a zero start
