@@ -367,6 +367,15 @@ TEST_CASE("device scans reject bad shapes before launching", "[cuda]") {
     REQUIRE_THROWS_WITH(ssm::selective_scan(ssm::cuda_exec{}, ssm::sequential{}, model, in,
                                             ssm::scan_outputs<float>{.y = {buffer.data(), 1, 3, 4}}),
                         Catch::Contains("C has extent 2 in dimension 1 (length), expected 3"));
+    const ssm::scan_inputs<float> good{.u = {buffer.data(), 1, 3, 4},
+                                       .delta = {buffer.data(), 1, 3, 4},
+                                       .B = {buffer.data(), 1, 3, 1, 2},
+                                       .C = {buffer.data(), 1, 3, 1, 2}};
+    const ssm::scan_outputs<float> out{.y = {buffer.data(), 1, 3, 4}};
+    REQUIRE_THROWS_WITH(ssm::selective_scan(ssm::cuda_exec{}, ssm::chunked{.chunk = 0}, model, good, out),
+                        Catch::Contains("selective_scan: chunked chunk length must be positive, got 0"));
+    REQUIRE_THROWS_WITH(ssm::selective_scan(ssm::cuda_exec{}, ssm::look_back{.chunk = -3}, model, good, out),
+                        Catch::Contains("selective_scan: look_back chunk length must be positive, got -3"));
 
     // SSD takes Mamba-2 models with exponential decay only, and head dimensions up to 128.
     STATIC_REQUIRE(ssm::ssd_model<ssm::selective_ssm<ssm::scalar_identity, ssm::zoh_euler, ssm::spectrum_scaler>>);
