@@ -291,8 +291,9 @@ def main():
     undo = patch_model(model)
     if args.init_from:
         model.eval()
-        initial = [held_out_accuracy(model, args, device, robust)[0] for robust in (False, True)]
-        print(f"starting held-out accuracy {initial[0]:.4f}, keys sharing their last token (ngram) {initial[1]:.4f}",
+        variants = (False, True) if args.task == "ngram" else (False,)
+        initial = [held_out_accuracy(model, args, device, robust)[0] for robust in variants]
+        print("starting held-out accuracy " + ", keys sharing their last token ".join(f"{a:.4f}" for a in initial),
               flush=True)
         model.train()
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
