@@ -139,3 +139,27 @@ TEST_CASE("complex exp and expm1 match std::complex in double", "[core][math]") 
         REQUIRE(std::abs(std::complex<double>(e1.re, e1.im) - want_expm1) <= 1e-6 * std::abs(want_expm1));
     }
 }
+
+TEST_CASE("math::exp2 is 2^x and math::divide is a / b on the host", "[core][math]") {
+    require_sweep(-120.0f, 120.0f, 200000, [](float x) { return ulps(ssm::math::exp2(x), std::exp2(double(x))); }, 1.0);
+    CHECK(ssm::math::exp2(0.0f) == 1.0f);
+    CHECK(ssm::math::exp2(-3.0f) == 0.125f);
+    CHECK(ssm::math::divide(3.0f, 4.0f) == 0.75f);
+    CHECK(std::isnan(ssm::math::exp2(quiet_nan)));
+}
+
+// The base-2 form of Mamba's rule takes λ·log₂e: the same decay and input as the natural form.
+TEST_CASE("zoh_euler's base-2 form equals its natural one", "[core][math]") {
+    static_assert(ssm::base2_discretization<ssm::zoh_euler>);
+    static_assert(!ssm::base2_discretization<ssm::zoh> && !ssm::base2_discretization<ssm::bilinear>);
+    for (const float lambda : {-16.0f, -1.0f, -0.0625f, 0.0f, 0.5f}) {
+        for (const float delta : {0.0f, 1e-4f, 0.01f, 0.7f, 3.0f}) {
+            INFO("lambda " << lambda << ", delta " << delta);
+            const auto natural = ssm::zoh_euler::apply(lambda, delta);
+            const auto base2 = ssm::zoh_euler::apply_base2(lambda * ssm::math::log2e, delta);
+            CHECK(base2.decay == Approx(std::exp(double(lambda) * delta)).epsilon(1e-5));
+            CHECK(base2.decay == Approx(natural.decay).epsilon(1e-5));
+            CHECK(base2.input == natural.input);
+        }
+    }
+}

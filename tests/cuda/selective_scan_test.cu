@@ -173,6 +173,10 @@ TEST_CASE("device scans match the float64 reference", "[cuda]") {
                                .z = true, .D = true, .delta_bias = true, .softplus = true, .initial_state = true};
             check_structure<ssm::diagonal_real>(rng, s);
             check_structure<ssm::diagonal_complex>(rng, s);
+            // 16 real states: the geometry the kernels fix at compile time (cuda::fixed_tile).
+            ref::shape sixteen = s;
+            sixteen.state = 16;
+            check_structure<ssm::diagonal_real>(rng, sixteen);
         }
         // Mamba-2 shape: 6 heads of 8 channels, 3 groups, state 64.
         check_structure<ssm::scalar_identity>(rng, {.batch = 2, .length = length, .channels = 48, .head_dim = 8,

@@ -24,17 +24,29 @@ namespace ssm::math {
 // FLT_MAX and underflow flushes to about 1e-38 (the range is clamped so that 2^n stays a normal
 // float); on the device results below 2^-126 flush to 0. The device form is one multiply and one
 // MUFU.EX2 (exp2f adds three instructions for subnormal results to every state update).
-SSM_ALWAYS_INLINE SSM_HOST_DEVICE float exp(float x) {
+inline constexpr float log2e = 1.44269504088896341f;
+
+// 2^x; on the device one MUFU.EX2 (results below 2^-126 flush to 0), so that a caller holding
+// x·log₂e already saves exp's multiply.
+SSM_ALWAYS_INLINE SSM_HOST_DEVICE float exp2(float x) {
 #if defined(__CUDA_ARCH__)
     float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.44269504088896341f));
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
+#else
+    return std::exp2(x);
+#endif
+}
+
+SSM_ALWAYS_INLINE SSM_HOST_DEVICE float exp(float x) {
+#if defined(__CUDA_ARCH__)
+    return exp2(x * log2e);
 #else
     x = detail::select(x < -87.3f, -87.3f, x);  // comparisons are false for NaN: it stays NaN
     x = detail::select(x > 88.3f, 88.3f, x);
     // n = round(x / ln2) by the 1.5·2^23 trick (std::floor would block loop vectorization); the low
     // bits of `shifted` hold n as an integer.
-    const float shifted = x * 1.44269504088896341f + 12582912.0f;
+    const float shifted = x * log2e + 12582912.0f;
     const float n = shifted - 12582912.0f;
     // Cody-Waite reduction: r = x - n ln2, with ln2 split so that n * ln2_hi is exact.
     const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
@@ -81,6 +93,16 @@ SSM_ALWAYS_INLINE SSM_HOST_DEVICE float log(float x) {
 #endif
 }
 
+// a / b; on the device an approximate division (2 ulp) without the IEEE division's check and slow
+// path, which cost the scan kernels a branch per activation.
+SSM_ALWAYS_INLINE SSM_HOST_DEVICE float divide(float a, float b) {
+#if defined(__CUDA_ARCH__)
+    return __fdividef(a, b);
+#else
+    return a / b;
+#endif
+}
+
 // log(1 + e^x), as mamba_ssm computes it: identity above 20.
 SSM_ALWAYS_INLINE SSM_HOST_DEVICE float softplus(float x) {
     const float e = exp(detail::select(x < 20.0f, x, 0.0f));
@@ -88,7 +110,7 @@ SSM_ALWAYS_INLINE SSM_HOST_DEVICE float softplus(float x) {
     // log1p(e) = log(u)·e/(u - 1) for u = 1 + e rounded: the ratio undoes the rounding of u, which
     // log(u) alone would pass on (a relative error up to 6e-4 for e near 1e-4).
     const float u = 1.0f + e;
-    const float value = detail::select(e < 1e-4f, small, log(u) * (e / (u - 1.0f)));
+    const float value = detail::select(e < 1e-4f, small, log(u) * divide(e, u - 1.0f));
     return detail::select(x < 20.0f, value, x);
 }
 
@@ -98,7 +120,7 @@ SSM_HOST_DEVICE float clamped_softplus(float x, float low, float high) {
     return d < low ? low : (d > high ? high : d);
 }
 
-SSM_ALWAYS_INLINE SSM_HOST_DEVICE float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
+SSM_ALWAYS_INLINE SSM_HOST_DEVICE float sigmoid(float x) { return divide(1.0f, 1.0f + exp(-x)); }
 SSM_ALWAYS_INLINE SSM_HOST_DEVICE float silu(float x) { return x * sigmoid(x); }
 
 // e^x - 1 without cancellation near 0 (used by zero-order hold's input matrix).

@@ -3,6 +3,7 @@
 // (scan/segment.hpp), instantiated for the device. Views must point to device memory.
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstdint>
 #include <cstring>
 
@@ -87,16 +88,20 @@ __global__ void sequential_scan_kernel(Ssm model, scan_problem<T> p) {
 // pass. With several: a summary pass scans every chunk but the last from a zero state and records
 // its end state and decay product, a carry pass chains them into each chunk's true starting state,
 // and the output pass rescans every chunk from there, writing y.
-template <class V>
-struct chunk_workspace {
-    V* start;        // [batch][channel][chunk][state]: state entering each chunk
-    V* decay;        // [batch][channel][chunk][state]: product of Ā over the chunk before
-    index_t chunks;
-    index_t chunk;
+// Where a chunked scan keeps values per (batch, channel, chunk, state), in that order.
+struct chunk_layout {
+    index_t chunks;  // chunks a sequence
+    index_t chunk;   // tokens a chunk
 
     SSM_HOST_DEVICE index_t slot(const scan_shape& s, index_t b, index_t d, index_t k, index_t n) const {
         return ((b * s.channels + d) * chunks + k) * s.state + n;
     }
+};
+
+template <class V>
+struct chunk_workspace : chunk_layout {
+    V* start;  // state entering each chunk
+    V* decay;  // product of Ā over the chunk before
 };
 
 // Geometry of one block of chunk_kernel: `channels` channels of one group, one batch row and one
@@ -106,9 +111,38 @@ struct chunk_workspace {
 // rows are `row` floats, zero-padded to whole slices, so that the token loop reads without branches.
 struct tile_shape {
     int slices, channels, tokens, width, row;
+    // Blocks a multiprocessor holds (up to 168 registers a thread): at four (128 registers) the
+    // kernels spill with a geometry known only at run time (0.65 instead of 0.51 ms at the Mamba-1
+    // shape (8, 2048) when every tile was one, docs/performance.md).
+    static constexpr int blocks_per_multiprocessor = 3;
     SSM_HOST_DEVICE int threads() const { return slices * channels; }
-    SSM_HOST_DEVICE int floats() const { return tokens * (3 * channels + 2 * row + channels * slices); }
+    SSM_HOST_DEVICE int partial_row() const { return partial_row_of(slices, channels); }
+    SSM_HOST_DEVICE int floats() const { return floats_of(slices, channels, tokens, row); }
+    bool operator==(const tile_shape&) const = default;
+
+    // Floats between two slices' rows of C·h partial sums: ≡ 32 / slices (mod 32), so that the
+    // slices of a warp's channels write, and a loader's channels read, distinct banks.
+    SSM_HOST_DEVICE static constexpr int partial_row_of(int slices, int channels) {
+        return channels + (32 / slices - channels % 32 + 32) % 32;
+    }
+    SSM_HOST_DEVICE static constexpr int floats_of(int slices, int channels, int tokens, int row) {
+        return tokens * (3 * channels + 2 * row + slices * partial_row_of(slices, channels));
+    }
 };
+
+// The same geometry fixed at compile time, for the shape most scans have (16 real states a channel,
+// Mamba-1's): the tile loops then unroll completely, with constant offsets for indices and no
+// branches on the geometry, which had cost more instructions than the state updates themselves.
+template <int Slices, int Channels, int Tokens, int Width, int Row>
+struct fixed_tile {
+    static constexpr int slices = Slices, channels = Channels, tokens = Tokens, width = Width, row = Row;
+    static constexpr int blocks_per_multiprocessor = 4;  // fits 128 registers a thread without spilling
+    static constexpr tile_shape shape{Slices, Channels, Tokens, Width, Row};  // host side only
+    SSM_HOST_DEVICE static constexpr int threads() { return Slices * Channels; }
+    SSM_HOST_DEVICE static constexpr int partial_row() { return tile_shape::partial_row_of(Slices, Channels); }
+    SSM_HOST_DEVICE static constexpr int floats() { return tile_shape::floats_of(Slices, Channels, Tokens, Row); }
+};
+using sixteen_real_states_tile = fixed_tile<4, 32, 32, 16, 16>;
 
 // Tile elements each thread carries from global memory into shared memory, per array.
 inline constexpr int tile_loads = 8;
@@ -122,8 +156,9 @@ struct chunk_block {
 };
 
 // The block at `position` among a chunk's blocks (groups x channel tiles, channel tiles fastest).
-__device__ inline chunk_block locate(const scan_shape& shape, const tile_shape& tile, index_t chunk, index_t k,
-                                     index_t position, index_t b) {
+template <class Tile>
+__device__ chunk_block locate(const scan_shape& shape, const Tile& tile, index_t chunk, index_t k, index_t position,
+                              index_t b) {
     const index_t per_group = shape.channels / shape.groups;
     const index_t tiles_per_group = (per_group + tile.channels - 1) / tile.channels;
     const index_t g = position / tiles_per_group;
@@ -140,7 +175,8 @@ struct thread_states {
     int c, s;
     bool computes;
     index_t d;
-    __device__ thread_states(const tile_shape& tile, const chunk_block& at)
+    template <class Tile>
+    __device__ thread_states(const Tile& tile, const chunk_block& at)
         : c(int(threadIdx.x) / tile.slices), s(int(threadIdx.x) % tile.slices), computes(c < at.valid),
           d(at.d0 + (computes ? c : 0)) {}
     __device__ index_t n(int j) const { return index_t(s) * S + j; }
@@ -157,19 +193,20 @@ struct tile_registers {
 
 // One pass of a block over its chunk, advancing the thread's states h. A summary pass reads only
 // what the states need (x, Δ, B) and multiplies the decays into `product`; an output pass writes y.
-// The caller synchronizes the block between two passes.
-template <int S, bool Summary, class Ssm, class T>
-__device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const tile_shape& tile, const chunk_block& at,
+// The caller synchronizes the block between two passes. Tile is a tile_shape or a fixed_tile.
+template <int S, bool Summary, class Tile, class Ssm, class T>
+__device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Tile& tile, const chunk_block& at,
                            typename Ssm::value_type (&h)[S], typename Ssm::value_type (&product)[S]) {
     using V = typename Ssm::value_type;
     extern __shared__ float shared[];
-    const int W = tile.channels, TT = tile.tokens, slices = tile.slices;
-    float* const xs = shared;                 // [token][channel]: x
-    float* const dts = xs + TT * W;           // [token][channel]: Δ after bias, softplus and modulation
-    float* const zs = dts + TT * W;           // [token][channel]: gate
-    float* const bs = zs + TT * W;            // [token][state·components]
+    const int W = tile.channels, TT = tile.tokens, slices = tile.slices, threads = tile.threads();
+    const int partial_row = tile.partial_row();
+    float2* const dxs = reinterpret_cast<float2*>(shared);  // [token][channel]: Δ (after bias, softplus
+                                                             // and modulation) and x
+    float* const zs = shared + 2 * TT * W;                  // [token][channel]: gate
+    float* const bs = zs + TT * W;                          // [token][state·components]
     float* const cs = bs + TT * tile.row;
-    float* const partial = cs + TT * tile.row;  // [token][channel][slice]: C·h over a slice's states
+    float* const partial = cs + TT * tile.row;  // [token][slice][partial_row]: C·h over a slice's states
 
     const index_t b = at.b, g = at.g, t0 = at.t0, t1 = at.t1;
     const int valid = at.valid;
@@ -177,82 +214,96 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const til
     const bool gated = !Summary && in.z.data();
 
     // Loader role: thread `tid` loads (and later stores y of) channel tid % W of tokens
-    // tid / W + j·slices, and the B and C tile elements tid + j·threads.
+    // tid / W + j·slices, and the B and C tile elements tid + j·threads (token e / width, column
+    // e % width). Addresses advance by pointer steps: index arithmetic in 64 bits for every element
+    // had cost more instructions than the loads.
     const int tid = threadIdx.x;
-    const int load_channel = tid % W;
-    const index_t load_d = at.d0 + (load_channel < valid ? load_channel : 0);
+    const int load_channel = tid % W, load_token = tid / W;
+    const bool loads_channel = load_channel < valid;
+    const index_t load_d = at.d0 + (loads_channel ? load_channel : 0);
     const index_t load_dc = model.transition.delta_channel(load_d);
     const float load_bias = in.delta_bias.data() ? in.delta_bias(load_dc) : 0.0f;
     const float skip = in.D.data() ? in.D(load_d) : 0.0f;
     const float scale = model.transition.output_scale();
-    // The loader's rows as base pointers, and where its B and C elements start (element
-    // e = tid + j·threads of a tile is token e / width, column e % width): a tile's loads then add
-    // offsets instead of recomputing four-term indices and divisions (which had been 15% of the
-    // kernel's instructions).
     const T* const u_row = in.u.data() + b * in.u.stride(0) + load_d * in.u.stride(2);
     const T* const delta_row = in.delta.data() + b * in.delta.stride(0) + load_dc * in.delta.stride(2);
     const T* const z_row = gated ? in.z.data() + b * in.z.stride(0) + load_d * in.z.stride(2) : nullptr;
     const T* const b_row = in.B.data() + b * in.B.stride(0) + g * in.B.stride(2);
     const T* const c_row = Summary ? nullptr : in.C.data() + b * in.C.stride(0) + g * in.C.stride(2);
-    struct tile_element {
-        int token, col;
-    };
-    const tile_element first_element{tid / tile.width, tid % tile.width};
-    const tile_element element_step{tile.threads() / tile.width, tile.threads() % tile.width};
-    auto next_element = [&](tile_element& e) {
-        e.token += element_step.token;
-        e.col += element_step.col;
-        if (e.col >= tile.width) {
-            e.col -= tile.width;
-            ++e.token;
-        }
-    };
+    // B and C elements: the first one's (token, column), and the step between two of a thread's.
+    const int first_token = tid / tile.width, first_col = tid % tile.width;
+    const int step_tokens = threads / tile.width, step_cols = threads % tile.width;
     auto fetch = [&](index_t first, tile_registers<T>& r) {
-        const index_t count = t1 - first < TT ? t1 - first : TT;
-        tile_element e = first_element;
+        const int count = int(t1 - first < TT ? t1 - first : TT);
+        const T* u = u_row + (first + load_token) * in.u.stride(1);
+        const T* delta = delta_row + (first + load_token) * in.delta.stride(1);
+        const T* z = gated ? z_row + (first + load_token) * in.z.stride(1) : nullptr;
 #pragma unroll
-        for (int j = 0; j < tile_loads; ++j, next_element(e)) {
-            const int t = tid / W + j * slices;
-            const bool ok = t < count && load_channel < valid;
-            r.x[j] = ok ? u_row[(first + t) * in.u.stride(1)] : T{};
-            r.delta[j] = ok ? delta_row[(first + t) * in.delta.stride(1)] : T{};
-            r.z[j] = ok && gated ? z_row[(first + t) * in.z.stride(1)] : T{};
-            const bool bc = e.token < count;
-            r.b[j] = bc ? b_row[(first + e.token) * in.B.stride(1) + e.col * in.B.stride(3)] : T{};
-            r.c[j] = bc && !Summary ? c_row[(first + e.token) * in.C.stride(1) + e.col * in.C.stride(3)] : T{};
+        for (int j = 0; j < tile_loads; ++j) {
+            const bool ok = load_token + j * slices < count && loads_channel;
+            r.x[j] = ok ? *u : T{};
+            r.delta[j] = ok ? *delta : T{};
+            r.z[j] = ok && gated ? *z : T{};
+            u += slices * in.u.stride(1);
+            delta += slices * in.delta.stride(1);
+            z += gated ? slices * in.z.stride(1) : 0;
+        }
+        int token = first_token, col = first_col;
+        const T* bp = b_row + (first + token) * in.B.stride(1) + col * in.B.stride(3);
+        const T* cp = Summary ? nullptr : c_row + (first + token) * in.C.stride(1) + col * in.C.stride(3);
+#pragma unroll
+        for (int j = 0; j < tile_loads; ++j) {
+            const bool ok = token < count;
+            r.b[j] = ok ? *bp : T{};
+            r.c[j] = ok && !Summary ? *cp : T{};
+            token += step_tokens;
+            col += step_cols;
+            bp += step_tokens * in.B.stride(1) + step_cols * in.B.stride(3);
+            if constexpr (!Summary) cp += step_tokens * in.C.stride(1) + step_cols * in.C.stride(3);
+            if (step_cols != 0 && col >= tile.width) {
+                col -= tile.width, ++token;
+                bp += in.B.stride(1) - tile.width * in.B.stride(3);
+                if constexpr (!Summary) cp += in.C.stride(1) - tile.width * in.C.stride(3);
+            }
         }
     };
     auto stage = [&](const tile_registers<T>& r) {
-        tile_element e = first_element;
 #pragma unroll
-        for (int j = 0; j < tile_loads; ++j, next_element(e)) {
-            const int t = tid / W + j * slices;
+        for (int j = 0; j < tile_loads; ++j) {
+            const int t = load_token + j * slices;
             if (t < TT) {
                 float dt = to_float(r.delta[j]) + load_bias;
                 dt = in.delta_softplus ? math::softplus(dt) : dt;
-                xs[t * W + load_channel] = to_float(r.x[j]);
-                dts[t * W + load_channel] = model.modulation.delta(dt, load_dc);
+                dxs[t * W + load_channel] = {model.modulation.delta(dt, load_dc), to_float(r.x[j])};
                 zs[t * W + load_channel] = to_float(r.z[j]);
             }
-            if (e.token < TT) {
-                bs[e.token * tile.row + e.col] = to_float(r.b[j]);
-                cs[e.token * tile.row + e.col] = to_float(r.c[j]);
+        }
+        int token = first_token, col = first_col;
+#pragma unroll
+        for (int j = 0; j < tile_loads; ++j) {
+            if (token < TT) {
+                bs[token * tile.row + col] = to_float(r.b[j]);
+                cs[token * tile.row + col] = to_float(r.c[j]);
             }
+            token += step_tokens;
+            col += step_cols;
+            if (step_cols != 0 && col >= tile.width) col -= tile.width, ++token;
         }
     };
     // y = (scale·Σ_slices C·h + D·x)·SiLU(z), from the slices' partial sums of the tile.
     T* const y_row = p.out.y.data() + b * p.out.y.stride(0) + load_d * p.out.y.stride(2);
     auto store_outputs = [&](index_t first) {
-        const index_t count = t1 - first < TT ? t1 - first : TT;
+        const int count = int(t1 - first < TT ? t1 - first : TT);
+        T* y = y_row + (first + load_token) * p.out.y.stride(1);
 #pragma unroll
-        for (int j = 0; j < tile_loads; ++j) {
-            const int t = tid / W + j * slices, e = t * W + load_channel;
-            if (t >= count || load_channel >= valid) continue;
+        for (int j = 0; j < tile_loads; ++j, y += slices * p.out.y.stride(1)) {
+            const int t = load_token + j * slices;
+            if (t >= count || !loads_channel) continue;
             float acc = 0.0f;
-            for (int s = 0; s < slices; ++s) acc += partial[e * slices + s];
-            float out = scale * acc + skip * xs[e];
-            if (gated) out *= math::silu(zs[e]);
-            y_row[(first + t) * p.out.y.stride(1)] = from_float<T>(out);
+            for (int s = 0; s < slices; ++s) acc += partial[(t * slices + s) * partial_row + load_channel];
+            float out = scale * acc + skip * dxs[t * W + load_channel].y;
+            if (gated) out *= math::silu(zs[t * W + load_channel]);
+            *y = from_float<T>(out);
         }
     };
 
@@ -261,12 +312,18 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const til
     const int c = mine.c, s = mine.s;
     const index_t dc = model.transition.delta_channel(mine.d);
     constexpr int comps = components<V>;
+    using Rule = typename Ssm::discretization_type;
+    // Rules with a base-2 form take λ·log₂e, scaled here once instead of on every update.
+    constexpr bool base2 = std::same_as<V, float> && base2_discretization<Rule> &&
+                           !Ssm::structure_type::state_invariant_decay;
     V lambda[S];
 #pragma unroll
-    for (int j = 0; j < S; ++j)
+    for (int j = 0; j < S; ++j) {
         lambda[j] = mine.holds(j, p.shape)
                         ? model.modulation.eigenvalue(model.transition.eigenvalue(mine.d, mine.n(j)), dc)
                         : V{};
+        if constexpr (base2) lambda[j] = lambda[j] * math::log2e;
+    }
     // A thread's S states of a B or C row in float4 loads: rows are whole slices of S·comps floats
     // (a multiple of 4), and every array of the tile starts at a multiple of 4 floats.
     static_assert(S * comps % 4 == 0);
@@ -288,9 +345,12 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const til
 
     // The token loop carries only h from token to token: the reduction over slices, the skip and the
     // gate wait for the tile's end, so that the loads and exps of successive tokens overlap.
+    // A summary pass of a base-2 rule multiplies its decays at the end, as 2^(λ·log₂e·ΣΔ): an exp a
+    // state per pass instead of a multiply a state and token.
+    float delta_sum = 0.0f;
     tile_registers<T> next;
     fetch(t0, next);
-    for (int i = tid; i < TT * tile.row; i += tile.threads()) bs[i] = cs[i] = 0.0f;  // the padding stays 0
+    for (int i = tid; i < TT * tile.row; i += threads) bs[i] = cs[i] = 0.0f;  // the padding stays 0
     for (index_t first = t0; first < t1; first += TT) {
         __syncthreads();  // the previous tile's outputs are stored: its buffers may be overwritten
         stage(next);
@@ -299,27 +359,31 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const til
         const int count = int(t1 - first < TT ? t1 - first : TT);
         // Tokens in groups of `group` whose partial sums are stored after the group: a store between
         // tokens would keep the next token's shared-memory loads from being issued early.
-        constexpr int group = 4;
+        constexpr int group = 8;
         // (input·x)·B, so that an input that does not depend on the state (Δ in Mamba's rule) is
         // multiplied by x once a token.
         auto advance = [&](int t) {
-            const float dt = dts[t * W + c], x = xs[t * W + c];
+            const float2 dx = dxs[t * W + c];
+            const float dt = dx.x, x = dx.y;
             float bv[S * comps], cv[S * comps];
             load_states(bs + t * tile.row, bv);
             if constexpr (!Summary) load_states(cs + t * tile.row, cv);
             discretized<V> shared_q{};
-            if constexpr (Ssm::structure_type::state_invariant_decay)
-                shared_q = Ssm::discretization_type::apply(lambda[0], dt);
+            if constexpr (Ssm::structure_type::state_invariant_decay) shared_q = Rule::apply(lambda[0], dt);
+            if constexpr (Summary && base2) delta_sum += dt;
             float acc = 0.0f;
 #pragma unroll
             for (int j = 0; j < S; ++j) {
-                const auto q = ssm::detail::discretize<Ssm>(shared_q, lambda[j], dt);
+                discretized<V> q;
+                if constexpr (base2) q = Rule::apply_base2(lambda[j], dt);
+                else q = ssm::detail::discretize<Ssm>(shared_q, lambda[j], dt);
                 h[j] = q.decay * h[j] + q.input * x * state_value(bv, j);
-                if constexpr (Summary) product[j] = product[j] * q.decay;
+                if constexpr (Summary && !base2) product[j] = product[j] * q.decay;
                 else acc += ssm::detail::real_product(state_value(cv, j), h[j]);
             }
             return acc;
         };
+        float* const my_partial = partial + s * partial_row + c;
         const int computed = mine.computes ? count : 0;
         int t = 0;
         for (; t + group <= computed; t += group) {
@@ -328,17 +392,20 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const til
             for (int i = 0; i < group; ++i) acc[i] = advance(t + i);
             if constexpr (!Summary)
 #pragma unroll
-                for (int i = 0; i < group; ++i) partial[((t + i) * W + c) * slices + s] = acc[i];
+                for (int i = 0; i < group; ++i) my_partial[(t + i) * slices * partial_row] = acc[i];
         }
         for (; t < computed; ++t) {
             const float acc = advance(t);
-            if constexpr (!Summary) partial[(t * W + c) * slices + s] = acc;
+            if constexpr (!Summary) my_partial[t * slices * partial_row] = acc;
         }
         if constexpr (!Summary) {
             __syncthreads();
             store_outputs(first);
         }
     }
+    if constexpr (Summary && base2)
+#pragma unroll
+        for (int j = 0; j < S; ++j) product[j] = product[j] * math::exp2(lambda[j] * delta_sum);
 }
 
 // The thread's states at the start of the sequence: the initial state, or zeros.
@@ -361,12 +428,10 @@ __device__ void store_final_states(const scan_problem<T>& p, const chunk_block& 
         if (mine.holds(j, p.shape)) detail::store_state_element(p.out.final_state, at.b, mine.d, mine.n(j), h[j]);
 }
 
-// Three blocks a multiprocessor (up to 168 registers a thread): at four (128 registers) the kernel
-// spilled and took 0.65 ms instead of 0.51 ms for the Mamba-1 shape (8, 2048), docs/performance.md.
 // Blocks: (chunk, group, channel tile) flattened over x, the batch row over y.
-template <int S, bool Summary, class Ssm, class T>
-__global__ void __launch_bounds__(block_threads, 3)
-chunk_kernel(Ssm model, scan_problem<T> p, tile_shape tile, chunk_workspace<typename Ssm::value_type> w) {
+template <int S, bool Summary, class Tile, class Ssm, class T>
+__global__ void __launch_bounds__(block_threads, Tile::blocks_per_multiprocessor)
+chunk_kernel(Ssm model, scan_problem<T> p, Tile tile, chunk_workspace<typename Ssm::value_type> w) {
     using V = typename Ssm::value_type;
     const index_t per_chunk = index_t(gridDim.x) / w.chunks;
     const chunk_block at = locate(p.shape, tile, w.chunk, blockIdx.x / per_chunk, blockIdx.x % per_chunk, blockIdx.y);
@@ -419,17 +484,12 @@ __device__ V load_past_l1(const V* from) {
 // successors, per (batch, channel, chunk, state), and how far it has got.
 enum chunk_status : unsigned { chunk_pending = 0, chunk_aggregate = 1, chunk_inclusive = 2 };
 template <class V>
-struct look_back_workspace {
-    V* aggregate;  // the chunk's end state from a zero start
-    V* decay;      // the product of Ā over the chunk
-    V* inclusive;  // the chunk's true end state
+struct look_back_workspace : chunk_layout {
+    V* aggregate;       // the chunk's end state from a zero start
+    V* decay;           // the product of Ā over the chunk
+    V* inclusive;       // the chunk's true end state
     unsigned* status;   // [batch][chunk][position]: a chunk_status a block
     unsigned* ticket;   // blocks started so far: the order in which blocks take their work
-    index_t chunks, chunk;
-
-    SSM_HOST_DEVICE index_t slot(const scan_shape& s, index_t b, index_t d, index_t k, index_t n) const {
-        return ((b * s.channels + d) * chunks + k) * s.state + n;
-    }
 };
 
 // Single-pass chunked scan with decoupled look-back. Blocks take their chunk in the order they start
@@ -439,9 +499,9 @@ struct look_back_workspace {
 // state and decay product), and looks back over the predecessors' aggregates until it meets an
 // inclusive state; it then publishes its own inclusive state and rescans its chunk from its true
 // start, writing y (the second read of a short chunk comes mostly from L2).
-template <int S, class Ssm, class T>
-__global__ void __launch_bounds__(block_threads, 3)
-look_back_kernel(Ssm model, scan_problem<T> p, tile_shape tile, look_back_workspace<typename Ssm::value_type> w) {
+template <int S, class Tile, class Ssm, class T>
+__global__ void __launch_bounds__(block_threads, Tile::blocks_per_multiprocessor)
+look_back_kernel(Ssm model, scan_problem<T> p, Tile tile, look_back_workspace<typename Ssm::value_type> w) {
     using V = typename Ssm::value_type;
     __shared__ unsigned ticket, seen;
     if (threadIdx.x == 0) ticket = atomicAdd(w.ticket, 1u);
@@ -801,58 +861,95 @@ tile_shape tile_for(const scan_shape& shape) {
     return tile;
 }
 
+// Calls launch(tile, grid_blocks, shared_bytes) with the problem's tile geometry, as a fixed_tile
+// where it is the common one (real states, 16 a channel), and the blocks a chunk needs (channel
+// tiles of every group). Kernels needing more than the default 48 KB of shared memory ask for it.
+template <int S, class V, class Kernels, class Launch>
+void with_tile(const scan_shape& shape, Kernels kernels, Launch launch) {
+    const auto run = [&](auto tile) {
+        const auto bytes = std::size_t(tile.floats()) * sizeof(float);
+        if (bytes > 48 * 1024)
+            for (const void* kernel : kernels(tile))
+                check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+                      "selective_scan: shared memory of the tile");
+        const index_t per_group = shape.channels / shape.groups;
+        launch(tile, shape.groups * ((per_group + tile.channels - 1) / tile.channels), bytes);
+    };
+    const tile_shape tile = tile_for<S>(shape);
+    if constexpr (S == 4 && std::same_as<V, float>)
+        if (tile == sixteen_real_states_tile::shape) return run(sixteen_real_states_tile{});
+    run(tile);
+}
+
+// Blocks of the chunked scan's kernels a multiprocessor holds for real states (V = float) or complex
+// ones (V = cfloat) of this shape.
+template <class V>
+int chunk_blocks_per_multiprocessor(const scan_shape& shape) {
+    const bool fixed = std::same_as<V, float> && shape.state <= 4 * 32 &&
+                       tile_for<4>(shape) == sixteen_real_states_tile::shape;
+    return fixed ? sixteen_real_states_tile::blocks_per_multiprocessor : tile_shape::blocks_per_multiprocessor;
+}
+
 template <int S, class Ssm, class T>
 void run_chunked_with(const cuda_exec& exec, const chunked& strategy, const Ssm& model, const scan_problem<T>& p) {
     using V = typename Ssm::value_type;
-    const tile_shape tile = tile_for<S>(p.shape);
-    chunk_workspace<V> w{nullptr, nullptr, (p.shape.length + strategy.chunk - 1) / strategy.chunk, strategy.chunk};
-    const index_t per_group = p.shape.channels / p.shape.groups;
-    const index_t blocks = w.chunks * p.shape.groups * ((per_group + tile.channels - 1) / tile.channels);
-    detail::require(blocks < (index_t(1) << 31) && p.shape.batch <= 65535, "selective_scan: ", p.shape.batch,
-                    " batch rows of ", blocks, " blocks exceed the CUDA grid; use longer chunks or smaller batches");
-    const dim3 grid(unsigned(blocks), unsigned(p.shape.batch));
-    const std::size_t shared_bytes = std::size_t(tile.floats()) * sizeof(float);
-    if (w.chunks > 1) {
-        const auto bytes = std::size_t(p.shape.batch * p.shape.channels * w.chunks * p.shape.state) * sizeof(V);
-        check(cudaMallocAsync(&w.start, 2 * bytes, exec.stream), "selective_scan: chunk workspace");
-        w.decay = w.start + bytes / sizeof(V);
-        chunk_kernel<S, true><<<grid, tile.threads(), shared_bytes, exec.stream>>>(model, p, tile, w);
-        check(cudaGetLastError(), "selective_scan: chunk summary launch");
-        constexpr int block = 256;
-        chunk_carry_kernel<<<blocks_for(p.shape.batch * p.shape.channels * p.shape.state, block), block, 0,
-                             exec.stream>>>(p.shape, w);
-        check(cudaGetLastError(), "selective_scan: chunk carry launch");
-    }
-    chunk_kernel<S, false><<<grid, tile.threads(), shared_bytes, exec.stream>>>(model, p, tile, w);
-    check(cudaGetLastError(), "selective_scan: chunk output launch");
-    if (w.start) check(cudaFreeAsync(w.start, exec.stream), "selective_scan: chunk workspace");
+    chunk_workspace<V> w{{(p.shape.length + strategy.chunk - 1) / strategy.chunk, strategy.chunk}, nullptr, nullptr};
+    const auto kernels = [](auto tile) {
+        using Tile = decltype(tile);
+        return std::array<const void*, 2>{reinterpret_cast<const void*>(chunk_kernel<S, true, Tile, Ssm, T>),
+                                          reinterpret_cast<const void*>(chunk_kernel<S, false, Tile, Ssm, T>)};
+    };
+    with_tile<S, V>(p.shape, kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
+        using Tile = decltype(tile);
+        const index_t blocks = w.chunks * per_chunk;
+        detail::require(blocks < (index_t(1) << 31) && p.shape.batch <= 65535, "selective_scan: ", p.shape.batch,
+                        " batch rows of ", blocks,
+                        " blocks exceed the CUDA grid; use longer chunks or smaller batches");
+        const dim3 grid(unsigned(blocks), unsigned(p.shape.batch));
+        if (w.chunks > 1) {
+            const auto bytes = std::size_t(p.shape.batch * p.shape.channels * w.chunks * p.shape.state) * sizeof(V);
+            check(cudaMallocAsync(&w.start, 2 * bytes, exec.stream), "selective_scan: chunk workspace");
+            w.decay = w.start + bytes / sizeof(V);
+            chunk_kernel<S, true, Tile><<<grid, tile.threads(), shared_bytes, exec.stream>>>(model, p, tile, w);
+            check(cudaGetLastError(), "selective_scan: chunk summary launch");
+            constexpr int block = 256;
+            chunk_carry_kernel<<<blocks_for(p.shape.batch * p.shape.channels * p.shape.state, block), block, 0,
+                                 exec.stream>>>(p.shape, w);
+            check(cudaGetLastError(), "selective_scan: chunk carry launch");
+        }
+        chunk_kernel<S, false, Tile><<<grid, tile.threads(), shared_bytes, exec.stream>>>(model, p, tile, w);
+        check(cudaGetLastError(), "selective_scan: chunk output launch");
+        if (w.start) check(cudaFreeAsync(w.start, exec.stream), "selective_scan: chunk workspace");
+    });
 }
 
 template <int S, class Ssm, class T>
 void run_look_back_with(const cuda_exec& exec, const look_back& strategy, const Ssm& model,
                         const scan_problem<T>& p) {
     using V = typename Ssm::value_type;
-    const tile_shape tile = tile_for<S>(p.shape);
     const index_t chunks = (p.shape.length + strategy.chunk - 1) / strategy.chunk;
-    const index_t per_group = p.shape.channels / p.shape.groups;
-    const index_t per_chunk = p.shape.groups * ((per_group + tile.channels - 1) / tile.channels);
-    const index_t blocks = chunks * per_chunk * p.shape.batch;
-    detail::require(blocks < (index_t(1) << 31), "selective_scan: ", blocks,
-                    " blocks exceed the CUDA grid; use longer chunks or smaller batches");
-    look_back_workspace<V> w{nullptr, nullptr, nullptr, nullptr, nullptr, chunks, strategy.chunk};
-    const auto states = std::size_t(p.shape.batch * p.shape.channels * chunks * p.shape.state);
-    const auto flags = std::size_t(blocks + 1);
-    check(cudaMallocAsync(&w.aggregate, 3 * states * sizeof(V) + flags * sizeof(unsigned), exec.stream),
-          "selective_scan: look-back workspace");
-    w.decay = w.aggregate + states;
-    w.inclusive = w.decay + states;
-    w.status = reinterpret_cast<unsigned*>(w.inclusive + states);
-    w.ticket = w.status + blocks;
-    check(cudaMemsetAsync(w.status, 0, flags * sizeof(unsigned), exec.stream), "selective_scan: look-back flags");
-    look_back_kernel<S><<<unsigned(blocks), tile.threads(), std::size_t(tile.floats()) * sizeof(float),
-                          exec.stream>>>(model, p, tile, w);
-    check(cudaGetLastError(), "selective_scan: look-back launch");
-    check(cudaFreeAsync(w.aggregate, exec.stream), "selective_scan: look-back workspace");
+    const auto kernels = [](auto tile) {
+        return std::array<const void*, 1>{reinterpret_cast<const void*>(look_back_kernel<S, decltype(tile), Ssm, T>)};
+    };
+    with_tile<S, V>(p.shape, kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
+        const index_t blocks = chunks * per_chunk * p.shape.batch;
+        detail::require(blocks < (index_t(1) << 31), "selective_scan: ", blocks,
+                        " blocks exceed the CUDA grid; use longer chunks or smaller batches");
+        look_back_workspace<V> w{{chunks, strategy.chunk}, nullptr, nullptr, nullptr, nullptr, nullptr};
+        const auto states = std::size_t(p.shape.batch * p.shape.channels * chunks * p.shape.state);
+        const auto flags = std::size_t(blocks + 1);
+        check(cudaMallocAsync(&w.aggregate, 3 * states * sizeof(V) + flags * sizeof(unsigned), exec.stream),
+              "selective_scan: look-back workspace");
+        w.decay = w.aggregate + states;
+        w.inclusive = w.decay + states;
+        w.status = reinterpret_cast<unsigned*>(w.inclusive + states);
+        w.ticket = w.status + blocks;
+        check(cudaMemsetAsync(w.status, 0, flags * sizeof(unsigned), exec.stream), "selective_scan: look-back flags");
+        look_back_kernel<S, decltype(tile)><<<unsigned(blocks), tile.threads(), shared_bytes, exec.stream>>>(
+            model, p, tile, w);
+        check(cudaGetLastError(), "selective_scan: look-back launch");
+        check(cudaFreeAsync(w.aggregate, exec.stream), "selective_scan: look-back workspace");
+    });
 }
 
 // Four states per thread up to 128 states (32 threads a channel), eight above.

@@ -24,6 +24,13 @@ concept discretization = std::default_initializable<D> && requires(float real_ei
     { D::apply(complex_eigenvalue, delta) } -> std::same_as<discretized<cfloat>>;
 };
 
+// A rule whose decay is e^{Δλ} may also offer it in base 2, taking λ·log₂e (scaled once per state)
+// instead of λ: the device's exp is a base-2 one, so this saves a multiply on every update.
+template <class D>
+concept base2_discretization = discretization<D> && requires(float scaled_eigenvalue, float delta) {
+    { D::apply_base2(scaled_eigenvalue, delta) } -> std::same_as<discretized<float>>;
+};
+
 namespace detail {
 template <class V>
 SSM_HOST_DEVICE V lift(float x) {
@@ -71,6 +78,9 @@ struct zoh_euler {
     template <class V>
     SSM_HOST_DEVICE static discretized<V> apply(V lambda, float delta) {
         return {math::exp(lambda * delta), detail::lift<V>(delta)};
+    }
+    SSM_HOST_DEVICE static discretized<float> apply_base2(float lambda_log2e, float delta) {
+        return {math::exp2(lambda_log2e * delta), delta};
     }
 };
 

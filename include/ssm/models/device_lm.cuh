@@ -105,9 +105,9 @@ inline void causal_conv(const cuda_exec& exec, const float* x, index_t x_stride,
     check_launch("causal_conv: state update launch");
 }
 
-// Tokens per chunk of the device scan: as many chunks as fill one wave of the device (three blocks of
-// 128 threads a multiprocessor, cuda::chunk_kernel), one chunk where its blocks alone fill it (more
-// would read the input twice for nothing), none shorter than 128 tokens.
+// Tokens per chunk of the device scan (real states): as many chunks as fill one wave of the device
+// (cuda::chunk_kernel's blocks of 128 threads, as many a multiprocessor as it holds), one chunk where
+// its blocks alone fill it (more would read the input twice for nothing), none shorter than 128 tokens.
 inline index_t scan_chunk(index_t batch, index_t length, index_t channels, index_t state) {
     int device = 0, processors = 0;
     cuda::check(cudaGetDevice(&device), "scan: device");
@@ -115,7 +115,8 @@ inline index_t scan_chunk(index_t batch, index_t length, index_t channels, index
     index_t slices = 1;
     while (slices < 32 && slices * 4 < state) slices *= 2;
     const index_t blocks_per_chunk = std::max<index_t>(1, batch * channels * slices / 128);
-    const index_t wave = 3 * index_t(processors);
+    const scan_shape shape{batch, length, channels, state, 1, channels, 1};
+    const index_t wave = cuda::chunk_blocks_per_multiprocessor<float>(shape) * index_t(processors);
     const index_t chunks = std::clamp<index_t>(wave / blocks_per_chunk, 1, std::max<index_t>(1, length / 128));
     return (length + chunks - 1) / chunks;
 }
