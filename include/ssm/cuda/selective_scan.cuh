@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "../scan/selective_scan.hpp"
 
@@ -881,15 +882,6 @@ void with_tile(const scan_shape& shape, Kernels kernels, Launch launch) {
     run(tile);
 }
 
-// Blocks of the chunked scan's kernels a multiprocessor holds for real states (V = float) or complex
-// ones (V = cfloat) of this shape.
-template <class V>
-int chunk_blocks_per_multiprocessor(const scan_shape& shape) {
-    const bool fixed = std::same_as<V, float> && shape.state <= 4 * 32 &&
-                       tile_for<4>(shape) == sixteen_real_states_tile::shape;
-    return fixed ? sixteen_real_states_tile::blocks_per_multiprocessor : tile_shape::blocks_per_multiprocessor;
-}
-
 template <int S, class Ssm, class T>
 void run_chunked_with(const cuda_exec& exec, const chunked& strategy, const Ssm& model, const scan_problem<T>& p) {
     using V = typename Ssm::value_type;
@@ -952,16 +944,34 @@ void run_look_back_with(const cuda_exec& exec, const look_back& strategy, const 
     });
 }
 
-// Four states per thread up to 128 states (32 threads a channel), eight above.
+// Calls f(std::integral_constant<int, S>{}) with the states a thread of the chunked kernels holds:
+// four up to 128 states (32 threads a channel), eight above.
+template <class F>
+void with_states_per_thread(const scan_shape& shape, F f) {
+    if (shape.state <= 4 * 32) f(std::integral_constant<int, 4>{});
+    else f(std::integral_constant<int, 8>{});
+}
+
 template <class Ssm, class T>
 void run_chunked(const cuda_exec& exec, const chunked& strategy, const Ssm& model, const scan_problem<T>& p) {
-    if (p.shape.state <= 4 * 32) run_chunked_with<4>(exec, strategy, model, p);
-    else run_chunked_with<8>(exec, strategy, model, p);
+    with_states_per_thread(p.shape, [&](auto s) { run_chunked_with<s()>(exec, strategy, model, p); });
 }
 template <class Ssm, class T>
 void run_look_back(const cuda_exec& exec, const look_back& strategy, const Ssm& model, const scan_problem<T>& p) {
-    if (p.shape.state <= 4 * 32) run_look_back_with<4>(exec, strategy, model, p);
-    else run_look_back_with<8>(exec, strategy, model, p);
+    with_states_per_thread(p.shape, [&](auto s) { run_look_back_with<s()>(exec, strategy, model, p); });
+}
+
+// Blocks of the chunked scan's kernels a multiprocessor holds for problems of this shape, with real
+// (V = float) or complex (V = cfloat) states.
+template <class V>
+int chunk_blocks_per_multiprocessor(const scan_shape& shape) {
+    int blocks = 0;
+    with_states_per_thread(shape, [&](auto s) {
+        with_tile<s(), V>(
+            shape, [](auto) { return std::array<const void*, 0>{}; },
+            [&](auto tile, index_t, std::size_t) { blocks = tile.blocks_per_multiprocessor; });
+    });
+    return blocks;
 }
 
 // A length-1 problem through step_kernel: 1, 4 or 8 states a lane, as few lanes as cover the states.
