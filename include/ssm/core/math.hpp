@@ -20,10 +20,6 @@ SSM_ALWAYS_INLINE SSM_HOST_DEVICE float select(bool c, float a, float b) {
 
 namespace ssm::math {
 
-// e^x with a relative error of a few ulp; NaN stays NaN. On the host overflow saturates near
-// FLT_MAX and underflow flushes to about 1e-38 (the range is clamped so that 2^n stays a normal
-// float); on the device results below 2^-126 flush to 0. The device form is one multiply and one
-// MUFU.EX2 (exp2f adds three instructions for subnormal results to every state update).
 inline constexpr float log2e = 1.44269504088896341f;
 
 // 2^x; on the device one MUFU.EX2 (results below 2^-126 flush to 0), so that a caller holding
@@ -38,6 +34,10 @@ SSM_ALWAYS_INLINE SSM_HOST_DEVICE float exp2(float x) {
 #endif
 }
 
+// e^x with a relative error of a few ulp; NaN stays NaN. On the host overflow saturates near
+// FLT_MAX and underflow flushes to about 1e-38 (the range is clamped so that 2^n stays a normal
+// float); on the device results below 2^-126 flush to 0. The device form is one multiply and one
+// MUFU.EX2 (exp2f adds three instructions for subnormal results to every state update).
 SSM_ALWAYS_INLINE SSM_HOST_DEVICE float exp(float x) {
 #if defined(__CUDA_ARCH__)
     return exp2(x * log2e);
