@@ -961,18 +961,26 @@ void run_look_back(const cuda_exec& exec, const look_back& strategy, const Ssm& 
     with_states_per_thread(p.shape, [&](auto s) { run_look_back_with<s()>(exec, strategy, model, p); });
 }
 
-// Blocks of the chunked scan's kernels a multiprocessor holds for problems of this shape, with real
-// (V = float) or complex (V = cfloat) states.
+// How the chunked scan's blocks fill a device for problems of this shape, with real (V = float) or
+// complex (V = cfloat) states: the blocks one chunk takes (every batch row), and how many blocks a
+// multiprocessor holds.
+struct chunk_occupancy {
+    index_t blocks_per_chunk;
+    int blocks_per_multiprocessor;
+};
 template <class V>
-int chunk_blocks_per_multiprocessor(const scan_shape& shape) {
-    int blocks = 0;
+chunk_occupancy chunk_occupancy_of(const scan_shape& shape) {
+    chunk_occupancy occupancy{};
     with_states_per_thread(shape, [&](auto s) {
         with_tile<s(), V>(
             shape, [](auto) { return std::array<const void*, 0>{}; },
-            [&](auto tile, index_t, std::size_t) { blocks = tile.blocks_per_multiprocessor; });
+            [&](auto tile, index_t per_chunk, std::size_t) {
+                occupancy = {per_chunk * shape.batch, tile.blocks_per_multiprocessor};
+            });
     });
-    return blocks;
+    return occupancy;
 }
+
 
 // A length-1 problem through step_kernel: 1, 4 or 8 states a lane, as few lanes as cover the states.
 template <int S, class Ssm, class T, class Token>

@@ -112,12 +112,10 @@ inline index_t scan_chunk(index_t batch, index_t length, index_t channels, index
     int device = 0, processors = 0;
     cuda::check(cudaGetDevice(&device), "scan: device");
     cuda::check(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device), "scan: device attribute");
-    index_t slices = 1;
-    while (slices < 32 && slices * 4 < state) slices *= 2;
-    const index_t blocks_per_chunk = std::max<index_t>(1, batch * channels * slices / 128);
-    const scan_shape shape{batch, length, channels, state, 1, channels, 1};
-    const index_t wave = cuda::chunk_blocks_per_multiprocessor<float>(shape) * index_t(processors);
-    const index_t chunks = std::clamp<index_t>(wave / blocks_per_chunk, 1, std::max<index_t>(1, length / 128));
+    const auto fill = cuda::chunk_occupancy_of<float>({batch, length, channels, state, 1, channels, 1});
+    const index_t wave = fill.blocks_per_multiprocessor * index_t(processors);
+    const index_t chunks =
+        std::clamp<index_t>(wave / fill.blocks_per_chunk, 1, std::max<index_t>(1, length / 128));
     return (length + chunks - 1) / chunks;
 }
 
