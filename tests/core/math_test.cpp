@@ -64,26 +64,14 @@ TEST_CASE("math::exp saturates instead of overflowing and flushes very negative 
     CHECK(ssm::math::exp(88.0f) <= ssm::math::exp(88.3f));
 }
 
-TEST_CASE("math::log is within a few ulp of std::log for positive normal floats", "[core][math]") {
-    auto error = [](float x) {
-        const double want = std::log(double(x));
-        // Near x = 1 the result is near 0: measure against the spacing of floats near 1 there.
-        return std::abs(want) < 1.0 ? std::abs(double(ssm::math::log(x)) - want) / 0x1p-24
-                                    : ulps(ssm::math::log(x), want);
-    };
-    require_sweep(std::numeric_limits<float>::min(), std::numeric_limits<float>::max(), 2000000, error, 3.0, true);
-    require_sweep(0.5f, 2.0f, 1000000, error, 3.0);
-    CHECK(ssm::math::log(1.0f) == 0.0f);
-}
-
 TEST_CASE("math::softplus matches log1p(exp(x)) and is the identity from 20 up", "[core][math]") {
     auto relative = [](float x) {
         const double want = ref::softplus(double(x));
         return std::abs(double(ssm::math::softplus(x)) - want) / want;
     };
     require_sweep(-87.0f, 20.0f, 2000000, relative, 5e-7);
-    // Around the switch to the small-argument form (e^x < 1e-4).
-    require_sweep(-9.3f, -9.1f, 100000, relative, 5e-7);
+    // Around 0, where max(x, 0) and log1p(e^-|x|) change places.
+    require_sweep(-0.1f, 0.1f, 100000, relative, 5e-7);
     for (const float x : {20.0f, 20.5f, 30.0f, 88.0f, 1000.0f, 1e30f}) CHECK(ssm::math::softplus(x) == x);
     // Below the range of exp the result is tiny, never negative.
     for (const float x : {-90.0f, -200.0f, -1e30f}) {

@@ -11,7 +11,7 @@
 
 namespace ssm::detail {
 // c ? a : b as a bitwise blend. Written as a select, GCC's jump threading turns a clamp followed by
-// further math (log after exp in softplus) into branches, and the lane loop no longer vectorizes.
+// further math (the polynomial after exp in softplus) into branches, and the lane loop no longer vectorizes.
 SSM_ALWAYS_INLINE SSM_HOST_DEVICE float select(bool c, float a, float b) {
     const std::uint32_t mask = 0u - std::uint32_t(c);
     return bits_float((float_bits(a) & mask) | (float_bits(b) & ~mask));
@@ -64,35 +64,6 @@ SSM_ALWAYS_INLINE SSM_HOST_DEVICE float exp(float x) {
 #endif
 }
 
-// Natural logarithm for positive normal x (Cephes logf form); used by softplus on values >= 1.
-SSM_ALWAYS_INLINE SSM_HOST_DEVICE float log(float x) {
-#if defined(__CUDA_ARCH__)
-    return ::logf(x);
-#else
-    const std::uint32_t bits = detail::float_bits(x);
-    float e = float(std::int32_t((bits >> 23) & 0xffu) - 126);
-    float m = detail::bits_float((bits & 0x807fffffu) | 0x3f000000u);  // mantissa in [0.5, 1)
-    // Below sqrt(1/2), use 2m and e - 1 instead.
-    const bool low = m < 0.707106781186547524f;
-    e = detail::select(low, e - 1.0f, e);
-    m = detail::select(low, m + m, m) - 1.0f;
-    const float z = m * m;
-    float p = 7.0376836292e-2f;
-    p = p * m - 1.1514610310e-1f;
-    p = p * m + 1.1676998740e-1f;
-    p = p * m - 1.2420140846e-1f;
-    p = p * m + 1.4249322787e-1f;
-    p = p * m - 1.6668057665e-1f;
-    p = p * m + 2.0000714765e-1f;
-    p = p * m - 2.4999993993e-1f;
-    p = p * m + 3.3333331174e-1f;
-    float y = p * m * z;
-    y += -2.12194440e-4f * e;
-    y += -0.5f * z;
-    return (m + y) + 0.693359375f * e;
-#endif
-}
-
 // a / b; on the device an approximate division (2 ulp) without the IEEE division's check and slow
 // path, which cost the scan kernels a branch per activation.
 SSM_ALWAYS_INLINE SSM_HOST_DEVICE float divide(float a, float b) {
@@ -103,15 +74,21 @@ SSM_ALWAYS_INLINE SSM_HOST_DEVICE float divide(float a, float b) {
 #endif
 }
 
-// log(1 + e^x), as mamba_ssm computes it: identity above 20.
+// log(1 + e^x) as max(x, 0) + log1p(e^-|x|): e^-|x| lies in (0, 1], where log1p(e) = e + e²·Q(e) with
+// Q a degree-7 minimax polynomial (1.4e-7 relative error in float). No log, division or branch: on the
+// device a third of the instructions of log1pf(expf(x)), which had been a quarter of the scan kernels'
+// (docs/performance.md). From x = 20 up the result is x itself, as mamba_ssm computes it.
 SSM_ALWAYS_INLINE SSM_HOST_DEVICE float softplus(float x) {
-    const float e = exp(detail::select(x < 20.0f, x, 0.0f));
-    const float small = e * (1.0f - 0.5f * e);  // log1p(e) for e < 1e-4, where 1 + e rounds
-    // log1p(e) = log(u)·e/(u - 1) for u = 1 + e rounded: the ratio undoes the rounding of u, which
-    // log(u) alone would pass on (a relative error up to 6e-4 for e near 1e-4).
-    const float u = 1.0f + e;
-    const float value = detail::select(e < 1e-4f, small, log(u) * divide(e, u - 1.0f));
-    return detail::select(x < 20.0f, value, x);
+    const float e = exp(detail::bits_float(detail::float_bits(x) | 0x80000000u));  // e^-|x|
+    float q = 5.365370571e-3f;
+    q = q * e - 3.006787176e-2f;
+    q = q * e + 7.920775174e-2f;
+    q = q * e - 1.375406155e-1f;
+    q = q * e + 1.915377083e-1f;
+    q = q * e - 2.485719182e-1f;
+    q = q * e + 3.332132595e-1f;
+    q = q * e - 4.999964810e-1f;
+    return detail::select(x > 0.0f, x, 0.0f) + (e + e * (e * q));  // x > 0 is false for NaN: e carries it
 }
 
 // softplus(x) clamped to [low, high], as Mamba-2 limits Δ (time_step_limit); NaN stays NaN.

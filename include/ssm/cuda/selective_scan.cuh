@@ -234,6 +234,7 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
     // B and C elements: the first one's (token, column), and the step between two of a thread's.
     const int first_token = tid / tile.width, first_col = tid % tile.width;
     const int step_tokens = threads / tile.width, step_cols = threads % tile.width;
+    const int state_loads = (TT * tile.width + threads - 1) / threads;  // a constant for fixed tiles
     auto fetch = [&](index_t first, tile_registers<T>& r) {
         const int count = int(t1 - first < TT ? t1 - first : TT);
         const T* u = u_row + (first + load_token) * in.u.stride(1);
@@ -253,7 +254,7 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
         const T* bp = b_row + (first + token) * in.B.stride(1) + col * in.B.stride(3);
         const T* cp = Summary ? nullptr : c_row + (first + token) * in.C.stride(1) + col * in.C.stride(3);
 #pragma unroll
-        for (int j = 0; j < tile_loads; ++j) {
+        for (int j = 0; j < tile_loads && j < state_loads; ++j) {
             const bool ok = token < count;
             r.b[j] = ok ? *bp : T{};
             r.c[j] = ok && !Summary ? *cp : T{};
@@ -281,7 +282,7 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
         }
         int token = first_token, col = first_col;
 #pragma unroll
-        for (int j = 0; j < tile_loads; ++j) {
+        for (int j = 0; j < tile_loads && j < state_loads; ++j) {
             if (token < TT) {
                 bs[token * tile.row + col] = to_float(r.b[j]);
                 cs[token * tile.row + col] = to_float(r.c[j]);
@@ -294,14 +295,16 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
     // y = (scale·Σ_slices C·h + D·x)·SiLU(z), from the slices' partial sums of the tile.
     T* const y_row = p.out.y.data() + b * p.out.y.stride(0) + load_d * p.out.y.stride(2);
     auto store_outputs = [&](index_t first) {
+        if (!loads_channel) return;
         const int count = int(t1 - first < TT ? t1 - first : TT);
         T* y = y_row + (first + load_token) * p.out.y.stride(1);
 #pragma unroll
         for (int j = 0; j < tile_loads; ++j, y += slices * p.out.y.stride(1)) {
             const int t = load_token + j * slices;
-            if (t >= count || !loads_channel) continue;
-            float acc = 0.0f;
-            for (int s = 0; s < slices; ++s) acc += partial[(t * slices + s) * partial_row + load_channel];
+            if (t >= count) continue;
+            const float* const sums = partial + t * slices * partial_row + load_channel;
+            float acc = sums[0];
+            for (int s = 1; s < slices; ++s) acc += sums[s * partial_row];
             float out = scale * acc + skip * dxs[t * W + load_channel].y;
             if (gated) out *= math::silu(zs[t * W + load_channel]);
             *y = from_float<T>(out);
