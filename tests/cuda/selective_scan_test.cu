@@ -173,9 +173,12 @@ TEST_CASE("device scans match the float64 reference", "[cuda]") {
                                .z = true, .D = true, .delta_bias = true, .softplus = true, .initial_state = true};
             check_structure<ssm::diagonal_real>(rng, s);
             check_structure<ssm::diagonal_complex>(rng, s);
-            // 16 real states: the geometry the kernels fix at compile time (cuda::fixed_tile).
+            // 16 real states: the tile geometry the kernels fix at compile time (cuda::fixed_tile), with
+            // channels a multiple of four (four-channel accesses) and not (the run-time geometry).
             ref::shape sixteen = s;
             sixteen.state = 16;
+            check_structure<ssm::diagonal_real>(rng, sixteen);
+            sixteen.channels = (channels + 3) / 4 * 4;
             check_structure<ssm::diagonal_real>(rng, sixteen);
         }
         // Mamba-2 shape: 6 heads of 8 channels, 3 groups, state 64.
@@ -183,6 +186,33 @@ TEST_CASE("device scans match the float64 reference", "[cuda]") {
                                                     .state = 64, .groups = 3, .z = true, .D = true,
                                                     .delta_bias = true, .softplus = true, .initial_state = true});
     }
+}
+
+// The fixed tile's loaders move four channels at once only where every row of u, Δ, z and y allows
+// it; elsewhere the scans take the run-time geometry (whose results the case above checks).
+TEST_CASE("four-channel accesses only where every row of u, delta, z and y is four-aligned", "[cuda]") {
+    alignas(16) static float memory[2 * 8 * 16];
+    const auto problem = [](float* base, ssm::index_t channels, ssm::index_t row, ssm::index_t groups = 1) {
+        ssm::scan_problem<float> p{};
+        p.shape.channels = channels;
+        p.shape.groups = groups;
+        const ssm::tensor_view<float, 3> rows(base, {2, 8, channels}, {8 * row, row, 1});
+        p.in.u = p.in.delta = p.in.z = rows;
+        p.out.y = rows;
+        return p;
+    };
+    CHECK(ssm::cuda::four_channel_accesses(problem(memory, 8, 8)));
+    CHECK(ssm::cuda::four_channel_accesses(problem(memory, 8, 16, 2)));
+    CHECK_FALSE(ssm::cuda::four_channel_accesses(problem(memory + 1, 8, 8)));  // rows start misaligned
+    CHECK_FALSE(ssm::cuda::four_channel_accesses(problem(memory, 8, 10)));     // rows 10 floats apart
+    CHECK_FALSE(ssm::cuda::four_channel_accesses(problem(memory, 6, 8)));      // 6 channels
+    CHECK_FALSE(ssm::cuda::four_channel_accesses(problem(memory, 8, 8, 4)));   // groups of 2 channels
+    auto strided = problem(memory, 8, 16);
+    strided.in.z = {memory, {2, 8, 8}, {128, 16, 2}};  // channels 2 apart
+    CHECK_FALSE(ssm::cuda::four_channel_accesses(strided));
+    auto per_head = problem(memory, 8, 8);
+    per_head.in.delta = {memory, {2, 8, 2}, {64, 8, 1}};  // Δ a head of 4 channels
+    CHECK_FALSE(ssm::cuda::four_channel_accesses(per_head));
 }
 
 TEST_CASE("device scans carry state over a million tokens", "[cuda]") {

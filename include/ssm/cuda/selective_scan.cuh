@@ -112,6 +112,7 @@ struct chunk_workspace : chunk_layout {
 // rows are `row` floats, zero-padded to whole slices, so that the token loop reads without branches.
 struct tile_shape {
     int slices, channels, tokens, width, row;
+    static constexpr int lanes = 1;  // channels a loader thread moves with one access
     // Blocks a multiprocessor holds (up to 168 registers a thread): at four (128 registers) the
     // kernels spill with a geometry known only at run time (0.65 instead of 0.51 ms at the Mamba-1
     // shape (8, 2048) when every tile was one, docs/performance.md).
@@ -138,6 +139,9 @@ template <int Slices, int Channels, int Tokens, int Width, int Row>
 struct fixed_tile {
     static constexpr int slices = Slices, channels = Channels, tokens = Tokens, width = Width, row = Row;
     static constexpr int blocks_per_multiprocessor = 4;  // fits 128 registers a thread without spilling
+    // A loader thread moves four adjacent channels of a token with one 16- (or 8-) byte access: used
+    // only where u, Δ, z and y hold channels contiguously, four-aligned (four_channel_accesses).
+    static constexpr int lanes = 4;
     static constexpr tile_shape shape{Slices, Channels, Tokens, Width, Row};  // host side only
     SSM_HOST_DEVICE static constexpr int threads() { return Slices * Channels; }
     SSM_HOST_DEVICE static constexpr int partial_row() { return tile_shape::partial_row_of(Slices, Channels); }
@@ -184,12 +188,28 @@ struct thread_states {
     __device__ bool holds(int j, const scan_shape& shape) const { return computes && n(j) < shape.state; }
 };
 
-// A thread's share of the next tile, held in registers while the current tile computes. The values
-// stay in their storage type until staged: converting them on arrival would make the thread wait
-// for its loads before it computes the current tile (which is what made 16-bit inputs slower).
-template <class T>
+// N adjacent values moved with one access (N·sizeof(T) bytes, so aligned).
+template <int N, class T>
+struct alignas(N * sizeof(T)) lanes_of {
+    T v[N];
+};
+template <int N, class T>
+__device__ lanes_of<N, T> load_lanes(const T* from) {
+    return *reinterpret_cast<const lanes_of<N, T>*>(from);
+}
+template <int N, class T>
+__device__ void store_lanes(T* to, const lanes_of<N, T>& values) {
+    *reinterpret_cast<lanes_of<N, T>*>(to) = values;
+}
+
+// A thread's share of the next tile, held in registers while the current tile computes, `Lanes`
+// channels of x, Δ and z an access. The values stay as loaded until staged: converting (or even
+// unpacking) them on arrival would make the thread wait for its loads before it computes the
+// current tile (which is what made 16-bit inputs slower).
+template <class T, int Lanes>
 struct tile_registers {
-    T x[tile_loads], delta[tile_loads], z[tile_loads], b[tile_loads], c[tile_loads];
+    lanes_of<Lanes, T> x[tile_loads / Lanes], delta[tile_loads / Lanes], z[tile_loads / Lanes];
+    T b[tile_loads], c[tile_loads];
 };
 
 // One pass of a block over its chunk, advancing the thread's states h. A summary pass reads only
@@ -214,20 +234,27 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
     const auto& in = p.in;
     const bool gated = !Summary && in.z.data();
 
-    // Loader role: thread `tid` loads (and later stores y of) channel tid % W of tokens
-    // tid / W + j·slices, and the B and C tile elements tid + j·threads (token e / width, column
-    // e % width). Addresses advance by pointer steps: index arithmetic in 64 bits for every element
-    // had cost more instructions than the loads.
+    // Loader role: thread `tid` loads (and later stores y of) the `lanes` channels load_channel ..
+    // load_channel + lanes - 1 of tokens load_token + j·token_step, and the B and C tile elements
+    // tid + j·threads (token e / width, column e % width). Addresses advance by pointer steps: index
+    // arithmetic in 64 bits for every element had cost more instructions than the loads.
+    constexpr int lanes = Tile::lanes;
     const int tid = threadIdx.x;
-    const int load_channel = tid % W, load_token = tid / W;
-    const bool loads_channel = load_channel < valid;
+    const int load_channel = tid % (W / lanes) * lanes, load_token = tid / (W / lanes);
+    const int token_step = threads * lanes / W, token_loads = tile_loads / lanes;
+    const bool loads_channel = load_channel < valid;  // all of its lanes or none (four_channel_accesses)
     const index_t load_d = at.d0 + (loads_channel ? load_channel : 0);
-    const index_t load_dc = model.transition.delta_channel(load_d);
-    const float load_bias = in.delta_bias.data() ? in.delta_bias(load_dc) : 0.0f;
-    const float skip = in.D.data() ? in.D(load_d) : 0.0f;
+    float load_bias[lanes], skip[lanes];
+    index_t load_dc[lanes];
+#pragma unroll
+    for (int i = 0; i < lanes; ++i) {
+        load_dc[i] = model.transition.delta_channel(load_d + i);
+        load_bias[i] = in.delta_bias.data() ? in.delta_bias(load_dc[i]) : 0.0f;
+        skip[i] = in.D.data() ? in.D(load_d + i) : 0.0f;
+    }
     const float scale = model.transition.output_scale();
     const T* const u_row = in.u.data() + b * in.u.stride(0) + load_d * in.u.stride(2);
-    const T* const delta_row = in.delta.data() + b * in.delta.stride(0) + load_dc * in.delta.stride(2);
+    const T* const delta_row = in.delta.data() + b * in.delta.stride(0) + load_dc[0] * in.delta.stride(2);
     const T* const z_row = gated ? in.z.data() + b * in.z.stride(0) + load_d * in.z.stride(2) : nullptr;
     const T* const b_row = in.B.data() + b * in.B.stride(0) + g * in.B.stride(2);
     const T* const c_row = Summary ? nullptr : in.C.data() + b * in.C.stride(0) + g * in.C.stride(2);
@@ -235,20 +262,20 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
     const int first_token = tid / tile.width, first_col = tid % tile.width;
     const int step_tokens = threads / tile.width, step_cols = threads % tile.width;
     const int state_loads = (TT * tile.width + threads - 1) / threads;  // a constant for fixed tiles
-    auto fetch = [&](index_t first, tile_registers<T>& r) {
+    auto fetch = [&](index_t first, tile_registers<T, lanes>& r) {
         const int count = int(t1 - first < TT ? t1 - first : TT);
         const T* u = u_row + (first + load_token) * in.u.stride(1);
         const T* delta = delta_row + (first + load_token) * in.delta.stride(1);
         const T* z = gated ? z_row + (first + load_token) * in.z.stride(1) : nullptr;
 #pragma unroll
-        for (int j = 0; j < tile_loads; ++j) {
-            const bool ok = load_token + j * slices < count && loads_channel;
-            r.x[j] = ok ? *u : T{};
-            r.delta[j] = ok ? *delta : T{};
-            r.z[j] = ok && gated ? *z : T{};
-            u += slices * in.u.stride(1);
-            delta += slices * in.delta.stride(1);
-            z += gated ? slices * in.z.stride(1) : 0;
+        for (int j = 0; j < token_loads; ++j) {
+            const bool ok = load_token + j * token_step < count && loads_channel;
+            r.x[j] = ok ? load_lanes<lanes>(u) : lanes_of<lanes, T>{};
+            r.delta[j] = ok ? load_lanes<lanes>(delta) : lanes_of<lanes, T>{};
+            r.z[j] = ok && gated ? load_lanes<lanes>(z) : lanes_of<lanes, T>{};
+            u += token_step * in.u.stride(1);
+            delta += token_step * in.delta.stride(1);
+            z += gated ? token_step * in.z.stride(1) : 0;
         }
         int token = first_token, col = first_col;
         const T* bp = b_row + (first + token) * in.B.stride(1) + col * in.B.stride(3);
@@ -269,16 +296,22 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
             }
         }
     };
-    auto stage = [&](const tile_registers<T>& r) {
+    auto stage = [&](const tile_registers<T, lanes>& r) {
 #pragma unroll
-        for (int j = 0; j < tile_loads; ++j) {
-            const int t = load_token + j * slices;
-            if (t < TT) {
-                float dt = to_float(r.delta[j]) + load_bias;
+        for (int j = 0; j < token_loads; ++j) {
+            const int t = load_token + j * token_step;
+            if (t >= TT) continue;
+            lanes_of<lanes, float2> dx;
+            lanes_of<lanes, float> gate;
+#pragma unroll
+            for (int i = 0; i < lanes; ++i) {
+                float dt = to_float(r.delta[j].v[i]) + load_bias[i];
                 dt = in.delta_softplus ? math::softplus(dt) : dt;
-                dxs[t * W + load_channel] = {model.modulation.delta(dt, load_dc), to_float(r.x[j])};
-                zs[t * W + load_channel] = to_float(r.z[j]);
+                dx.v[i] = {model.modulation.delta(dt, load_dc[i]), to_float(r.x[j].v[i])};
+                gate.v[i] = to_float(r.z[j].v[i]);
             }
+            store_lanes(dxs + t * W + load_channel, dx);
+            store_lanes(zs + t * W + load_channel, gate);
         }
         int token = first_token, col = first_col;
 #pragma unroll
@@ -299,15 +332,26 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
         const int count = int(t1 - first < TT ? t1 - first : TT);
         T* y = y_row + (first + load_token) * p.out.y.stride(1);
 #pragma unroll
-        for (int j = 0; j < tile_loads; ++j, y += slices * p.out.y.stride(1)) {
-            const int t = load_token + j * slices;
+        for (int j = 0; j < token_loads; ++j, y += token_step * p.out.y.stride(1)) {
+            const int t = load_token + j * token_step;
             if (t >= count) continue;
             const float* const sums = partial + t * slices * partial_row + load_channel;
-            float acc = sums[0];
-            for (int s = 1; s < slices; ++s) acc += sums[s * partial_row];
-            float out = scale * acc + skip * dxs[t * W + load_channel].y;
-            if (gated) out *= math::silu(zs[t * W + load_channel]);
-            *y = from_float<T>(out);
+            lanes_of<lanes, float> acc = load_lanes<lanes>(sums);
+            for (int s = 1; s < slices; ++s) {
+                const lanes_of<lanes, float> more = load_lanes<lanes>(sums + s * partial_row);
+#pragma unroll
+                for (int i = 0; i < lanes; ++i) acc.v[i] += more.v[i];
+            }
+            const lanes_of<lanes, float2> dx = load_lanes<lanes>(dxs + t * W + load_channel);
+            const lanes_of<lanes, float> gate = load_lanes<lanes>(zs + t * W + load_channel);
+            lanes_of<lanes, T> out;
+#pragma unroll
+            for (int i = 0; i < lanes; ++i) {
+                float value = scale * acc.v[i] + skip[i] * dx.v[i].y;
+                if (gated) value *= math::silu(gate.v[i]);
+                out.v[i] = from_float<T>(value);
+            }
+            store_lanes(y, out);
         }
     };
 
@@ -352,7 +396,7 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
     // A summary pass of a base-2 rule multiplies its decays at the end, as 2^(λ·log₂e·ΣΔ): an exp a
     // state per pass instead of a multiply a state and token.
     float delta_sum = 0.0f;
-    tile_registers<T> next;
+    tile_registers<T, lanes> next;
     fetch(t0, next);
     for (int i = tid; i < TT * tile.row; i += threads) bs[i] = cs[i] = 0.0f;  // the padding stays 0
     for (index_t first = t0; first < t1; first += TT) {
@@ -865,11 +909,26 @@ tile_shape tile_for(const scan_shape& shape) {
     return tile;
 }
 
+// Whether u, Δ, z and y hold every four adjacent channels of a group in one aligned access (16 bytes
+// of float, 8 of a 16-bit type), as a model's contiguous activations do: channels contiguous, Δ one
+// a channel, a group's channels a multiple of four, every row starting four-aligned.
+template <class T>
+bool four_channel_accesses(const scan_problem<T>& p) {
+    const auto aligned = [](const auto& view) {
+        if (!view.data()) return true;
+        return view.stride(2) == 1 && view.stride(0) % 4 == 0 && view.stride(1) % 4 == 0 &&
+               reinterpret_cast<std::uintptr_t>(view.data()) % (4 * sizeof(T)) == 0;
+    };
+    return p.shape.channels / p.shape.groups % 4 == 0 && p.in.delta.extent(2) == p.shape.channels &&
+           aligned(p.in.u) && aligned(p.in.delta) && aligned(p.in.z) && aligned(p.out.y);
+}
+
 // Calls launch(tile, grid_blocks, shared_bytes) with the problem's tile geometry, as a fixed_tile
-// where it is the common one (real states, 16 a channel), and the blocks a chunk needs (channel
-// tiles of every group). Kernels needing more than the default 48 KB of shared memory ask for it.
+// where it is the common one (real states, 16 a channel) and the channels allow four-channel
+// accesses, and the blocks a chunk needs (channel tiles of every group). Kernels needing more than
+// the default 48 KB of shared memory ask for it.
 template <int S, class V, class Kernels, class Launch>
-void with_tile(const scan_shape& shape, Kernels kernels, Launch launch) {
+void with_tile(const scan_shape& shape, bool four_channels, Kernels kernels, Launch launch) {
     const auto run = [&](auto tile) {
         const auto bytes = std::size_t(tile.floats()) * sizeof(float);
         if (bytes > 48 * 1024)
@@ -881,7 +940,7 @@ void with_tile(const scan_shape& shape, Kernels kernels, Launch launch) {
     };
     const tile_shape tile = tile_for<S>(shape);
     if constexpr (S == 4 && std::same_as<V, float>)
-        if (tile == sixteen_real_states_tile::shape) return run(sixteen_real_states_tile{});
+        if (four_channels && tile == sixteen_real_states_tile::shape) return run(sixteen_real_states_tile{});
     run(tile);
 }
 
@@ -894,7 +953,7 @@ void run_chunked_with(const cuda_exec& exec, const chunked& strategy, const Ssm&
         return std::array<const void*, 2>{reinterpret_cast<const void*>(chunk_kernel<S, true, Tile, Ssm, T>),
                                           reinterpret_cast<const void*>(chunk_kernel<S, false, Tile, Ssm, T>)};
     };
-    with_tile<S, V>(p.shape, kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
+    with_tile<S, V>(p.shape, four_channel_accesses(p), kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
         using Tile = decltype(tile);
         const index_t blocks = w.chunks * per_chunk;
         detail::require(blocks < (index_t(1) << 31) && p.shape.batch <= 65535, "selective_scan: ", p.shape.batch,
@@ -926,7 +985,7 @@ void run_look_back_with(const cuda_exec& exec, const look_back& strategy, const 
     const auto kernels = [](auto tile) {
         return std::array<const void*, 1>{reinterpret_cast<const void*>(look_back_kernel<S, decltype(tile), Ssm, T>)};
     };
-    with_tile<S, V>(p.shape, kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
+    with_tile<S, V>(p.shape, four_channel_accesses(p), kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
         const index_t blocks = chunks * per_chunk * p.shape.batch;
         detail::require(blocks < (index_t(1) << 31), "selective_scan: ", blocks,
                         " blocks exceed the CUDA grid; use longer chunks or smaller batches");
@@ -966,17 +1025,17 @@ void run_look_back(const cuda_exec& exec, const look_back& strategy, const Ssm& 
 
 // How the chunked scan's blocks fill a device for problems of this shape, with real (V = float) or
 // complex (V = cfloat) states: the blocks one chunk takes (every batch row), and how many blocks a
-// multiprocessor holds.
+// multiprocessor holds; `four_channels` as four_channel_accesses of the problem.
 struct chunk_occupancy {
     index_t blocks_per_chunk;
     int blocks_per_multiprocessor;
 };
 template <class V>
-chunk_occupancy chunk_occupancy_of(const scan_shape& shape) {
+chunk_occupancy chunk_occupancy_of(const scan_shape& shape, bool four_channels) {
     chunk_occupancy occupancy{};
     with_states_per_thread(shape, [&](auto s) {
         with_tile<s(), V>(
-            shape, [](auto) { return std::array<const void*, 0>{}; },
+            shape, four_channels, [](auto) { return std::array<const void*, 0>{}; },
             [&](auto tile, index_t per_chunk, std::size_t) {
                 occupancy = {per_chunk * shape.batch, tile.blocks_per_multiprocessor};
             });
