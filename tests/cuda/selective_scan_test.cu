@@ -174,7 +174,8 @@ TEST_CASE("device scans match the float64 reference", "[cuda]") {
             check_structure<ssm::diagonal_real>(rng, s);
             check_structure<ssm::diagonal_complex>(rng, s);
             // 16 real states: the tile geometry the kernels fix at compile time (cuda::fixed_tile), with
-            // channels a multiple of four (four-channel accesses) and not (the run-time geometry).
+            // channels a multiple of four (float: four channels an access) and not (float: the run-time
+            // geometry; 16-bit types: the fixed tile, one channel an access).
             ref::shape sixteen = s;
             sixteen.state = 16;
             check_structure<ssm::diagonal_real>(rng, sixteen);
@@ -188,9 +189,10 @@ TEST_CASE("device scans match the float64 reference", "[cuda]") {
     }
 }
 
-// The fixed tile's loaders move four channels at once only where every row of u, Δ, z and y allows
-// it; elsewhere the scans take the run-time geometry (whose results the case above checks).
-TEST_CASE("four-channel accesses only where every row of u, delta, z and y is four-aligned", "[cuda]") {
+// The fixed tile's loaders move four float channels at once only where every row of u, Δ, z and y
+// allows it; elsewhere float scans take the run-time geometry (whose results the case above checks).
+// 16-bit types move one channel an access, which fits every problem.
+TEST_CASE("fixed-tile accesses fit only where every float row of u, delta, z and y is four-aligned", "[cuda]") {
     alignas(16) static float memory[2 * 8 * 16];
     const auto problem = [](float* base, ssm::index_t channels, ssm::index_t row, ssm::index_t groups = 1) {
         ssm::scan_problem<float> p{};
@@ -201,18 +203,28 @@ TEST_CASE("four-channel accesses only where every row of u, delta, z and y is fo
         p.out.y = rows;
         return p;
     };
-    CHECK(ssm::cuda::four_channel_accesses(problem(memory, 8, 8)));
-    CHECK(ssm::cuda::four_channel_accesses(problem(memory, 8, 16, 2)));
-    CHECK_FALSE(ssm::cuda::four_channel_accesses(problem(memory + 1, 8, 8)));  // rows start misaligned
-    CHECK_FALSE(ssm::cuda::four_channel_accesses(problem(memory, 8, 10)));     // rows 10 floats apart
-    CHECK_FALSE(ssm::cuda::four_channel_accesses(problem(memory, 6, 8)));      // 6 channels
-    CHECK_FALSE(ssm::cuda::four_channel_accesses(problem(memory, 8, 8, 4)));   // groups of 2 channels
+    using ssm::cuda::fixed_tile_accesses_fit;
+    CHECK(fixed_tile_accesses_fit(problem(memory, 8, 8)));
+    CHECK(fixed_tile_accesses_fit(problem(memory, 8, 16, 2)));
+    CHECK_FALSE(fixed_tile_accesses_fit(problem(memory + 1, 8, 8)));  // rows start misaligned
+    CHECK_FALSE(fixed_tile_accesses_fit(problem(memory, 8, 10)));     // rows 10 floats apart
+    CHECK_FALSE(fixed_tile_accesses_fit(problem(memory, 6, 8)));      // 6 channels
+    CHECK_FALSE(fixed_tile_accesses_fit(problem(memory, 8, 8, 4)));   // groups of 2 channels
     auto strided = problem(memory, 8, 16);
     strided.in.z = {memory, {2, 8, 8}, {128, 16, 2}};  // channels 2 apart
-    CHECK_FALSE(ssm::cuda::four_channel_accesses(strided));
+    CHECK_FALSE(fixed_tile_accesses_fit(strided));
     auto per_head = problem(memory, 8, 8);
     per_head.in.delta = {memory, {2, 8, 2}, {64, 8, 1}};  // Δ a head of 4 channels
-    CHECK_FALSE(ssm::cuda::four_channel_accesses(per_head));
+    CHECK_FALSE(fixed_tile_accesses_fit(per_head));
+
+    alignas(16) static ssm::bfloat16 halves[2 * 8 * 16];
+    ssm::scan_problem<ssm::bfloat16> narrow{};
+    narrow.shape.channels = 6;
+    narrow.shape.groups = 1;
+    const ssm::tensor_view<ssm::bfloat16, 3> odd(halves + 1, {2, 8, 6}, {70, 7, 1});
+    narrow.in.u = narrow.in.delta = narrow.in.z = odd;
+    narrow.out.y = odd;
+    CHECK(fixed_tile_accesses_fit(narrow));
 }
 
 TEST_CASE("device scans carry state over a million tokens", "[cuda]") {

@@ -112,7 +112,8 @@ struct chunk_workspace : chunk_layout {
 // rows are `row` floats, zero-padded to whole slices, so that the token loop reads without branches.
 struct tile_shape {
     int slices, channels, tokens, width, row;
-    static constexpr int lanes = 1;  // channels a loader thread moves with one access
+    template <class T>
+    static constexpr int lanes = 1;  // channels of storage type T a loader thread moves with one access
     // Blocks a multiprocessor holds (up to 168 registers a thread): at four (128 registers) the
     // kernels spill with a geometry known only at run time (0.65 instead of 0.51 ms at the Mamba-1
     // shape (8, 2048) when every tile was one, docs/performance.md).
@@ -139,9 +140,11 @@ template <int Slices, int Channels, int Tokens, int Width, int Row>
 struct fixed_tile {
     static constexpr int slices = Slices, channels = Channels, tokens = Tokens, width = Width, row = Row;
     static constexpr int blocks_per_multiprocessor = 4;  // fits 128 registers a thread without spilling
-    // A loader thread moves four adjacent channels of a token with one 16- (or 8-) byte access: used
-    // only where u, Δ, z and y hold channels contiguously, four-aligned (four_channel_accesses).
-    static constexpr int lanes = 4;
+    // A loader thread moves four adjacent float channels of a token with one 16-byte access, where
+    // u, Δ, z and y allow it (fixed_tile_accesses_fit). 16-bit types keep one channel an access: four
+    // in 8 bytes left the threads waiting on their loads (0.34 against 0.28 ms at (8, 2048), bf16).
+    template <class T>
+    static constexpr int lanes = sizeof(T) == 4 ? 4 : 1;
     static constexpr tile_shape shape{Slices, Channels, Tokens, Width, Row};  // host side only
     SSM_HOST_DEVICE static constexpr int threads() { return Slices * Channels; }
     SSM_HOST_DEVICE static constexpr int partial_row() { return tile_shape::partial_row_of(Slices, Channels); }
@@ -203,9 +206,9 @@ __device__ void store_lanes(T* to, const lanes_of<N, T>& values) {
 }
 
 // A thread's share of the next tile, held in registers while the current tile computes, `Lanes`
-// channels of x, Δ and z an access. The values stay as loaded until staged: converting (or even
-// unpacking) them on arrival would make the thread wait for its loads before it computes the
-// current tile (which is what made 16-bit inputs slower).
+// channels of x, Δ and z an access. The values stay in their storage type until staged: converting
+// them on arrival would make the thread wait for its loads before it computes the current tile
+// (which is what made 16-bit inputs slower).
 template <class T, int Lanes>
 struct tile_registers {
     lanes_of<Lanes, T> x[tile_loads / Lanes], delta[tile_loads / Lanes], z[tile_loads / Lanes];
@@ -238,11 +241,14 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
     // load_channel + lanes - 1 of tokens load_token + j·token_step, and the B and C tile elements
     // tid + j·threads (token e / width, column e % width). Addresses advance by pointer steps: index
     // arithmetic in 64 bits for every element had cost more instructions than the loads.
-    constexpr int lanes = Tile::lanes;
+    constexpr int lanes = Tile::template lanes<T>;
     const int tid = threadIdx.x;
     const int load_channel = tid % (W / lanes) * lanes, load_token = tid / (W / lanes);
     const int token_step = threads * lanes / W, token_loads = tile_loads / lanes;
-    const bool loads_channel = load_channel < valid;  // all of its lanes or none (four_channel_accesses)
+    if constexpr (lanes > 1)  // a fixed tile: its loader threads cover every token of a tile
+        static_assert(Tile::channels % lanes == 0 &&
+                      Tile::tokens <= tile_loads / lanes * (Tile::threads() * lanes / Tile::channels));
+    const bool loads_channel = load_channel < valid;  // all of its lanes or none (fixed_tile_accesses_fit)
     const index_t load_d = at.d0 + (loads_channel ? load_channel : 0);
     float load_bias[lanes], skip[lanes];
     index_t load_dc[lanes];
@@ -909,26 +915,28 @@ tile_shape tile_for(const scan_shape& shape) {
     return tile;
 }
 
-// Whether u, Δ, z and y hold every four adjacent channels of a group in one aligned access (16 bytes
-// of float, 8 of a 16-bit type), as a model's contiguous activations do: channels contiguous, Δ one
-// a channel, a group's channels a multiple of four, every row starting four-aligned.
+// Whether the fixed tile's loader accesses fit the problem: always with one channel an access (16-bit
+// types); with several (float), where u, Δ, z and y hold every `lanes` adjacent channels of a group in
+// one aligned access, as a model's contiguous activations do: channels contiguous, Δ one a channel, a
+// group's channels a multiple of `lanes`, every row starting aligned.
 template <class T>
-bool four_channel_accesses(const scan_problem<T>& p) {
+bool fixed_tile_accesses_fit(const scan_problem<T>& p) {
+    constexpr int lanes = sixteen_real_states_tile::lanes<T>;
     const auto aligned = [](const auto& view) {
         if (!view.data()) return true;
-        return view.stride(2) == 1 && view.stride(0) % 4 == 0 && view.stride(1) % 4 == 0 &&
-               reinterpret_cast<std::uintptr_t>(view.data()) % (4 * sizeof(T)) == 0;
+        return view.stride(2) == 1 && view.stride(0) % lanes == 0 && view.stride(1) % lanes == 0 &&
+               reinterpret_cast<std::uintptr_t>(view.data()) % (lanes * sizeof(T)) == 0;
     };
-    return p.shape.channels / p.shape.groups % 4 == 0 && p.in.delta.extent(2) == p.shape.channels &&
-           aligned(p.in.u) && aligned(p.in.delta) && aligned(p.in.z) && aligned(p.out.y);
+    return lanes == 1 || (p.shape.channels / p.shape.groups % lanes == 0 && p.in.delta.extent(2) == p.shape.channels &&
+                          aligned(p.in.u) && aligned(p.in.delta) && aligned(p.in.z) && aligned(p.out.y));
 }
 
 // Calls launch(tile, grid_blocks, shared_bytes) with the problem's tile geometry, as a fixed_tile
-// where it is the common one (real states, 16 a channel) and the channels allow four-channel
-// accesses, and the blocks a chunk needs (channel tiles of every group). Kernels needing more than
-// the default 48 KB of shared memory ask for it.
+// where it is the common one (real states, 16 a channel) and its accesses fit (`accesses_fit`, as
+// fixed_tile_accesses_fit), and the blocks a chunk needs (channel tiles of every group). Kernels
+// needing more than the default 48 KB of shared memory ask for it.
 template <int S, class V, class Kernels, class Launch>
-void with_tile(const scan_shape& shape, bool four_channels, Kernels kernels, Launch launch) {
+void with_tile(const scan_shape& shape, bool accesses_fit, Kernels kernels, Launch launch) {
     const auto run = [&](auto tile) {
         const auto bytes = std::size_t(tile.floats()) * sizeof(float);
         if (bytes > 48 * 1024)
@@ -940,7 +948,7 @@ void with_tile(const scan_shape& shape, bool four_channels, Kernels kernels, Lau
     };
     const tile_shape tile = tile_for<S>(shape);
     if constexpr (S == 4 && std::same_as<V, float>)
-        if (four_channels && tile == sixteen_real_states_tile::shape) return run(sixteen_real_states_tile{});
+        if (accesses_fit && tile == sixteen_real_states_tile::shape) return run(sixteen_real_states_tile{});
     run(tile);
 }
 
@@ -953,7 +961,7 @@ void run_chunked_with(const cuda_exec& exec, const chunked& strategy, const Ssm&
         return std::array<const void*, 2>{reinterpret_cast<const void*>(chunk_kernel<S, true, Tile, Ssm, T>),
                                           reinterpret_cast<const void*>(chunk_kernel<S, false, Tile, Ssm, T>)};
     };
-    with_tile<S, V>(p.shape, four_channel_accesses(p), kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
+    with_tile<S, V>(p.shape, fixed_tile_accesses_fit(p), kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
         using Tile = decltype(tile);
         const index_t blocks = w.chunks * per_chunk;
         detail::require(blocks < (index_t(1) << 31) && p.shape.batch <= 65535, "selective_scan: ", p.shape.batch,
@@ -985,7 +993,7 @@ void run_look_back_with(const cuda_exec& exec, const look_back& strategy, const 
     const auto kernels = [](auto tile) {
         return std::array<const void*, 1>{reinterpret_cast<const void*>(look_back_kernel<S, decltype(tile), Ssm, T>)};
     };
-    with_tile<S, V>(p.shape, four_channel_accesses(p), kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
+    with_tile<S, V>(p.shape, fixed_tile_accesses_fit(p), kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
         const index_t blocks = chunks * per_chunk * p.shape.batch;
         detail::require(blocks < (index_t(1) << 31), "selective_scan: ", blocks,
                         " blocks exceed the CUDA grid; use longer chunks or smaller batches");
@@ -1025,17 +1033,17 @@ void run_look_back(const cuda_exec& exec, const look_back& strategy, const Ssm& 
 
 // How the chunked scan's blocks fill a device for problems of this shape, with real (V = float) or
 // complex (V = cfloat) states: the blocks one chunk takes (every batch row), and how many blocks a
-// multiprocessor holds; `four_channels` as four_channel_accesses of the problem.
+// multiprocessor holds; `accesses_fit` as fixed_tile_accesses_fit of the problem.
 struct chunk_occupancy {
     index_t blocks_per_chunk;
     int blocks_per_multiprocessor;
 };
 template <class V>
-chunk_occupancy chunk_occupancy_of(const scan_shape& shape, bool four_channels) {
+chunk_occupancy chunk_occupancy_of(const scan_shape& shape, bool accesses_fit) {
     chunk_occupancy occupancy{};
     with_states_per_thread(shape, [&](auto s) {
         with_tile<s(), V>(
-            shape, four_channels, [](auto) { return std::array<const void*, 0>{}; },
+            shape, accesses_fit, [](auto) { return std::array<const void*, 0>{}; },
             [&](auto tile, index_t per_chunk, std::size_t) {
                 occupancy = {per_chunk * shape.batch, tile.blocks_per_multiprocessor};
             });
