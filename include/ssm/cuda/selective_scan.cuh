@@ -191,7 +191,7 @@ struct thread_states {
     __device__ bool holds(int j, const scan_shape& shape) const { return computes && n(j) < shape.state; }
 };
 
-// N adjacent values moved with one access (N·sizeof(T) bytes, so aligned).
+// N adjacent values moved with one access (of N·sizeof(T) bytes, aligned to that).
 template <int N, class T>
 struct alignas(N * sizeof(T)) lanes_of {
     T v[N];
@@ -927,8 +927,9 @@ bool fixed_tile_accesses_fit(const scan_problem<T>& p) {
         return view.stride(2) == 1 && view.stride(0) % lanes == 0 && view.stride(1) % lanes == 0 &&
                reinterpret_cast<std::uintptr_t>(view.data()) % (lanes * sizeof(T)) == 0;
     };
-    return lanes == 1 || (p.shape.channels / p.shape.groups % lanes == 0 && p.in.delta.extent(2) == p.shape.channels &&
-                          aligned(p.in.u) && aligned(p.in.delta) && aligned(p.in.z) && aligned(p.out.y));
+    return lanes == 1 ||
+           (p.shape.channels / p.shape.groups % lanes == 0 && p.in.delta.extent(2) == p.shape.channels &&
+            aligned(p.in.u) && aligned(p.in.delta) && aligned(p.in.z) && aligned(p.out.y));
 }
 
 // Calls launch(tile, grid_blocks, shared_bytes) with the problem's tile geometry, as a fixed_tile
@@ -961,7 +962,8 @@ void run_chunked_with(const cuda_exec& exec, const chunked& strategy, const Ssm&
         return std::array<const void*, 2>{reinterpret_cast<const void*>(chunk_kernel<S, true, Tile, Ssm, T>),
                                           reinterpret_cast<const void*>(chunk_kernel<S, false, Tile, Ssm, T>)};
     };
-    with_tile<S, V>(p.shape, fixed_tile_accesses_fit(p), kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
+    const bool accesses_fit = fixed_tile_accesses_fit(p);
+    with_tile<S, V>(p.shape, accesses_fit, kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
         using Tile = decltype(tile);
         const index_t blocks = w.chunks * per_chunk;
         detail::require(blocks < (index_t(1) << 31) && p.shape.batch <= 65535, "selective_scan: ", p.shape.batch,
@@ -993,7 +995,8 @@ void run_look_back_with(const cuda_exec& exec, const look_back& strategy, const 
     const auto kernels = [](auto tile) {
         return std::array<const void*, 1>{reinterpret_cast<const void*>(look_back_kernel<S, decltype(tile), Ssm, T>)};
     };
-    with_tile<S, V>(p.shape, fixed_tile_accesses_fit(p), kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
+    const bool accesses_fit = fixed_tile_accesses_fit(p);
+    with_tile<S, V>(p.shape, accesses_fit, kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
         const index_t blocks = chunks * per_chunk * p.shape.batch;
         detail::require(blocks < (index_t(1) << 31), "selective_scan: ", blocks,
                         " blocks exceed the CUDA grid; use longer chunks or smaller batches");

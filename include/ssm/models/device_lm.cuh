@@ -114,7 +114,8 @@ inline index_t scan_chunk(index_t batch, index_t length, index_t channels, index
     cuda::check(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device), "scan: device attribute");
     // The layer's activations are contiguous rows, z's rows 2·channels apart: four-aligned where
     // channels are a multiple of four.
-    const auto fill = cuda::chunk_occupancy_of<float>({batch, length, channels, state, 1, channels, 1}, channels % 4 == 0);
+    const auto fill =
+        cuda::chunk_occupancy_of<float>({batch, length, channels, state, 1, channels, 1}, channels % 4 == 0);
     const index_t wave = fill.blocks_per_multiprocessor * index_t(processors);
     const index_t chunks =
         std::clamp<index_t>(wave / fill.blocks_per_chunk, 1, std::max<index_t>(1, length / 128));
