@@ -373,8 +373,11 @@ void check_step_product(ref::random_source& rng, const ref::shape& s, ssm::index
     for (ssm::index_t b = 0; b < p.batch; ++b)
         for (ssm::index_t o = 0; o < outs; ++o) {
             const std::size_t k = std::size_t(b * outs + o);
-            double sum = double(float(base[k])) + (with_bias ? double(float(out_bias[std::size_t(o)])) : 0.0);
-            double size = std::abs(sum);
+            // The kernel adds in float whatever the order: base and bias count at their own size,
+            // not that of their sum, which may cancel.
+            const double added[] = {double(float(base[k])), with_bias ? double(float(out_bias[std::size_t(o)])) : 0.0};
+            double sum = added[0] + added[1];
+            double size = std::abs(added[0]) + std::abs(added[1]);
             for (ssm::index_t c = 0; c < p.channels; ++c) {
                 const double term = ref::load(ref::store<X>(w[std::size_t(o * p.channels + c)])) *
                                     ref::load(ref::store<X>(want.y[std::size_t(b * p.channels + c)]));

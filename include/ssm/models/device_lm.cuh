@@ -112,10 +112,11 @@ inline index_t scan_chunk(index_t batch, index_t length, index_t channels, index
     int device = 0, processors = 0;
     cuda::check(cudaGetDevice(&device), "scan: device");
     cuda::check(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device), "scan: device attribute");
-    // The layer's activations are contiguous rows, z's rows 2·channels apart: four-aligned where
-    // channels are a multiple of four.
+    // The layer's activations are contiguous rows, z's rows 2·channels apart: aligned for the fixed
+    // tile's accesses where channels are a multiple of its lanes.
+    constexpr int lanes = cuda::sixteen_real_states_tile::lanes<float>;
     const auto fill =
-        cuda::chunk_occupancy_of<float>({batch, length, channels, state, 1, channels, 1}, channels % 4 == 0);
+        cuda::chunk_occupancy_of<float>({batch, length, channels, state, 1, channels, 1}, channels % lanes == 0);
     const index_t wave = fill.blocks_per_multiprocessor * index_t(processors);
     const index_t chunks =
         std::clamp<index_t>(wave / fill.blocks_per_chunk, 1, std::max<index_t>(1, length / 128));
