@@ -373,8 +373,8 @@ void check_step_product(ref::random_source& rng, const ref::shape& s, ssm::index
     for (ssm::index_t b = 0; b < p.batch; ++b)
         for (ssm::index_t o = 0; o < outs; ++o) {
             const std::size_t k = std::size_t(b * outs + o);
-            // The kernel adds in float whatever the order: base and bias count at their own size,
-            // not that of their sum, which may cancel.
+            // The kernel adds in float, in an order of its own: base and bias count at their own
+            // size, not at their sum's, which may cancel.
             const double added[] = {double(float(base[k])), with_bias ? double(float(out_bias[std::size_t(o)])) : 0.0};
             double sum = added[0] + added[1];
             double size = std::abs(added[0]) + std::abs(added[1]);
