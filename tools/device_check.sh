@@ -13,14 +13,14 @@ flags=(-std=c++20 -O3 -arch=sm_90 -Iinclude -Itests -I"$deps" -I"$deps/benchmark
        -DSSM_FIXTURES_DIR="\"$PWD/tests/fixtures/hf\"")
 libs=(-L"$deps/openblas/lib" -lopenblas -lcublas -L"$deps/benchmark/lib")
 b=build-device
-nvcc "${flags[@]}" -lineinfo -c tests/cuda/selective_scan_test.cu -o $b/selective_scan_test.o &
-nvcc "${flags[@]}" -lineinfo -c tests/cuda/models_test.cu -o $b/models_test.o &
-nvcc "${flags[@]}" -lineinfo -c tests/cuda/matvec_test.cu -o $b/matvec_test.o &
+tests=(main selective_scan_test complex_scan_test ssd_test step_test matvec_test models_test)
+for t in "${tests[@]}"; do nvcc "${flags[@]}" -lineinfo -c tests/cuda/$t.cu -o $b/$t.o & done
 nvcc "${flags[@]}" bench/cuda_scan_bench.cu "${libs[@]}" -lbenchmark -o $b/cuda_scan_bench &
 nvcc "${flags[@]}" bench/cuda_model_bench.cu "${libs[@]}" -lbenchmark -o $b/cuda_model_bench &
 nvcc "${flags[@]}" -DSSM_RUN_CUDA -x cu examples/ssm_run.cpp "${libs[@]}" -o $b/ssm-run &
 for job in $(jobs -p); do wait "$job"; done
-nvcc -arch=sm_90 $b/selective_scan_test.o $b/models_test.o $b/matvec_test.o "${libs[@]}" -o $b/cuda_test
+objects=(); for t in "${tests[@]}"; do objects+=("$b/$t.o"); done
+nvcc -arch=sm_90 "${objects[@]}" "${libs[@]}" -o $b/cuda_test
 export LD_LIBRARY_PATH="$PWD/$deps/benchmark/lib:$PWD/$deps/openblas/lib:${LD_LIBRARY_PATH:-}"
 
 echo "== tests"
