@@ -5,9 +5,11 @@
 // where H is the state entering the chunk, and the state leaving it is
 //   H' = e^{a_1+…+a_Q} · H + Σ_s e^{a_{s+1}+…+a_Q} · coef_s · B_s x_sᵀ.
 // Three kernels: chunk_state (the sum over s, per chunk), state_pass (H chained across chunks, the
-// only sequential part, elementwise), chunk_output (y from both terms). Products run as TF32 on
-// tensor cores with float accumulation; for float inputs each product is split in three (the
-// operands' high and low TF32 parts), which keeps float32 accuracy.
+// only sequential part, elementwise), chunk_output (y from both terms). Products run on tensor cores
+// with float accumulation, their operands in the input's storage type: bf16 or fp16 for 16-bit inputs
+// (computed operands, the decayed C·Bᵀ and the states, rounded to it, as the Triton kernel does), TF32
+// for float inputs, each product split in three (the operands' high and low TF32 parts) to keep
+// float32 accuracy.
 #include <cstdint>
 
 #include "selective_scan.cuh"
@@ -30,24 +32,41 @@ inline constexpr int ssd_chunk = 64;
 inline constexpr int ssd_threads = 256;
 inline constexpr int ssd_warps = ssd_threads / 32;
 
-// Sizes of one problem as the SSD kernels see it, and their shared-memory layouts. A tile read as a
-// row-major A or column-major B fragment gets rows of cols + 4 floats, one read as a row-major B or
-// column-major A fragment cols + 8: with those paddings the fragments' 32 lanes hit 32 banks.
+// Sizes of one problem as the SSD kernels see it, and their shared-memory layouts in elements of the
+// operand type T. Rows are padded so that fragment loads spread over the banks: a float tile read
+// as a row-major A or column-major B fragment by cols + 4, one read the other way by cols + 8; a
+// 16-bit tile (read in pairs along its rows) by cols + 8 (16 bytes), which keeps rows 16-byte aligned.
 struct ssd_shape {
     int head_dim, state, heads_per_group;
     int padded_dim, padded_state;  // rounded up to 16
     index_t chunks;
-    static SSM_HOST_DEVICE int a_ld(int cols) { return cols + 4; }
+    template <class T>
+    static SSM_HOST_DEVICE int a_ld(int cols) {
+        return cols + (sizeof(T) == 4 ? 4 : 8);
+    }
     static SSM_HOST_DEVICE int b_ld(int cols) { return cols + 8; }
+    // B's rows, then H's [p][n] in the same place.
     SSM_HOST_DEVICE int square() const { return ssd_chunk > padded_dim ? ssd_chunk : padded_dim; }
-    // chunk_state: B [t][n] (column-major A), the weighted x [t][p], a, coef.
-    SSM_HOST_DEVICE int chunk_state_shared_floats() const {
-        return ssd_chunk * (b_ld(padded_state) + b_ld(padded_dim) + 2);
+    // chunk_state: a, coef (floats); B [t][n] (column-major A); the weighted x [t][p].
+    template <class T>
+    SSM_HOST_DEVICE std::size_t chunk_state_bytes() const {
+        return 2 * ssd_chunk * sizeof(float) + std::size_t(ssd_chunk) * (b_ld(padded_state) + b_ld(padded_dim)) * sizeof(T);
     }
-    // chunk_output: C [t][n]; B [t][n], then H [p][n]; x [t][p]; masked C·Bᵀ [t][s], then y [t][p]; a, coef.
-    SSM_HOST_DEVICE int chunk_output_shared_floats() const {
-        return (ssd_chunk + square()) * a_ld(padded_state) + ssd_chunk * (b_ld(padded_dim) + a_ld(square()) + 2);
+    // chunk_output: a, coef (floats); x [t][p]; then C [t][n], B [t][n] (then H [p][n]) and the masked
+    // C·Bᵀ [t][s], where y [t][p] (floats) goes once the products are done.
+    template <class T>
+    SSM_HOST_DEVICE std::size_t chunk_output_products_offset() const {
+        return 2 * ssd_chunk * sizeof(float) + std::size_t(ssd_chunk) * b_ld(padded_dim) * sizeof(T);
     }
+    template <class T>
+    SSM_HOST_DEVICE std::size_t chunk_output_bytes() const {
+        const std::size_t products =
+            (std::size_t(ssd_chunk + square()) * a_ld<T>(padded_state) + std::size_t(ssd_chunk) * a_ld<T>(ssd_chunk)) *
+            sizeof(T);
+        const std::size_t y = std::size_t(ssd_chunk) * y_ld() * sizeof(float);
+        return chunk_output_products_offset<T>() + (products > y ? products : y);
+    }
+    SSM_HOST_DEVICE int y_ld() const { return padded_dim + 4; }
     // Floats of one chunk's state [head_dim][state], padded.
     SSM_HOST_DEVICE index_t state_floats() const { return index_t(padded_dim) * padded_state; }
 };
@@ -77,6 +96,21 @@ inline __device__ void mma_tf32(float (&d)[4], const unsigned (&a)[4], const uns
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// d += a·b for one m16n8k16 tile of bf16 or fp16 values, two a register (the lower k in the low half).
+template <class T>
+inline __device__ void mma_16bit(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    if constexpr (std::same_as<T, bfloat16>)
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    else
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
 // Operand values as TF32 bits: high parts, and with Split the low parts (v - high). Without Split
 // the values are used as they are (the tensor cores read a float's TF32 bits); callers store
 // computed values rounded with tf32().
@@ -89,33 +123,62 @@ __device__ void operand(const float (&v)[N], unsigned (&high)[N], unsigned (&low
     }
 }
 
-// One warp's acc[j] += A·B_j over `steps` k-steps of 8, for its 16 rows of A and the column tiles
-// j < tiles of 8 columns; A(m, k) = a[m·am + k·ak] and B(k, n) = b[k·bk + n·bn] in shared memory.
-// A's fragment is loaded once a step for all column tiles. Element e of acc[j] is (row g + 8·(e/2),
-// column 8·j + 2·t + e%2) with g = lane / 4, t = lane % 4.
-template <bool Split, int NT>
-__device__ void warp_product(float (&acc)[NT][4], int tiles, const float* a, int am, int ak, const float* b, int bk,
-                             int bn, int steps) {
+// Two 16-bit values v[0] and v[stride] in one register, v[0] in the low half.
+template <class T>
+__device__ unsigned pair(const T* v, int stride) {
+    if (stride == 1) return *reinterpret_cast<const unsigned*>(v);
+    return unsigned(v[0].bits) | unsigned(v[stride].bits) << 16;
+}
+
+// One warp's acc[j] += A·B_j over k < depth (a multiple of 16), for its 16 rows of A and the column
+// tiles j < tiles of 8 columns; A(m, k) = a[m·am + k·ak] and B(k, n) = b[k·bk + n·bn] in shared
+// memory. A's fragment is loaded once a k-step for all column tiles. Element e of acc[j] is (row
+// g + 8·(e/2), column 8·j + 2·t + e%2) with g = lane / 4, t = lane % 4, for every operand type.
+template <bool Split, int NT, class T>
+__device__ void warp_product(float (&acc)[NT][4], int tiles, const T* a, int am, int ak, const T* b, int bk, int bn,
+                             int depth) {
     const int g = lane() / 4, t = lane() % 4;
-    for (int k = 0; k < steps; ++k) {
-        const float* const ak0 = a + (8 * k + t) * ak;
-        const float av[4] = {ak0[g * am], ak0[(g + 8) * am], ak0[g * am + 4 * ak], ak0[(g + 8) * am + 4 * ak]};
-        unsigned ah[4], al[4];
-        operand<Split>(av, ah, al);
+    if constexpr (std::same_as<T, float>) {
+        for (int k = 0; k < depth; k += 8) {
+            const float* const ak0 = a + (k + t) * ak;
+            const float av[4] = {ak0[g * am], ak0[(g + 8) * am], ak0[g * am + 4 * ak], ak0[(g + 8) * am + 4 * ak]};
+            unsigned ah[4], al[4];
+            operand<Split>(av, ah, al);
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-            if (j >= tiles) break;
-            const float* const bj = b + (8 * k + t) * bk + (8 * j + g) * bn;
-            const float bv[2] = {bj[0], bj[4 * bk]};
-            unsigned bh[2], bl[2];
-            operand<Split>(bv, bh, bl);
-            if constexpr (Split) {
-                mma_tf32(acc[j], al, bh);
-                mma_tf32(acc[j], ah, bl);
+            for (int j = 0; j < NT; ++j) {
+                if (j >= tiles) break;
+                const float* const bj = b + (k + t) * bk + (8 * j + g) * bn;
+                const float bv[2] = {bj[0], bj[4 * bk]};
+                unsigned bh[2], bl[2];
+                operand<Split>(bv, bh, bl);
+                if constexpr (Split) {
+                    mma_tf32(acc[j], al, bh);
+                    mma_tf32(acc[j], ah, bl);
+                }
+                mma_tf32(acc[j], ah, bh);
             }
-            mma_tf32(acc[j], ah, bh);
+        }
+    } else {
+        for (int k = 0; k < depth; k += 16) {
+            const T* const ak0 = a + (k + 2 * t) * ak;
+            const unsigned af[4] = {pair(ak0 + g * am, ak), pair(ak0 + (g + 8) * am, ak),
+                                    pair(ak0 + 8 * ak + g * am, ak), pair(ak0 + 8 * ak + (g + 8) * am, ak)};
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                if (j >= tiles) break;
+                const T* const bj = b + (k + 2 * t) * bk + (8 * j + g) * bn;
+                const unsigned bf[2] = {pair(bj, bk), pair(bj + 8 * bk, bk)};
+                mma_16bit<T>(acc[j], af, bf);
+            }
         }
     }
+}
+
+// v as an operand of type T: float rounded to TF32 when Round, else T's nearest value.
+template <class T, bool Round>
+__device__ T operand_value(float v) {
+    if constexpr (std::same_as<T, float>) return Round ? tf32(v) : v;
+    else return from_float<T>(v);
 }
 
 // Calls f(j, e, row, column) for every element of a warp's acc (see warp_product).
@@ -165,18 +228,17 @@ __device__ void chunk_decays(const Ssm& model, const scan_problem<T>& p, index_t
     }
 }
 
-// Rows of a matrix of T into a shared-memory tile of floats: row t (< rows) from
+// Rows of a matrix of From into a shared-memory tile of To: row t (< rows) from
 // base + t·row_stride, `cols` (a multiple of 16) a row, `step` apart, zero beyond `count` rows and
-// `valid` columns, rounded to TF32 when Round. A warp a row, its lanes along the columns, 16 bytes
+// `valid` columns, as operand_value<To, Round>. A warp a row, its lanes along the columns, 16 bytes
 // a lane where the rows allow; each thread issues the loads for 8 rows before storing any, so that
 // their latencies overlap.
-template <bool Round, class T>
-__device__ void stage_rows(float* to, int ld, int rows, int cols, int count, int valid, const T* base,
+template <bool Round, class To, class From>
+__device__ void stage_rows(To* to, int ld, int rows, int cols, int count, int valid, const From* base,
                            index_t row_stride, index_t step) {
-    constexpr int n = 16 / sizeof(T), batch = ssd_chunk / ssd_warps;
-    auto round = [](float v) { return Round ? tf32(v) : v; };
+    constexpr int n = 16 / sizeof(From), batch = ssd_chunk / ssd_warps;
     const bool vectors = step == 1 && valid % n == 0 && reinterpret_cast<std::uintptr_t>(base) % 16 == 0 &&
-                         row_stride * index_t(sizeof(T)) % 16 == 0;
+                         row_stride * index_t(sizeof(From)) % 16 == 0;
     for (int first = warp(); first < rows; first += batch * ssd_warps) {
         if (vectors) {
             for (int col = lane() * n; col < cols; col += 32 * n) {
@@ -190,12 +252,19 @@ __device__ void stage_rows(float* to, int ld, int rows, int cols, int count, int
 #pragma unroll
                 for (int r = 0; r < batch; ++r) {
                     if (first + r * ssd_warps >= rows) break;
-                    float v[n];
-                    unpack<T>(raw[r], v);
+                    To* const row = to + (first + r * ssd_warps) * ld + col;
+                    if constexpr (std::same_as<To, From> && (!Round || !std::same_as<To, float>)) {
+                        *reinterpret_cast<uint4*>(row) = raw[r];  // 16-bit values as they are
+                    } else {
+                        float v[n];
+                        unpack<From>(raw[r], v);
+                        struct alignas(n * sizeof(To)) vector {
+                            To v[n];
+                        } out;
 #pragma unroll
-                    for (int j = 0; j < n; j += 4)
-                        *reinterpret_cast<float4*>(to + (first + r * ssd_warps) * ld + col + j) = {
-                            round(v[j]), round(v[j + 1]), round(v[j + 2]), round(v[j + 3])};
+                        for (int j = 0; j < n; ++j) out.v[j] = operand_value<To, Round>(v[j]);
+                        *reinterpret_cast<vector*>(row) = out;
+                    }
                 }
             }
         } else {
@@ -208,22 +277,20 @@ __device__ void stage_rows(float* to, int ld, int rows, int cols, int count, int
                 }
 #pragma unroll
                 for (int r = 0; r < batch; ++r)
-                    if (first + r * ssd_warps < rows) to[(first + r * ssd_warps) * ld + col] = round(v[r]);
+                    if (first + r * ssd_warps < rows) to[(first + r * ssd_warps) * ld + col] = operand_value<To, Round>(v[r]);
             }
         }
     }
 }
 
-// Multiplies each row t of a [t][cols] tile (cols a multiple of 4) by factor(t), rounding the
-// products to TF32 when Round.
-template <bool Round, class Factor>
-__device__ void scale_rows(float* tile, int ld, int rows, int cols, Factor factor) {
-    auto round = [](float v) { return Round ? tf32(v) : v; };
+// Multiplies each row t of a [t][cols] tile by factor(t), as operand_value<T, Round>.
+template <bool Round, class T, class Factor>
+__device__ void scale_rows(T* tile, int ld, int rows, int cols, Factor factor) {
     for (int t = warp(); t < rows; t += ssd_warps) {
         const float f = factor(t);
-        for (int col = 4 * lane(); col < cols; col += 128) {
-            float4& v = *reinterpret_cast<float4*>(tile + t * ld + col);
-            v = {round(v.x * f), round(v.y * f), round(v.z * f), round(v.w * f)};
+        for (int col = lane(); col < cols; col += 32) {
+            T& v = tile[t * ld + col];
+            v = operand_value<T, Round>(to_float(v) * f);
         }
     }
 }
@@ -245,14 +312,13 @@ inline __device__ block_place place(const scan_shape& s, index_t heads, index_t 
 }
 
 template <class T>
-__device__ void stage_bc(const tensor_view<const T, 4>& v, const block_place& at, const ssd_shape& g, float* to,
-                         int ld) {
+__device__ void stage_bc(const tensor_view<const T, 4>& v, const block_place& at, const ssd_shape& g, T* to, int ld) {
     const T* const base = v.data() + at.b * v.stride(0) + at.t0 * v.stride(1) + at.group * v.stride(2);
     stage_rows<false>(to, ld, ssd_chunk, g.padded_state, at.count, g.state, base, v.stride(1), v.stride(3));
 }
 
 template <class T>
-__device__ void stage_x(const tensor_view<const T, 3>& v, const block_place& at, const ssd_shape& g, float* to) {
+__device__ void stage_x(const tensor_view<const T, 3>& v, const block_place& at, const ssd_shape& g, T* to) {
     const T* const base = v.data() + at.b * v.stride(0) + at.t0 * v.stride(1) + at.head * g.head_dim * v.stride(2);
     stage_rows<false>(to, g.b_ld(g.padded_dim), ssd_chunk, g.padded_dim, at.count, g.head_dim, base, v.stride(1),
                       v.stride(2));
@@ -265,12 +331,12 @@ template <bool Split, class Ssm, class T>
 __global__ void __launch_bounds__(ssd_threads) ssd_chunk_state_kernel(Ssm model, scan_problem<T> p, ssd_shape g,
                                                                      ssd_workspace w) {
     using namespace ssd_detail;
-    extern __shared__ float shared[];
+    extern __shared__ float4 ssd_shared[];
     const int b_ld = g.b_ld(g.padded_state), x_ld = g.b_ld(g.padded_dim);
-    float* const bs = shared;                  // [t][n]
-    float* const xs = bs + ssd_chunk * b_ld;   // [t][p], weighted
-    float* const a = xs + ssd_chunk * x_ld;
+    float* const a = reinterpret_cast<float*>(ssd_shared);
     float* const coef = a + ssd_chunk;
+    T* const bs = reinterpret_cast<T*>(coef + ssd_chunk);  // [t][n]
+    T* const xs = bs + ssd_chunk * b_ld;                    // [t][p], weighted
     const index_t heads = p.shape.delta_channels;
     const block_place at = place(p.shape, heads, g.heads_per_group);
     chunk_decays(model, p, at.b, at.t0, at.count, at.head, a, coef);
@@ -289,7 +355,7 @@ __global__ void __launch_bounds__(ssd_threads) ssd_chunk_state_kernel(Ssm model,
         const int n0 = task % strips * 16, p0 = task / strips * 64;
         const int tiles = (g.padded_dim - p0 < 64 ? g.padded_dim - p0 : 64) / 8;
         float acc[8][4] = {};
-        warp_product<Split>(acc, tiles, bs + n0, 1, b_ld, xs + p0, x_ld, 1, ssd_chunk / 8);
+        warp_product<Split>(acc, tiles, bs + n0, 1, b_ld, xs + p0, x_ld, 1, ssd_chunk);
         for_each_element<8>(tiles, [&](int j, int e, int row, int col) {
             out[index_t(p0 + col) * g.padded_state + n0 + row] = acc[j][e];
         });
@@ -330,17 +396,19 @@ __global__ void ssd_state_pass_kernel(scan_problem<T> p, ssd_shape g, ssd_worksp
 
 // y of one chunk: (mask ⊙ decays ⊙ C·Bᵀ)·x + (e^{a} ⊙ C)·H, then scale, skip and gate.
 template <bool Split, class Ssm, class T>
-__global__ void __launch_bounds__(ssd_threads, 2) ssd_chunk_output_kernel(Ssm model, scan_problem<T> p, ssd_shape g,
-                                                                      ssd_workspace w) {
+__global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
+    ssd_chunk_output_kernel(Ssm model, scan_problem<T> p, ssd_shape g, ssd_workspace w) {
     using namespace ssd_detail;
-    extern __shared__ float shared[];
-    const int c_ld = g.a_ld(g.padded_state), x_ld = g.b_ld(g.padded_dim), m_ld = g.a_ld(g.square());
-    float* const cs = shared;                      // [t][n]
-    float* const bs = cs + ssd_chunk * c_ld;       // [t][n], then H as [p][n]
-    float* const xs = bs + g.square() * c_ld;      // [t][p]
-    float* const ms = xs + ssd_chunk * x_ld;       // [t][s], then y as [t][p]
-    float* const a = ms + ssd_chunk * m_ld;
+    extern __shared__ float4 ssd_shared[];
+    const int c_ld = g.a_ld<T>(g.padded_state), x_ld = g.b_ld(g.padded_dim), m_ld = g.a_ld<T>(ssd_chunk);
+    float* const a = reinterpret_cast<float*>(ssd_shared);
     float* const coef = a + ssd_chunk;
+    T* const xs = reinterpret_cast<T*>(coef + ssd_chunk);  // [t][p]
+    char* const products = reinterpret_cast<char*>(ssd_shared) + g.chunk_output_products_offset<T>();
+    T* const cs = reinterpret_cast<T*>(products);  // [t][n]
+    T* const bs = cs + ssd_chunk * c_ld;            // [t][n], then H as [p][n]
+    T* const ms = bs + g.square() * c_ld;           // [t][s]
+    float* const ys = reinterpret_cast<float*>(products);  // [t][p], once the products are done
     const index_t heads = p.shape.delta_channels;
     const block_place at = place(p.shape, heads, g.heads_per_group);
     // The entering state and the gate are read after the products: their fetches start now.
@@ -362,11 +430,11 @@ __global__ void __launch_bounds__(ssd_threads, 2) ssd_chunk_output_kernel(Ssm mo
         const int s0 = 32 * half, tiles = (t0 + 16 - s0) / 8 < 4 ? (t0 + 16 - s0) / 8 : 4;
         float acc[4][4] = {};
         if (tiles > 0) {  // (Bᵀ)[n][s] is bs[s][n]
-            warp_product<Split>(acc, tiles, cs + t0 * c_ld, c_ld, 1, bs + s0 * c_ld, 1, c_ld, g.padded_state / 8);
+            warp_product<Split>(acc, tiles, cs + t0 * c_ld, c_ld, 1, bs + s0 * c_ld, 1, c_ld, g.padded_state);
             for_each_element<4>(tiles, [&](int j, int e, int row, int col) {
                 const int t = t0 + row, s = s0 + col;
                 const float m = s <= t ? acc[j][e] * math::exp(a[t] - a[s]) * coef[s] : 0.0f;
-                ms[t * m_ld + s] = Split ? m : tf32(m);
+                ms[t * m_ld + s] = operand_value<T, !Split>(m);
             });
         }
     }
@@ -378,12 +446,12 @@ __global__ void __launch_bounds__(ssd_threads, 2) ssd_chunk_output_kernel(Ssm mo
     // y = e^{a_t}·(C·H) + M·x for the warp's rows and its half of the columns; H[n][p] is bs[p][n].
     const int p0 = half * g.padded_dim / 2, tiles = g.padded_dim / 16;
     float acc[8][4] = {};
-    warp_product<Split>(acc, tiles, cs + t0 * c_ld, c_ld, 1, bs + p0 * c_ld, 1, c_ld, g.padded_state / 8);
+    warp_product<Split>(acc, tiles, cs + t0 * c_ld, c_ld, 1, bs + p0 * c_ld, 1, c_ld, g.padded_state);
     const float decay_low = math::exp(a[t0 + lane() / 4]), decay_high = math::exp(a[t0 + lane() / 4 + 8]);
     for_each_element<8>(tiles, [&](int j, int e, int, int) { acc[j][e] *= e < 2 ? decay_low : decay_high; });
-    warp_product<Split>(acc, tiles, ms + t0 * m_ld, m_ld, 1, xs + p0, x_ld, 1, (t0 + 16) / 8);
-    __syncthreads();  // every warp is done with C·Bᵀ: y takes its place
-    for_each_element<8>(tiles, [&](int j, int e, int row, int col) { ms[(t0 + row) * m_ld + p0 + col] = acc[j][e]; });
+    warp_product<Split>(acc, tiles, ms + t0 * m_ld, m_ld, 1, xs + p0, x_ld, 1, t0 + 16);
+    __syncthreads();  // every warp is done with C, H and C·Bᵀ: y takes their place
+    for_each_element<8>(tiles, [&](int j, int e, int row, int col) { ys[(t0 + row) * g.y_ld() + p0 + col] = acc[j][e]; });
     __syncthreads();
     const float scale = model.transition.output_scale();
     const index_t d0 = at.head * g.head_dim;
@@ -401,7 +469,7 @@ __global__ void __launch_bounds__(ssd_threads, 2) ssd_chunk_output_kernel(Ssm mo
             const int t = warp() + r * ssd_warps;
             if (t < at.count)
                 p.out.y(at.b, at.t0 + t, d0 + q) =
-                    from_float<T>((scale * ms[t * m_ld + q] + skip * xs[t * x_ld + q]) * gate[r]);
+                    from_float<T>((scale * ys[t * g.y_ld() + q] + skip * to_float(xs[t * x_ld + q])) * gate[r]);
         }
     }
 }
@@ -415,8 +483,8 @@ void run_ssd(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p) 
     const ssd_shape g{int(head_dim), int(s.state), int(s.delta_channels / s.groups), padded(head_dim),
                       padded(s.state), (s.length + ssd_chunk - 1) / ssd_chunk};
     constexpr bool split = std::same_as<T, float>;
-    const std::size_t chunk_state_bytes = std::size_t(g.chunk_state_shared_floats()) * sizeof(float);
-    const std::size_t chunk_output_bytes = std::size_t(g.chunk_output_shared_floats()) * sizeof(float);
+    const std::size_t chunk_state_bytes = g.chunk_state_bytes<T>();
+    const std::size_t chunk_output_bytes = g.chunk_output_bytes<T>();
     int device = 0, limit = 0;
     check(cudaGetDevice(&device), "selective_scan: ssd device");
     check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "selective_scan: ssd limit");
