@@ -71,9 +71,13 @@ struct ssd_shape {
     SSM_HOST_DEVICE index_t state_floats() const { return index_t(padded_dim) * padded_state; }
 };
 
-// Per-chunk states [batch][chunk][head][padded_dim][padded_state] and log decays [batch][chunk][head].
+// Per-chunk states [batch][chunk][head][padded_dim][padded_state]: each chunk's added state (float),
+// the state entering it (as the operand type T, which is all chunk_output reads), and log decays
+// [batch][chunk][head].
+template <class T>
 struct ssd_workspace {
-    float* states;
+    float* added;
+    T* entering;
     float* decays;
 };
 
@@ -329,7 +333,7 @@ __device__ void stage_x(const tensor_view<const T, 3>& v, const block_place& at,
 // (chunk, head, batch row); and the chunk's summed log decay.
 template <bool Split, class Ssm, class T>
 __global__ void __launch_bounds__(ssd_threads) ssd_chunk_state_kernel(Ssm model, scan_problem<T> p, ssd_shape g,
-                                                                     ssd_workspace w) {
+                                                                     ssd_workspace<T> w) {
     using namespace ssd_detail;
     extern __shared__ float4 ssd_shared[];
     const int b_ld = g.b_ld(g.padded_state), x_ld = g.b_ld(g.padded_dim);
@@ -348,7 +352,7 @@ __global__ void __launch_bounds__(ssd_threads) ssd_chunk_state_kernel(Ssm model,
     __syncthreads();
     const index_t slot = (at.b * g.chunks + at.k) * heads + at.head;
     if (threadIdx.x == 0) w.decays[slot] = total;
-    float* const out = w.states + slot * g.state_floats();
+    float* const out = w.added + slot * g.state_floats();
     // A warp's task: 16 state rows n × up to 64 columns p of Bᵀ·(weighted x); (Bᵀ)[n][s] is bs[s][n].
     const int strips = g.padded_state / 16, column_blocks = (g.padded_dim + 63) / 64;
     for (int task = warp(); task < strips * column_blocks; task += ssd_warps) {
@@ -362,10 +366,9 @@ __global__ void __launch_bounds__(ssd_threads) ssd_chunk_state_kernel(Ssm model,
     }
 }
 
-// Chains the chunks: replaces each chunk's added state by the state entering it, and writes the
-// final state. One thread a (batch, head, p, n), sequential over chunks, loads issued `depth` ahead.
+// Chains the chunks: the state entering each chunk from the states they add, and the final state. One thread a (batch, head, p, n), sequential over chunks, loads issued `depth` ahead.
 template <class T>
-__global__ void ssd_state_pass_kernel(scan_problem<T> p, ssd_shape g, ssd_workspace w) {
+__global__ void ssd_state_pass_kernel(scan_problem<T> p, ssd_shape g, ssd_workspace<T> w) {
     const index_t per_head = g.state_floats(), heads = p.shape.delta_channels;
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= p.shape.batch * heads * per_head) return;
@@ -381,13 +384,13 @@ __global__ void ssd_state_pass_kernel(scan_problem<T> p, ssd_shape g, ssd_worksp
         for (int j = 0; j < depth; ++j) {
             const index_t slot = (b * g.chunks + k0 + j) * heads + head;
             const bool ok = k0 + j < g.chunks;
-            added[j] = ok ? w.states[slot * per_head + e] : 0.0f;
+            added[j] = ok ? w.added[slot * per_head + e] : 0.0f;
             decay[j] = ok ? w.decays[slot] : 0.0f;
         }
 #pragma unroll
         for (int j = 0; j < depth; ++j) {
             if (k0 + j >= g.chunks) break;
-            w.states[((b * g.chunks + k0 + j) * heads + head) * per_head + e] = h;
+            w.entering[((b * g.chunks + k0 + j) * heads + head) * per_head + e] = from_float<T>(h);
             h = math::exp(decay[j]) * h + added[j];
         }
     }
@@ -397,7 +400,7 @@ __global__ void ssd_state_pass_kernel(scan_problem<T> p, ssd_shape g, ssd_worksp
 // y of one chunk: (mask ⊙ decays ⊙ C·Bᵀ)·x + (e^{a} ⊙ C)·H, then scale, skip and gate.
 template <bool Split, class Ssm, class T>
 __global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
-    ssd_chunk_output_kernel(Ssm model, scan_problem<T> p, ssd_shape g, ssd_workspace w) {
+    ssd_chunk_output_kernel(Ssm model, scan_problem<T> p, ssd_shape g, ssd_workspace<T> w) {
     using namespace ssd_detail;
     extern __shared__ float4 ssd_shared[];
     const int c_ld = g.a_ld<T>(g.padded_state), x_ld = g.b_ld(g.padded_dim), m_ld = g.a_ld<T>(ssd_chunk);
@@ -412,8 +415,8 @@ __global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
     const index_t heads = p.shape.delta_channels;
     const block_place at = place(p.shape, heads, g.heads_per_group);
     // The entering state and the gate are read after the products: their fetches start now.
-    const float* const entering = w.states + ((at.b * g.chunks + at.k) * heads + at.head) * g.state_floats();
-    prefetch_rows_l2(entering, 1, 0, int(g.state_floats() * sizeof(float)));
+    const T* const entering = w.entering + ((at.b * g.chunks + at.k) * heads + at.head) * g.state_floats();
+    prefetch_rows_l2(entering, 1, 0, int(g.state_floats() * sizeof(T)));
     if (p.in.z.data() && p.in.z.stride(2) == 1)
         prefetch_rows_l2(&p.in.z(at.b, at.t0, at.head * g.head_dim), at.count, p.in.z.stride(1) * index_t(sizeof(T)),
                       g.head_dim * int(sizeof(T)));
@@ -502,10 +505,17 @@ void run_ssd(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p) 
           "selective_scan: ssd shared memory");
 
     const index_t slots = s.batch * g.chunks * s.delta_channels;
-    ssd_workspace w{};
-    check(cudaMallocAsync(&w.states, std::size_t(slots * (g.state_floats() + 1)) * sizeof(float), exec.stream),
+    // One allocation: added states (floats), entering states (T), decays (floats); each part
+    // starts 16-byte aligned, as state_floats() is a multiple of 256.
+    const std::size_t states = std::size_t(slots * g.state_floats());
+    void* memory = nullptr;
+    check(cudaMallocAsync(&memory, states * (sizeof(float) + sizeof(T)) + std::size_t(slots) * sizeof(float),
+                          exec.stream),
           "selective_scan: ssd workspace");
-    w.decays = w.states + slots * g.state_floats();
+    ssd_workspace<T> w{};
+    w.added = static_cast<float*>(memory);
+    w.entering = reinterpret_cast<T*>(w.added + states);
+    w.decays = reinterpret_cast<float*>(w.entering + states);
     const dim3 grid(unsigned(blocks), unsigned(s.batch));
     state_kernel<<<grid, ssd_threads, chunk_state_bytes, exec.stream>>>(model, p, g, w);
     check(cudaGetLastError(), "selective_scan: ssd chunk state launch");
@@ -515,7 +525,7 @@ void run_ssd(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p) 
     check(cudaGetLastError(), "selective_scan: ssd state pass launch");
     output_kernel<<<grid, ssd_threads, chunk_output_bytes, exec.stream>>>(model, p, g, w);
     check(cudaGetLastError(), "selective_scan: ssd chunk output launch");
-    check(cudaFreeAsync(w.states, exec.stream), "selective_scan: ssd workspace");
+    check(cudaFreeAsync(memory, exec.stream), "selective_scan: ssd workspace");
 }
 }  // namespace cuda
 
