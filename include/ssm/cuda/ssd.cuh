@@ -50,7 +50,8 @@ struct ssd_shape {
     // chunk_state: a, coef (floats); B [t][n] (column-major A); the weighted x [t][p].
     template <class T>
     SSM_HOST_DEVICE std::size_t chunk_state_bytes() const {
-        return 2 * ssd_chunk * sizeof(float) + std::size_t(ssd_chunk) * (b_ld(padded_state) + b_ld(padded_dim)) * sizeof(T);
+        return 2 * ssd_chunk * sizeof(float) +
+               std::size_t(ssd_chunk) * (b_ld(padded_state) + b_ld(padded_dim)) * sizeof(T);
     }
     // chunk_output: a, coef (floats); x [t][p]; then C [t][n], B [t][n] (then H [p][n]) and the masked
     // C·Bᵀ [t][s], where y [t][p] (floats) goes once the products are done.
@@ -258,7 +259,7 @@ __device__ void stage_rows(To* to, int ld, int rows, int cols, int count, int va
                     if (first + r * ssd_warps >= rows) break;
                     To* const row = to + (first + r * ssd_warps) * ld + col;
                     if constexpr (std::same_as<To, From> && (!Round || !std::same_as<To, float>)) {
-                        *reinterpret_cast<uint4*>(row) = raw[r];  // 16-bit values as they are
+                        *reinterpret_cast<uint4*>(row) = raw[r];  // the values as they are
                     } else {
                         float v[n];
                         unpack<From>(raw[r], v);
@@ -281,7 +282,8 @@ __device__ void stage_rows(To* to, int ld, int rows, int cols, int count, int va
                 }
 #pragma unroll
                 for (int r = 0; r < batch; ++r)
-                    if (first + r * ssd_warps < rows) to[(first + r * ssd_warps) * ld + col] = operand_value<To, Round>(v[r]);
+                    if (first + r * ssd_warps < rows)
+                        to[(first + r * ssd_warps) * ld + col] = operand_value<To, Round>(v[r]);
             }
         }
     }
@@ -366,7 +368,9 @@ __global__ void __launch_bounds__(ssd_threads) ssd_chunk_state_kernel(Ssm model,
     }
 }
 
-// Chains the chunks: the state entering each chunk from the states they add, and the final state. One thread a (batch, head, p, n), sequential over chunks, loads issued `depth` ahead.
+// Chains the chunks: the state entering each chunk (as the operand type) from the states they add,
+// and the final state. One thread a (batch, head, p, n), sequential over chunks, loads issued
+// `depth` ahead.
 template <class T>
 __global__ void ssd_state_pass_kernel(scan_problem<T> p, ssd_shape g, ssd_workspace<T> w) {
     const index_t per_head = g.state_floats(), heads = p.shape.delta_channels;
