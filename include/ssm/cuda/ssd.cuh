@@ -19,7 +19,8 @@ namespace ssm {
 // Device strategy for Mamba-2 (scalar_identity) models with exponential decay (zoh, zoh_euler):
 // chunks of cuda::ssd_chunk tokens, products on tensor cores. Head dimension and state size are
 // free (zero-padded to multiples of 16) up to what fits in shared memory: head_dim <= 128, state
-// <= 256 on an H100 for the usual head_dim 64.
+// <= 256 on an H100 for the usual head_dim 64. fp16 inputs multiply in fp16: the states and the
+// decayed C·Bᵀ must stay within its range (±65504).
 struct ssd {};
 
 template <class Ssm>
