@@ -163,6 +163,12 @@ int main(int argc, char** argv) {
     }
     add("mamba2/f32/ssd", [](benchmark::State& s) { bench_scan<variant::mamba2, float>(s, ssm::ssd{}); });
     add("mamba2/bf16/ssd", [](benchmark::State& s) { bench_scan<variant::mamba2, ssm::bfloat16>(s, ssm::ssd{}); });
+    // SSD in windows of whole chunks: workspaces of 64 and 256 MiB, and of 1 TiB (one window).
+    for (const int mib : {64, 256, 1 << 20}) {
+        const ssm::ssd how{.workspace = std::size_t(mib) << 20};
+        add(("mamba2/bf16/ssd/workspace:" + std::to_string(mib) + "MiB").c_str(),
+            [how](benchmark::State& s) { bench_scan<variant::mamba2, ssm::bfloat16>(s, how); });
+    }
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
     return 0;

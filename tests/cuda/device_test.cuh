@@ -88,7 +88,8 @@ inline std::vector<device_strategy> device_strategies() {
 inline std::string describe(const device_strategy& s) {
     if (const auto* c = std::get_if<ssm::chunked>(&s)) return "chunked{" + std::to_string(c->chunk) + "}";
     if (const auto* c = std::get_if<ssm::look_back>(&s)) return "look_back{" + std::to_string(c->chunk) + "}";
-    return std::holds_alternative<ssm::ssd>(s) ? "ssd" : "sequential";
+    if (const auto* c = std::get_if<ssm::ssd>(&s)) return "ssd{workspace " + std::to_string(c->workspace) + "}";
+    return "sequential";
 }
 
 template <class Structure>

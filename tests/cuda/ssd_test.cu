@@ -17,7 +17,9 @@ TEST_CASE("device scans match the float64 reference on the Mamba-2 shape", "[cud
 
 // SSD on tensor cores: lengths around the chunk of 64 tokens, head dimensions and state sizes that
 // are not multiples of 16, several groups, every storage type, both exponential rules, and the Δ
-// modulator with the spectrum scaler fused in.
+// modulator with the spectrum scaler fused in; in one pass and in windows of one chunk.
+const std::vector<device_strategy> ssd_windows{ssm::ssd{}, ssm::ssd{.workspace = 0}};
+
 TEST_CASE("device SSD matches the float64 reference", "[cuda][ssd]") {
     SSM_SEEDED_RANDOM(rng);
     struct dims {
@@ -30,15 +32,15 @@ TEST_CASE("device SSD matches the float64 reference", "[cuda][ssd]") {
                                .softplus = true, .initial_state = true};
             INFO(s);
             auto zoh = ref::random_problem(rng, ref::structure::scalar_identity, ref::rule::zoh, s);
-            check_device_scan<ssm::scalar_identity, ssm::zoh, float>(zoh, {ssm::ssd{}});
-            check_device_scan<ssm::scalar_identity, ssm::zoh, ssm::float16>(zoh, {ssm::ssd{}});
+            check_device_scan<ssm::scalar_identity, ssm::zoh, float>(zoh, ssd_windows);
+            check_device_scan<ssm::scalar_identity, ssm::zoh, ssm::float16>(zoh, ssd_windows);
             auto mamba = ref::random_problem(rng, ref::structure::scalar_identity, ref::rule::zoh_euler, s);
-            check_device_scan<ssm::scalar_identity, ssm::zoh_euler, float>(mamba, {ssm::ssd{}});
-            check_device_scan<ssm::scalar_identity, ssm::zoh_euler, ssm::bfloat16>(mamba, {ssm::ssd{}});
+            check_device_scan<ssm::scalar_identity, ssm::zoh_euler, float>(mamba, ssd_windows);
+            check_device_scan<ssm::scalar_identity, ssm::zoh_euler, ssm::bfloat16>(mamba, ssd_windows);
             mamba.delta_factor = 1.7;
             mamba.spectrum = {{.alpha = 0.6}};
             check_device_scan<ssm::scalar_identity, ssm::zoh_euler, float>(
-                mamba, {ssm::ssd{}}, ssm::compose(ssm::delta_modulator{.factor = 1.7f}, ssm::spectrum_scaler{.alpha = 0.6f}));
+                mamba, ssd_windows, ssm::compose(ssm::delta_modulator{.factor = 1.7f}, ssm::spectrum_scaler{.alpha = 0.6f}));
         }
     }
 }
@@ -49,6 +51,9 @@ TEST_CASE("device SSD carries state over a million tokens", "[cuda][ssd]") {
                                  {.batch = 1, .length = ssm::index_t(1) << 20, .channels = 16, .head_dim = 8,
                                   .state = 16, .z = true, .D = true, .softplus = true, .initial_state = true});
     for (auto& a : p.A) a *= 0.01;  // slow decay: the state remembers across the whole sequence
-    check_device_scan<ssm::scalar_identity, ssm::zoh_euler, float>(p, {ssm::ssd{}});
-    check_device_scan<ssm::scalar_identity, ssm::zoh_euler, ssm::bfloat16>(p, {ssm::ssd{}});
+    // In one pass, and with a workspace of 1 MiB: windows of 255 chunks (float) or 340 (bf16), the
+    // state carried across 64 or 48 of them.
+    const std::vector<device_strategy> ways{ssm::ssd{}, ssm::ssd{.workspace = std::size_t(1) << 20}};
+    check_device_scan<ssm::scalar_identity, ssm::zoh_euler, float>(p, ways);
+    check_device_scan<ssm::scalar_identity, ssm::zoh_euler, ssm::bfloat16>(p, ways);
 }

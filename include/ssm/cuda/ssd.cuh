@@ -20,8 +20,14 @@ namespace ssm {
 // chunks of cuda::ssd_chunk tokens, products on tensor cores. Head dimension and state size are
 // free (zero-padded to multiples of 16) up to what fits in shared memory: head_dim <= 128, state
 // <= 256 on an H100 for the usual head_dim 64. fp16 inputs multiply in fp16: the states and the
-// decayed C·Bᵀ must stay within its range (±65504).
-struct ssd {};
+// decayed C·Bᵀ must stay within its range (±65504). The per-chunk states take 6 bytes (16-bit inputs)
+// or 8 (float) a state element, 6x the bytes of x at head_dim 64 and state 128 in bf16: a call whose
+// chunks would need more than `workspace` bytes runs its tokens in windows of whole chunks (at least
+// one a window), the state carried from one to the next, so that memory stays bounded however long
+// the sequence.
+struct ssd {
+    std::size_t workspace = std::size_t(2) << 30;
+};
 
 template <class Ssm>
 concept ssd_model = selective_ssm_type<Ssm> && std::same_as<typename Ssm::structure_type, scalar_identity> &&
@@ -482,26 +488,34 @@ __global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
     }
 }
 
+// The SSD kernels' view of a problem of `length` tokens; throws where they cannot run it.
 template <class Ssm, class T>
-void run_ssd(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p) {
+ssd_shape ssd_shape_of(const Ssm& model, const scan_problem<T>& p, index_t length) {
     const scan_shape& s = p.shape;
     auto padded = [](index_t v) { return int((v + 15) / 16 * 16); };
     const index_t head_dim = model.transition.head_dim;
     detail::require(head_dim <= 128, "selective_scan: ssd supports head_dim up to 128, got ", head_dim);
     const ssd_shape g{int(head_dim), int(s.state), int(s.delta_channels / s.groups), padded(head_dim),
-                      padded(s.state), (s.length + ssd_chunk - 1) / ssd_chunk};
-    constexpr bool split = std::same_as<T, float>;
-    const std::size_t chunk_state_bytes = g.chunk_state_bytes<T>();
-    const std::size_t chunk_output_bytes = g.chunk_output_bytes<T>();
+                      padded(s.state), (length + ssd_chunk - 1) / ssd_chunk};
     int device = 0, limit = 0;
     check(cudaGetDevice(&device), "selective_scan: ssd device");
     check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "selective_scan: ssd limit");
-    detail::require(chunk_output_bytes <= std::size_t(limit), "selective_scan: ssd needs ", chunk_output_bytes,
-                    " bytes of shared memory for head_dim ", head_dim, " and state ", s.state, "; the device offers ",
-                    limit);
+    detail::require(g.chunk_output_bytes<T>() <= std::size_t(limit), "selective_scan: ssd needs ",
+                    g.chunk_output_bytes<T>(), " bytes of shared memory for head_dim ", head_dim, " and state ",
+                    s.state, "; the device offers ", limit);
     const index_t blocks = g.chunks * s.delta_channels;
     detail::require(blocks < (index_t(1) << 31) && s.batch <= 65535, "selective_scan: ssd grid of ", blocks, " x ",
                     s.batch, " blocks exceeds CUDA's limits");
+    return g;
+}
+
+// One pass of the three kernels over all of p's tokens, g = ssd_shape_of(model, p, p.shape.length).
+template <class Ssm, class T>
+void run_ssd_window(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p, const ssd_shape& g) {
+    const scan_shape& s = p.shape;
+    constexpr bool split = std::same_as<T, float>;
+    const std::size_t chunk_state_bytes = g.chunk_state_bytes<T>();
+    const std::size_t chunk_output_bytes = g.chunk_output_bytes<T>();
     auto state_kernel = ssd_chunk_state_kernel<split, Ssm, T>;
     auto output_kernel = ssd_chunk_output_kernel<split, Ssm, T>;
     check(cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(chunk_state_bytes)),
@@ -521,7 +535,7 @@ void run_ssd(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p) 
     w.added = static_cast<float*>(memory);
     w.entering = reinterpret_cast<T*>(w.added + states);
     w.decays = reinterpret_cast<float*>(w.entering + states);
-    const dim3 grid(unsigned(blocks), unsigned(s.batch));
+    const dim3 grid(unsigned(g.chunks * s.delta_channels), unsigned(s.batch));
     state_kernel<<<grid, ssd_threads, chunk_state_bytes, exec.stream>>>(model, p, g, w);
     check(cudaGetLastError(), "selective_scan: ssd chunk state launch");
     constexpr int block = 256;
@@ -532,13 +546,59 @@ void run_ssd(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p) 
     check(cudaGetLastError(), "selective_scan: ssd chunk output launch");
     check(cudaFreeAsync(memory, exec.stream), "selective_scan: ssd workspace");
 }
+
+// The tokens [t0, t0 + length) of a (batch, length, ...) view; an absent view stays absent.
+template <class E, int R>
+tensor_view<E, R> tokens_of(const tensor_view<E, R>& v, index_t t0, index_t length) {
+    if (v.empty()) return v;
+    auto extents = v.extents();
+    extents[1] = length;
+    return {v.data() + t0 * v.stride(1), extents, v.strides()};
+}
+
+// Runs p in windows of whole chunks whose per-chunk states fit in how.workspace bytes, the state
+// carried between windows in a buffer of its own (each window's state pass reads its initial state
+// before writing the final one, so one buffer serves as both).
+template <class Ssm, class T>
+void run_ssd(const cuda_exec& exec, const ssd& how, const Ssm& model, const scan_problem<T>& p) {
+    const scan_shape& s = p.shape;
+    const ssd_shape whole = ssd_shape_of(model, p, s.length);
+    const std::size_t chunk_bytes =
+        std::size_t(s.batch * s.delta_channels) * (std::size_t(whole.state_floats()) * (sizeof(float) + sizeof(T)) +
+                                                   sizeof(float));
+    const std::size_t fitting = how.workspace / chunk_bytes;
+    if (fitting >= std::size_t(whole.chunks)) return run_ssd_window(exec, model, p, whole);
+    const index_t window = (fitting > 1 ? index_t(fitting) : 1) * ssd_chunk;
+
+    void* carry = nullptr;
+    check(cudaMallocAsync(&carry, std::size_t(s.batch * s.channels * s.state) * sizeof(float), exec.stream),
+          "selective_scan: ssd carried state");
+    const tensor_view<float, 3> carried(static_cast<float*>(carry), s.batch, s.channels, s.state);
+    for (index_t t0 = 0; t0 < s.length; t0 += window) {
+        const index_t length = s.length - t0 < window ? s.length - t0 : window;
+        scan_problem<T> w = p;
+        w.shape.length = length;
+        w.in.u = tokens_of(p.in.u, t0, length);
+        w.in.delta = tokens_of(p.in.delta, t0, length);
+        w.in.B = tokens_of(p.in.B, t0, length);
+        w.in.C = tokens_of(p.in.C, t0, length);
+        w.in.z = tokens_of(p.in.z, t0, length);
+        w.out.y = tokens_of(p.out.y, t0, length);
+        if (t0 > 0) w.in.initial_state = carried;
+        if (t0 + length < s.length) w.out.final_state = carried;
+        ssd_shape g = whole;
+        g.chunks = (length + ssd_chunk - 1) / ssd_chunk;
+        run_ssd_window(exec, model, w, g);
+    }
+    check(cudaFreeAsync(carry, exec.stream), "selective_scan: ssd carried state");
+}
 }  // namespace cuda
 
 // Mamba-2's scan as chunked matrix products on tensor cores; see cuda::run_ssd.
 template <ssd_model Ssm, storage_type T>
-void selective_scan(const cuda_exec& exec, const ssd&, const Ssm& model, const scan_inputs<T>& in,
+void selective_scan(const cuda_exec& exec, const ssd& how, const Ssm& model, const scan_inputs<T>& in,
                     const scan_outputs<T>& out) {
-    cuda::run_ssd(exec, model, make_problem("selective_scan", model, in, out));
+    cuda::run_ssd(exec, how, model, make_problem("selective_scan", model, in, out));
 }
 
 }  // namespace ssm

@@ -137,7 +137,7 @@ void scan_with_state(const cuda_exec& exec, const Ssm& model, scan_inputs<float>
     const index_t batch = y.extent(0), length = y.extent(1), channels = y.extent(2);
     const tensor_view<float, 3> cached = cached_state(state, batch, channels);
     in.initial_state = cached;
-    if constexpr (ssd_model<Ssm>) {  // its last kernel reads each state element before writing it
+    if constexpr (ssd_model<Ssm>) {  // its state pass reads each state element before writing it
         selective_scan(exec, ssd{}, model, in, scan_outputs<float>{.y = y, .final_state = cached});
         return;
     }
