@@ -77,6 +77,11 @@ struct ssd_shape {
     SSM_HOST_DEVICE int y_ld() const { return padded_dim + 4; }
     // Floats of one chunk's state [head_dim][state], padded.
     SSM_HOST_DEVICE index_t state_floats() const { return index_t(padded_dim) * padded_state; }
+    // Bytes of the workspace (ssd_workspace) for `rows` = batch · heads: added and entering states, decays.
+    template <class T>
+    SSM_HOST_DEVICE std::size_t workspace_bytes(index_t rows) const {
+        return std::size_t(rows * chunks) * (std::size_t(state_floats()) * (sizeof(float) + sizeof(T)) + sizeof(float));
+    }
 };
 
 // Per-chunk states [batch][chunk][head][padded_dim][padded_state]: each chunk's added state (float),
@@ -528,8 +533,7 @@ void run_ssd_window(const cuda_exec& exec, const Ssm& model, const scan_problem<
     // starts 16-byte aligned, as state_floats() is a multiple of 256.
     const std::size_t states = std::size_t(slots * g.state_floats());
     void* memory = nullptr;
-    check(cudaMallocAsync(&memory, states * (sizeof(float) + sizeof(T)) + std::size_t(slots) * sizeof(float),
-                          exec.stream),
+    check(cudaMallocAsync(&memory, g.workspace_bytes<T>(s.batch * s.delta_channels), exec.stream),
           "selective_scan: ssd workspace");
     ssd_workspace<T> w{};
     w.added = static_cast<float*>(memory);
@@ -563,10 +567,7 @@ template <class Ssm, class T>
 void run_ssd(const cuda_exec& exec, const ssd& how, const Ssm& model, const scan_problem<T>& p) {
     const scan_shape& s = p.shape;
     const ssd_shape whole = ssd_shape_of(model, p, s.length);
-    const std::size_t chunk_bytes =
-        std::size_t(s.batch * s.delta_channels) * (std::size_t(whole.state_floats()) * (sizeof(float) + sizeof(T)) +
-                                                   sizeof(float));
-    const std::size_t fitting = how.workspace / chunk_bytes;
+    const std::size_t fitting = how.workspace / (whole.workspace_bytes<T>(s.batch * s.delta_channels) / whole.chunks);
     if (fitting >= std::size_t(whole.chunks)) return run_ssd_window(exec, model, p, whole);
     const index_t window = (fitting > 1 ? index_t(fitting) : 1) * ssd_chunk;
 
