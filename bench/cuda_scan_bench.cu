@@ -169,6 +169,14 @@ int main(int argc, char** argv) {
         add(("mamba2/bf16/ssd/workspace:" + std::to_string(mib) + "MiB").c_str(),
             [how](benchmark::State& s) { bench_scan<variant::mamba2, ssm::bfloat16>(s, how); });
     }
+    // SSD with 1 to 8 of the 24 heads a block (sharing its staged B, C and C·Bᵀ).
+    for (const int heads : {1, 2, 3, 4, 6, 8}) {
+        const ssm::ssd how{.heads_per_block = heads};
+        add(("mamba2/bf16/ssd/heads_per_block:" + std::to_string(heads)).c_str(),
+            [how](benchmark::State& s) { bench_scan<variant::mamba2, ssm::bfloat16>(s, how); });
+        add(("mamba2/f32/ssd/heads_per_block:" + std::to_string(heads)).c_str(),
+            [how](benchmark::State& s) { bench_scan<variant::mamba2, float>(s, how); });
+    }
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
     return 0;

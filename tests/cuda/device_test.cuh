@@ -88,7 +88,9 @@ inline std::vector<device_strategy> device_strategies() {
 inline std::string describe(const device_strategy& s) {
     if (const auto* c = std::get_if<ssm::chunked>(&s)) return "chunked{" + std::to_string(c->chunk) + "}";
     if (const auto* c = std::get_if<ssm::look_back>(&s)) return "look_back{" + std::to_string(c->chunk) + "}";
-    if (const auto* c = std::get_if<ssm::ssd>(&s)) return "ssd{workspace " + std::to_string(c->workspace) + "}";
+    if (const auto* c = std::get_if<ssm::ssd>(&s))
+        return "ssd{workspace " + std::to_string(c->workspace) + ", heads_per_block " +
+               std::to_string(c->heads_per_block) + "}";
     return "sequential";
 }
 

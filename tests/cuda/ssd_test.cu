@@ -17,30 +17,33 @@ TEST_CASE("device scans match the float64 reference on the Mamba-2 shape", "[cud
 
 // SSD on tensor cores: lengths around the chunk of 64 tokens, head dimensions and state sizes that
 // are not multiples of 16, several groups, every storage type, both exponential rules, and the Δ
-// modulator with the spectrum scaler fused in; in one pass and in windows of one chunk.
-const std::vector<device_strategy> ssd_windows{ssm::ssd{}, ssm::ssd{.workspace = 0}};
-
+// modulator with the spectrum scaler fused in; in one pass and in windows of one chunk, with the
+// launcher's heads a block, one, and a whole group's.
 TEST_CASE("device SSD matches the float64 reference", "[cuda][ssd]") {
     SSM_SEEDED_RANDOM(rng);
     struct dims {
         ssm::index_t heads, head_dim, state, groups;
     };
     for (const ssm::index_t length : {1, 2, 63, 64, 65, 129, 1000}) {
-        for (const dims d : {dims{2, 8, 16, 1}, dims{6, 13, 37, 3}, dims{4, 64, 128, 2}, dims{1, 128, 64, 1}}) {
+        for (const dims d : {dims{2, 8, 16, 1}, dims{6, 13, 37, 3}, dims{4, 64, 128, 2}, dims{1, 128, 64, 1},
+                             dims{12, 16, 32, 2}, dims{8, 8, 16, 1}}) {
             const ref::shape s{.batch = 2, .length = length, .channels = d.heads * d.head_dim, .head_dim = d.head_dim,
                                .state = d.state, .groups = d.groups, .z = true, .D = true, .delta_bias = true,
                                .softplus = true, .initial_state = true};
             INFO(s);
+            const int group = int(d.heads / d.groups);
+            const std::vector<device_strategy> ways{ssm::ssd{}, ssm::ssd{.workspace = 0, .heads_per_block = 1},
+                                                    ssm::ssd{.heads_per_block = group}};
             auto zoh = ref::random_problem(rng, ref::structure::scalar_identity, ref::rule::zoh, s);
-            check_device_scan<ssm::scalar_identity, ssm::zoh, float>(zoh, ssd_windows);
-            check_device_scan<ssm::scalar_identity, ssm::zoh, ssm::float16>(zoh, ssd_windows);
+            check_device_scan<ssm::scalar_identity, ssm::zoh, float>(zoh, ways);
+            check_device_scan<ssm::scalar_identity, ssm::zoh, ssm::float16>(zoh, ways);
             auto mamba = ref::random_problem(rng, ref::structure::scalar_identity, ref::rule::zoh_euler, s);
-            check_device_scan<ssm::scalar_identity, ssm::zoh_euler, float>(mamba, ssd_windows);
-            check_device_scan<ssm::scalar_identity, ssm::zoh_euler, ssm::bfloat16>(mamba, ssd_windows);
+            check_device_scan<ssm::scalar_identity, ssm::zoh_euler, float>(mamba, ways);
+            check_device_scan<ssm::scalar_identity, ssm::zoh_euler, ssm::bfloat16>(mamba, ways);
             mamba.delta_factor = 1.7;
             mamba.spectrum = {{.alpha = 0.6}};
             check_device_scan<ssm::scalar_identity, ssm::zoh_euler, float>(
-                mamba, ssd_windows, ssm::compose(ssm::delta_modulator{.factor = 1.7f}, ssm::spectrum_scaler{.alpha = 0.6f}));
+                mamba, ways, ssm::compose(ssm::delta_modulator{.factor = 1.7f}, ssm::spectrum_scaler{.alpha = 0.6f}));
         }
     }
 }

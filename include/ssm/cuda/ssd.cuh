@@ -5,7 +5,8 @@
 // where H is the state entering the chunk, and the state leaving it is
 //   H' = e^{a_1+…+a_Q} · H + Σ_s e^{a_{s+1}+…+a_Q} · coef_s · B_s x_sᵀ.
 // Three kernels: chunk_state (the sum over s, per chunk), state_pass (H chained across chunks, the
-// only sequential part, elementwise), chunk_output (y from both terms). Products run on tensor cores
+// only sequential part, elementwise), chunk_output (y from both terms). A block of the chunk kernels
+// takes several heads of one group: their B, C and C·Bᵀ are the same. Products run on tensor cores
 // with float accumulation, their operands in the input's storage type: bf16 or fp16 for 16-bit inputs
 // (computed operands, the decayed C·Bᵀ and the states, rounded to it, as the Triton kernel does), TF32
 // for float inputs, each product split in three (the operands' high and low TF32 parts) to keep
@@ -24,9 +25,11 @@ namespace ssm {
 // or 8 (float) a state element, 6x the bytes of x at head_dim 64 and state 128 in bf16: a call whose
 // chunks would need more than `workspace` bytes runs its tokens in windows of whole chunks (at least
 // one a window), the state carried from one to the next, so that memory stays bounded however long
-// the sequence.
+// the sequence. A block runs `heads_per_block` heads of one group (0: chosen by the launcher), which
+// share its staged B and C and their product C·Bᵀ; it must divide the heads of a group, at most 8.
 struct ssd {
     std::size_t workspace = std::size_t(2) << 30;
+    int heads_per_block = 0;
 };
 
 template <class Ssm>
@@ -47,6 +50,7 @@ struct ssd_shape {
     int head_dim, state, heads_per_group;
     int padded_dim, padded_state;  // rounded up to 16
     index_t chunks;
+    int heads_per_block;
     template <class T>
     static SSM_HOST_DEVICE int a_ld(int cols) {
         return cols + (sizeof(T) == 4 ? 4 : 8);
@@ -54,23 +58,29 @@ struct ssd_shape {
     static SSM_HOST_DEVICE int b_ld(int cols) { return cols + 8; }
     // B's rows, then H's [p][n] in the same place.
     SSM_HOST_DEVICE int square() const { return ssd_chunk > padded_dim ? ssd_chunk : padded_dim; }
-    // chunk_state: a, coef (floats); B [t][n] (column-major A); the weighted x [t][p].
+    // Bytes of a, coef (floats, [head][t]) for the block's heads.
+    SSM_HOST_DEVICE std::size_t decays_bytes() const {
+        return 2 * std::size_t(heads_per_block) * ssd_chunk * sizeof(float);
+    }
+    // chunk_state: a, coef; B [t][n] (column-major A); the weighted x [t][p].
     template <class T>
     SSM_HOST_DEVICE std::size_t chunk_state_bytes() const {
-        return 2 * ssd_chunk * sizeof(float) +
-               std::size_t(ssd_chunk) * (b_ld(padded_state) + b_ld(padded_dim)) * sizeof(T);
+        return decays_bytes() + std::size_t(ssd_chunk) * (b_ld(padded_state) + b_ld(padded_dim)) * sizeof(T);
     }
-    // chunk_output: a, coef (floats); x [t][p]; then C [t][n], B [t][n] (then H [p][n]) and the masked
-    // C·Bᵀ [t][s], where y [t][p] (floats) goes once the products are done.
+    // chunk_output: a, coef; x [t][p]; C [t][n]; then B [t][n] (then H [p][n]) and the masked C·Bᵀ
+    // [t][s], where y [t][p] (floats) goes once a head's products are done.
+    template <class T>
+    SSM_HOST_DEVICE std::size_t chunk_output_c_offset() const {
+        return decays_bytes() + std::size_t(ssd_chunk) * b_ld(padded_dim) * sizeof(T);
+    }
     template <class T>
     SSM_HOST_DEVICE std::size_t chunk_output_products_offset() const {
-        return 2 * ssd_chunk * sizeof(float) + std::size_t(ssd_chunk) * b_ld(padded_dim) * sizeof(T);
+        return chunk_output_c_offset<T>() + std::size_t(ssd_chunk) * a_ld<T>(padded_state) * sizeof(T);
     }
     template <class T>
     SSM_HOST_DEVICE std::size_t chunk_output_bytes() const {
         const std::size_t products =
-            (std::size_t(ssd_chunk + square()) * a_ld<T>(padded_state) + std::size_t(ssd_chunk) * a_ld<T>(ssd_chunk)) *
-            sizeof(T);
+            (std::size_t(square()) * a_ld<T>(padded_state) + std::size_t(ssd_chunk) * a_ld<T>(ssd_chunk)) * sizeof(T);
         const std::size_t y = std::size_t(ssd_chunk) * y_ld() * sizeof(float);
         return chunk_output_products_offset<T>() + (products > y ? products : y);
     }
@@ -210,12 +220,12 @@ __device__ void for_each_element(int tiles, F f) {
     }
 }
 
-// The chunk's per-token terms, by warp 0: a[t] = a_1 + … + a_t (log decays summed from the chunk's
-// start) and coef[t] (B̄'s factor), for t < count; later tokens add nothing (a stays, coef is 0).
+// A head's per-token terms in a chunk, by the calling warp: a[t] = a_1 + … + a_t (log decays summed
+// from the chunk's start) and coef[t] (B̄'s factor), for t < count; later tokens add nothing (a
+// stays, coef is 0).
 template <class Ssm, class T>
 __device__ void chunk_decays(const Ssm& model, const scan_problem<T>& p, index_t b, index_t t0, int count,
                              index_t head, float* a, float* coef) {
-    if (warp() != 0) return;
     const float lambda = model.modulation.eigenvalue(model.transition.eigenvalue(head * model.transition.head_dim, 0), head);
     const float bias = p.in.delta_bias.data() ? p.in.delta_bias(head) : 0.0f;
     float raw[ssd_chunk / 32];  // both halves' loads in flight at once
@@ -249,7 +259,7 @@ __device__ void chunk_decays(const Ssm& model, const scan_problem<T>& p, index_t
 // base + t·row_stride, `cols` (a multiple of 16) a row, `step` apart, zero beyond `count` rows and
 // `valid` columns, as operand_value<To, Round>. A warp a row, its lanes along the columns, 16 bytes
 // a lane where the rows allow; each thread issues the loads for 8 rows before storing any, so that
-// their latencies overlap.
+// their latencies overlap. (Asynchronous copies, cp.async, took more instructions and time here.)
 template <bool Round, class To, class From>
 __device__ void stage_rows(To* to, int ld, int rows, int cols, int count, int valid, const From* base,
                            index_t row_stride, index_t step) {
@@ -313,17 +323,18 @@ __device__ void scale_rows(T* tile, int ld, int rows, int cols, Factor factor) {
     }
 }
 
-// Which block: (chunk, head) over x, the batch row over y.
+// Which block: (chunk, heads) over x, the batch row over y; `head` is the first of the block's heads.
 struct block_place {
     index_t b, k, head, group, t0;
     int count;
 };
-inline __device__ block_place place(const scan_shape& s, index_t heads, index_t heads_per_group) {
+inline __device__ block_place place(const scan_shape& s, const ssd_shape& g) {
+    const index_t head_blocks = s.delta_channels / g.heads_per_block;
     block_place at{};
     at.b = blockIdx.y;
-    at.k = blockIdx.x / heads;
-    at.head = blockIdx.x % heads;
-    at.group = at.head / heads_per_group;
+    at.k = blockIdx.x / head_blocks;
+    at.head = blockIdx.x % head_blocks * g.heads_per_block;
+    at.group = at.head / g.heads_per_group;
     at.t0 = at.k * ssd_chunk;
     at.count = int(s.length - at.t0 < ssd_chunk ? s.length - at.t0 : ssd_chunk);
     return at;
@@ -336,185 +347,241 @@ __device__ void stage_bc(const tensor_view<const T, 4>& v, const block_place& at
 }
 
 template <class T>
-__device__ void stage_x(const tensor_view<const T, 3>& v, const block_place& at, const ssd_shape& g, T* to) {
-    const T* const base = v.data() + at.b * v.stride(0) + at.t0 * v.stride(1) + at.head * g.head_dim * v.stride(2);
+__device__ void stage_x(const tensor_view<const T, 3>& v, const block_place& at, index_t head, const ssd_shape& g,
+                        T* to) {
+    const T* const base = v.data() + at.b * v.stride(0) + at.t0 * v.stride(1) + head * g.head_dim * v.stride(2);
     stage_rows<false>(to, g.b_ld(g.padded_dim), ssd_chunk, g.padded_dim, at.count, g.head_dim, base, v.stride(1),
                       v.stride(2));
+}
+
+// The block's heads' decays (chunk_decays), a warp a head: a and coef as [head][t].
+template <class Ssm, class T>
+__device__ void block_decays(const Ssm& model, const scan_problem<T>& p, const block_place& at, const ssd_shape& g,
+                             float* a, float* coef) {
+    for (int j = warp(); j < g.heads_per_block; j += ssd_warps)
+        chunk_decays(model, p, at.b, at.t0, at.count, at.head + j, a + j * ssd_chunk, coef + j * ssd_chunk);
 }
 }  // namespace ssd_detail
 
 // The state a chunk adds, from a zero start: Σ_s e^{a_{s+1}+…+a_Q}·coef_s·B_s x_sᵀ, one block a
-// (chunk, head, batch row); and the chunk's summed log decay.
+// (chunk, heads of one group, batch row), B staged once for its heads; and each chunk's summed log decay.
 template <bool Split, class Ssm, class T>
-__global__ void __launch_bounds__(ssd_threads) ssd_chunk_state_kernel(Ssm model, scan_problem<T> p, ssd_shape g,
+__global__ void __launch_bounds__(ssd_threads, 4) ssd_chunk_state_kernel(Ssm model, scan_problem<T> p, ssd_shape g,
                                                                      ssd_workspace<T> w) {
     using namespace ssd_detail;
     extern __shared__ float4 ssd_shared[];
     const int b_ld = g.b_ld(g.padded_state), x_ld = g.b_ld(g.padded_dim);
-    float* const a = reinterpret_cast<float*>(ssd_shared);
-    float* const coef = a + ssd_chunk;
-    T* const bs = reinterpret_cast<T*>(coef + ssd_chunk);  // [t][n]
-    T* const xs = bs + ssd_chunk * b_ld;                    // [t][p], weighted
+    float* const a = reinterpret_cast<float*>(ssd_shared);  // [head][t]
+    float* const coef = a + g.heads_per_block * ssd_chunk;
+    T* const bs = reinterpret_cast<T*>(coef + g.heads_per_block * ssd_chunk);  // [t][n]
+    T* const xs = bs + ssd_chunk * b_ld;                                       // [t][p], weighted
     const index_t heads = p.shape.delta_channels;
-    const block_place at = place(p.shape, heads, g.heads_per_group);
-    chunk_decays(model, p, at.b, at.t0, at.count, at.head, a, coef);
+    const block_place at = place(p.shape, g);
+    block_decays(model, p, at, g, a, coef);
     stage_bc(p.in.B, at, g, bs, b_ld);
-    stage_x(p.in.u, at, g, xs);
-    __syncthreads();
-    const float total = a[at.count - 1];
-    scale_rows<!Split>(xs, x_ld, ssd_chunk, g.padded_dim, [&](int t) { return math::exp(total - a[t]) * coef[t]; });
-    __syncthreads();
-    const index_t slot = (at.b * g.chunks + at.k) * heads + at.head;
-    if (threadIdx.x == 0) w.decays[slot] = total;
-    float* const out = w.added + slot * g.state_floats();
-    // A warp's task: 16 state rows n × up to 64 columns p of Bᵀ·(weighted x); (Bᵀ)[n][s] is bs[s][n].
-    const int strips = g.padded_state / 16, column_blocks = (g.padded_dim + 63) / 64;
-    for (int task = warp(); task < strips * column_blocks; task += ssd_warps) {
-        const int n0 = task % strips * 16, p0 = task / strips * 64;
-        const int tiles = (g.padded_dim - p0 < 64 ? g.padded_dim - p0 : 64) / 8;
-        float acc[8][4] = {};
-        warp_product<Split>(acc, tiles, bs + n0, 1, b_ld, xs + p0, x_ld, 1, ssd_chunk);
-        for_each_element<8>(tiles, [&](int j, int e, int row, int col) {
-            out[index_t(p0 + col) * g.padded_state + n0 + row] = acc[j][e];
-        });
+    for (int j = 0; j < g.heads_per_block; ++j) {
+        const index_t head = at.head + j;
+        const float* const aj = a + j * ssd_chunk;
+        const float* const coefj = coef + j * ssd_chunk;
+        if (j > 0) __syncthreads();  // every warp is done with the last head's x
+        stage_x(p.in.u, at, head, g, xs);
+        __syncthreads();
+        const float total = aj[at.count - 1];
+        scale_rows<!Split>(xs, x_ld, ssd_chunk, g.padded_dim,
+                           [&](int t) { return math::exp(total - aj[t]) * coefj[t]; });
+        __syncthreads();
+        const index_t slot = (at.b * g.chunks + at.k) * heads + head;
+        if (threadIdx.x == 0) w.decays[slot] = total;
+        float* const out = w.added + slot * g.state_floats();
+        // A warp's task: 16 state rows n × up to 64 columns p of Bᵀ·(weighted x); (Bᵀ)[n][s] is bs[s][n].
+        const int strips = g.padded_state / 16, column_blocks = (g.padded_dim + 63) / 64;
+        for (int task = warp(); task < strips * column_blocks; task += ssd_warps) {
+            const int n0 = task % strips * 16, p0 = task / strips * 64;
+            const int tiles = (g.padded_dim - p0 < 64 ? g.padded_dim - p0 : 64) / 8;
+            float acc[8][4] = {};
+            warp_product<Split>(acc, tiles, bs + n0, 1, b_ld, xs + p0, x_ld, 1, ssd_chunk);
+            for_each_element<8>(tiles, [&](int jt, int e, int row, int col) {
+                out[index_t(p0 + col) * g.padded_state + n0 + row] = acc[jt][e];
+            });
+        }
     }
 }
 
 // Chains the chunks: the state entering each chunk (as the operand type) from the states they add,
 // and the final state. One thread a (batch, head, p, n), sequential over chunks, loads issued
-// `depth` ahead.
+// `depth` ahead. The pointers step by a chunk's stride: 64-bit products for every access would
+// double the registers, and with them halve the threads that keep loads in flight.
 template <class T>
-__global__ void ssd_state_pass_kernel(scan_problem<T> p, ssd_shape g, ssd_workspace<T> w) {
+__global__ void __launch_bounds__(256) ssd_state_pass_kernel(scan_problem<T> p, ssd_shape g, ssd_workspace<T> w) {
     const index_t per_head = g.state_floats(), heads = p.shape.delta_channels;
     const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= p.shape.batch * heads * per_head) return;
-    const index_t e = i % per_head, head = i / per_head % heads, b = i / per_head / heads;
+    const index_t e = i % per_head, row = i / per_head;  // row = b · heads + head
+    const index_t b = row / heads, head = row % heads;
     const int q = int(e / g.padded_state), n = int(e % g.padded_state);
     const bool real = q < g.head_dim && n < g.state;
-    const index_t d = head * g.head_dim + q;
-    float h = real && p.in.initial_state.data() ? p.in.initial_state(b, d, n) : 0.0f;
+    float h = real && p.in.initial_state.data() ? p.in.initial_state(b, head * g.head_dim + q, n) : 0.0f;
+    const index_t first = b * g.chunks * heads + head, step = heads * per_head;  // slot of chunk 0, chunk stride
+    const float* added = w.added + first * per_head + e;
+    const float* decays = w.decays + first;
+    T* entering = w.entering + first * per_head + e;
+    // Chunks `count` at a time, their loads issued before the first update.
+    auto chunks = [&]<int count>() {
+        float add[count], decay[count];
+#pragma unroll
+        for (int j = 0; j < count; ++j, added += step, decays += heads) {
+            add[j] = *added;
+            decay[j] = *decays;
+        }
+#pragma unroll
+        for (int j = 0; j < count; ++j, entering += step) {
+            *entering = from_float<T>(h);
+            h = math::exp(decay[j]) * h + add[j];
+        }
+    };
     constexpr int depth = 8;
-    for (index_t k0 = 0; k0 < g.chunks; k0 += depth) {
-        float added[depth], decay[depth];
-#pragma unroll
-        for (int j = 0; j < depth; ++j) {
-            const index_t slot = (b * g.chunks + k0 + j) * heads + head;
-            const bool ok = k0 + j < g.chunks;
-            added[j] = ok ? w.added[slot * per_head + e] : 0.0f;
-            decay[j] = ok ? w.decays[slot] : 0.0f;
-        }
-#pragma unroll
-        for (int j = 0; j < depth; ++j) {
-            if (k0 + j >= g.chunks) break;
-            w.entering[((b * g.chunks + k0 + j) * heads + head) * per_head + e] = from_float<T>(h);
-            h = math::exp(decay[j]) * h + added[j];
-        }
-    }
-    if (real && p.out.final_state.data()) p.out.final_state(b, d, n) = h;
+    index_t k = 0;
+    for (; k + depth <= g.chunks; k += depth) chunks.template operator()<depth>();
+    for (; k < g.chunks; ++k) chunks.template operator()<1>();
+    if (real && p.out.final_state.data()) p.out.final_state(b, head * g.head_dim + q, n) = h;
 }
 
-// y of one chunk: (mask ⊙ decays ⊙ C·Bᵀ)·x + (e^{a} ⊙ C)·H, then scale, skip and gate.
-template <bool Split, class Ssm, class T>
+// y of one chunk: (mask ⊙ decays ⊙ C·Bᵀ)·x + (e^{a} ⊙ C)·H, then scale, skip and gate. One block a
+// (chunk, heads of one group, batch row): C and B staged once, C·Bᵀ computed once and kept in the
+// warps' registers, each head then masked and decayed in its own way. A warp's y takes up to YTiles
+// tiles of 8 columns (half of the padded head_dim): registers for no more than the head needs.
+template <bool Split, int YTiles, class Ssm, class T>
 __global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
     ssd_chunk_output_kernel(Ssm model, scan_problem<T> p, ssd_shape g, ssd_workspace<T> w) {
     using namespace ssd_detail;
     extern __shared__ float4 ssd_shared[];
     const int c_ld = g.a_ld<T>(g.padded_state), x_ld = g.b_ld(g.padded_dim), m_ld = g.a_ld<T>(ssd_chunk);
-    float* const a = reinterpret_cast<float*>(ssd_shared);
-    float* const coef = a + ssd_chunk;
-    T* const xs = reinterpret_cast<T*>(coef + ssd_chunk);  // [t][p]
+    float* const a = reinterpret_cast<float*>(ssd_shared);  // [head][t]
+    float* const coef = a + g.heads_per_block * ssd_chunk;
+    T* const xs = reinterpret_cast<T*>(coef + g.heads_per_block * ssd_chunk);  // [t][p]
+    T* const cs = reinterpret_cast<T*>(reinterpret_cast<char*>(ssd_shared) + g.chunk_output_c_offset<T>());  // [t][n]
     char* const products = reinterpret_cast<char*>(ssd_shared) + g.chunk_output_products_offset<T>();
-    T* const cs = reinterpret_cast<T*>(products);  // [t][n]
-    T* const bs = cs + ssd_chunk * c_ld;            // [t][n], then H as [p][n]
+    T* const bs = reinterpret_cast<T*>(products);  // [t][n], then H as [p][n]
     T* const ms = bs + g.square() * c_ld;           // [t][s]
-    float* const ys = reinterpret_cast<float*>(products);  // [t][p], once the products are done
+    float* const ys = reinterpret_cast<float*>(products);  // [t][p], once a head's products are done
     const index_t heads = p.shape.delta_channels;
-    const block_place at = place(p.shape, heads, g.heads_per_group);
-    // The entering state and the gate are read after the products: their fetches start now.
-    const T* const entering = w.entering + ((at.b * g.chunks + at.k) * heads + at.head) * g.state_floats();
-    prefetch_rows_l2(entering, 1, 0, int(g.state_floats() * sizeof(T)));
-    if (p.in.z.data() && p.in.z.stride(2) == 1)
-        prefetch_rows_l2(&p.in.z(at.b, at.t0, at.head * g.head_dim), at.count, p.in.z.stride(1) * index_t(sizeof(T)),
-                      g.head_dim * int(sizeof(T)));
-    chunk_decays(model, p, at.b, at.t0, at.count, at.head, a, coef);
+    const block_place at = place(p.shape, g);
+    // A head's entering state and gate are read after its products: their fetches start early.
+    auto prefetch = [&](index_t head) {
+        prefetch_rows_l2(w.entering + ((at.b * g.chunks + at.k) * heads + head) * g.state_floats(), 1, 0,
+                         int(g.state_floats() * sizeof(T)));
+        if (p.in.z.data() && p.in.z.stride(2) == 1)
+            prefetch_rows_l2(&p.in.z(at.b, at.t0, head * g.head_dim), at.count, p.in.z.stride(1) * index_t(sizeof(T)),
+                             g.head_dim * int(sizeof(T)));
+    };
+    prefetch(at.head);
+    block_decays(model, p, at, g, a, coef);
     stage_bc(p.in.C, at, g, cs, c_ld);
     stage_bc(p.in.B, at, g, bs, c_ld);
-    stage_x(p.in.u, at, g, xs);
+    stage_x(p.in.u, at, at.head, g, xs);
     __syncthreads();
 
     // A warp's rows: the 16 tokens from t0; its columns: half of C·Bᵀ's or of y's.
     const int t0 = warp() / 2 * 16, half = warp() % 2;
-    // C·Bᵀ left of the diagonal's end (the rest is masked out), masked and decayed in registers.
-    {
-        const int s0 = 32 * half, tiles = (t0 + 16 - s0) / 8 < 4 ? (t0 + 16 - s0) / 8 : 4;
-        float acc[4][4] = {};
-        if (tiles > 0) {  // (Bᵀ)[n][s] is bs[s][n]
-            warp_product<Split>(acc, tiles, cs + t0 * c_ld, c_ld, 1, bs + s0 * c_ld, 1, c_ld, g.padded_state);
-            for_each_element<4>(tiles, [&](int j, int e, int row, int col) {
-                const int t = t0 + row, s = s0 + col;
-                const float m = s <= t ? acc[j][e] * math::exp(a[t] - a[s]) * coef[s] : 0.0f;
-                ms[t * m_ld + s] = operand_value<T, !Split>(m);
-            });
-        }
-    }
-    // The entering state H into B's place, as [p][n].
-    __syncthreads();  // every warp is done with B
-    stage_rows<!Split>(bs, c_ld, g.padded_dim, g.padded_state, g.padded_dim, g.padded_state, entering, g.padded_state, 1);
-    __syncthreads();
-
-    // y = e^{a_t}·(C·H) + M·x for the warp's rows and its half of the columns; H[n][p] is bs[p][n].
-    const int p0 = half * g.padded_dim / 2, tiles = g.padded_dim / 16;
-    float acc[8][4] = {};
-    warp_product<Split>(acc, tiles, cs + t0 * c_ld, c_ld, 1, bs + p0 * c_ld, 1, c_ld, g.padded_state);
-    const float decay_low = math::exp(a[t0 + lane() / 4]), decay_high = math::exp(a[t0 + lane() / 4 + 8]);
-    for_each_element<8>(tiles, [&](int j, int e, int, int) { acc[j][e] *= e < 2 ? decay_low : decay_high; });
-    warp_product<Split>(acc, tiles, ms + t0 * m_ld, m_ld, 1, xs + p0, x_ld, 1, t0 + 16);
-    __syncthreads();  // every warp is done with C, H and C·Bᵀ: y takes their place
-    for_each_element<8>(tiles, [&](int j, int e, int row, int col) { ys[(t0 + row) * g.y_ld() + p0 + col] = acc[j][e]; });
-    __syncthreads();
+    // C·Bᵀ left of the diagonal's end (the rest is masked out), for all of the block's heads.
+    const int s0 = 32 * half, cb_tiles = (t0 + 16 - s0) / 8 < 4 ? (t0 + 16 - s0) / 8 : 4;
+    float cb[4][4] = {};
+    if (cb_tiles > 0)  // (Bᵀ)[n][s] is bs[s][n]
+        warp_product<Split>(cb, cb_tiles, cs + t0 * c_ld, c_ld, 1, bs + s0 * c_ld, 1, c_ld, g.padded_state);
     const float scale = model.transition.output_scale();
-    const index_t d0 = at.head * g.head_dim;
-    constexpr int batch = ssd_chunk / ssd_warps;
-    for (int q = lane(); q < g.head_dim; q += 32) {
-        const float skip = p.in.D.data() ? p.in.D(d0 + q) : 0.0f;
-        float gate[batch];  // loads for all of the thread's rows in flight at once
+    for (int j = 0; j < g.heads_per_block; ++j) {
+        const index_t head = at.head + j;
+        const float* const aj = a + j * ssd_chunk;
+        const float* const coefj = coef + j * ssd_chunk;
+        if (j + 1 < g.heads_per_block) prefetch(head + 1);
+        __syncthreads();  // every warp is done with B (or the last head's H, C·Bᵀ and y)
+        if (j > 0) stage_x(p.in.u, at, head, g, xs);
+        // The head's entering state H into B's place, as [p][n]; its masked and decayed C·Bᵀ.
+        const T* const entering = w.entering + ((at.b * g.chunks + at.k) * heads + head) * g.state_floats();
+        stage_rows<!Split>(bs, c_ld, g.padded_dim, g.padded_state, g.padded_dim, g.padded_state, entering,
+                           g.padded_state, 1);
+        for_each_element<4>(cb_tiles, [&](int jt, int e, int row, int col) {
+            const int t = t0 + row, s = s0 + col;
+            const float m = s <= t ? cb[jt][e] * math::exp(aj[t] - aj[s]) * coefj[s] : 0.0f;
+            ms[t * m_ld + s] = operand_value<T, !Split>(m);
+        });
+        __syncthreads();
+
+        // y = e^{a_t}·(C·H) + M·x for the warp's rows and its half of the columns; H[n][p] is bs[p][n].
+        const int p0 = half * g.padded_dim / 2, tiles = g.padded_dim / 16;
+        float acc[YTiles][4] = {};
+        warp_product<Split>(acc, tiles, cs + t0 * c_ld, c_ld, 1, bs + p0 * c_ld, 1, c_ld, g.padded_state);
+        const float decay_low = math::exp(aj[t0 + lane() / 4]), decay_high = math::exp(aj[t0 + lane() / 4 + 8]);
+        for_each_element<YTiles>(tiles, [&](int jt, int e, int, int) { acc[jt][e] *= e < 2 ? decay_low : decay_high; });
+        warp_product<Split>(acc, tiles, ms + t0 * m_ld, m_ld, 1, xs + p0, x_ld, 1, t0 + 16);
+        __syncthreads();  // every warp is done with H and C·Bᵀ: y takes their place
+        for_each_element<YTiles>(tiles, [&](int jt, int e, int row, int col) {
+            ys[(t0 + row) * g.y_ld() + p0 + col] = acc[jt][e];
+        });
+        __syncthreads();
+        const index_t d0 = head * g.head_dim;
+        constexpr int batch = ssd_chunk / ssd_warps;
+        for (int q = lane(); q < g.head_dim; q += 32) {
+            const float skip = p.in.D.data() ? p.in.D(d0 + q) : 0.0f;
+            float gate[batch];  // loads for all of the thread's rows in flight at once
 #pragma unroll
-        for (int r = 0; r < batch; ++r) {
-            const int t = warp() + r * ssd_warps;
-            gate[r] = p.in.z.data() && t < at.count ? math::silu(to_float(p.in.z(at.b, at.t0 + t, d0 + q))) : 1.0f;
-        }
+            for (int r = 0; r < batch; ++r) {
+                const int t = warp() + r * ssd_warps;
+                gate[r] = p.in.z.data() && t < at.count ? math::silu(to_float(p.in.z(at.b, at.t0 + t, d0 + q))) : 1.0f;
+            }
 #pragma unroll
-        for (int r = 0; r < batch; ++r) {
-            const int t = warp() + r * ssd_warps;
-            if (t < at.count)
-                p.out.y(at.b, at.t0 + t, d0 + q) =
-                    from_float<T>((scale * ys[t * g.y_ld() + q] + skip * to_float(xs[t * x_ld + q])) * gate[r]);
+            for (int r = 0; r < batch; ++r) {
+                const int t = warp() + r * ssd_warps;
+                if (t < at.count)
+                    p.out.y(at.b, at.t0 + t, d0 + q) =
+                        from_float<T>((scale * ys[t * g.y_ld() + q] + skip * to_float(xs[t * x_ld + q])) * gate[r]);
+            }
         }
     }
 }
 
+// Heads a block runs: how.heads_per_block, or the most of one group, up to 4, that divide it.
+inline int ssd_heads_per_block(const ssd& how, index_t heads_per_group) {
+    if (how.heads_per_block == 0) {
+        for (int d = 4; d > 1; --d)
+            if (heads_per_group % d == 0) return d;
+        return 1;
+    }
+    detail::require(how.heads_per_block >= 1 && how.heads_per_block <= ssd_warps &&
+                        heads_per_group % how.heads_per_block == 0,
+                    "selective_scan: ssd heads_per_block must divide the ", heads_per_group,
+                    " heads of a group and lie in [1, ", ssd_warps, "], got ", how.heads_per_block);
+    return how.heads_per_block;
+}
+
 // The SSD kernels' view of a problem of `length` tokens; throws where they cannot run it.
 template <class Ssm, class T>
-ssd_shape ssd_shape_of(const Ssm& model, const scan_problem<T>& p, index_t length) {
+ssd_shape ssd_shape_of(const ssd& how, const Ssm& model, const scan_problem<T>& p, index_t length) {
     const scan_shape& s = p.shape;
     auto padded = [](index_t v) { return int((v + 15) / 16 * 16); };
     const index_t head_dim = model.transition.head_dim;
     detail::require(head_dim <= 128, "selective_scan: ssd supports head_dim up to 128, got ", head_dim);
-    const ssd_shape g{int(head_dim), int(s.state), int(s.delta_channels / s.groups), padded(head_dim),
-                      padded(s.state), (length + ssd_chunk - 1) / ssd_chunk};
+    const index_t heads_per_group = s.delta_channels / s.groups;
+    const ssd_shape g{int(head_dim),
+                      int(s.state),
+                      int(heads_per_group),
+                      padded(head_dim),
+                      padded(s.state),
+                      (length + ssd_chunk - 1) / ssd_chunk,
+                      ssd_heads_per_block(how, heads_per_group)};
     int device = 0, limit = 0;
     check(cudaGetDevice(&device), "selective_scan: ssd device");
     check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "selective_scan: ssd limit");
     detail::require(g.chunk_output_bytes<T>() <= std::size_t(limit), "selective_scan: ssd needs ",
                     g.chunk_output_bytes<T>(), " bytes of shared memory for head_dim ", head_dim, " and state ",
                     s.state, "; the device offers ", limit);
-    const index_t blocks = g.chunks * s.delta_channels;
+    const index_t blocks = g.chunks * s.delta_channels / g.heads_per_block;
     detail::require(blocks < (index_t(1) << 31) && s.batch <= 65535, "selective_scan: ssd grid of ", blocks, " x ",
                     s.batch, " blocks exceeds CUDA's limits");
     return g;
 }
 
-// One pass of the three kernels over all of p's tokens, g = ssd_shape_of(model, p, p.shape.length).
+// One pass of the three kernels over all of p's tokens, g = ssd_shape_of(how, model, p, p.shape.length).
 template <class Ssm, class T>
 void run_ssd_window(const cuda_exec& exec, const Ssm& model, const scan_problem<T>& p, const ssd_shape& g) {
     const scan_shape& s = p.shape;
@@ -522,7 +589,8 @@ void run_ssd_window(const cuda_exec& exec, const Ssm& model, const scan_problem<
     const std::size_t chunk_state_bytes = g.chunk_state_bytes<T>();
     const std::size_t chunk_output_bytes = g.chunk_output_bytes<T>();
     auto state_kernel = ssd_chunk_state_kernel<split, Ssm, T>;
-    auto output_kernel = ssd_chunk_output_kernel<split, Ssm, T>;
+    auto output_kernel = g.padded_dim <= 64 ? ssd_chunk_output_kernel<split, 4, Ssm, T>
+                                            : ssd_chunk_output_kernel<split, 8, Ssm, T>;
     check(cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(chunk_state_bytes)),
           "selective_scan: ssd shared memory");
     check(cudaFuncSetAttribute(output_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(chunk_output_bytes)),
@@ -539,7 +607,7 @@ void run_ssd_window(const cuda_exec& exec, const Ssm& model, const scan_problem<
     w.added = static_cast<float*>(memory);
     w.entering = reinterpret_cast<T*>(w.added + states);
     w.decays = reinterpret_cast<float*>(w.entering + states);
-    const dim3 grid(unsigned(g.chunks * s.delta_channels), unsigned(s.batch));
+    const dim3 grid(unsigned(g.chunks * s.delta_channels / g.heads_per_block), unsigned(s.batch));
     state_kernel<<<grid, ssd_threads, chunk_state_bytes, exec.stream>>>(model, p, g, w);
     check(cudaGetLastError(), "selective_scan: ssd chunk state launch");
     constexpr int block = 256;
@@ -566,7 +634,7 @@ tensor_view<E, R> tokens_of(const tensor_view<E, R>& v, index_t t0, index_t leng
 template <class Ssm, class T>
 void run_ssd(const cuda_exec& exec, const ssd& how, const Ssm& model, const scan_problem<T>& p) {
     const scan_shape& s = p.shape;
-    const ssd_shape whole = ssd_shape_of(model, p, s.length);
+    const ssd_shape whole = ssd_shape_of(how, model, p, s.length);
     const std::size_t fitting = how.workspace / (whole.workspace_bytes<T>(s.batch * s.delta_channels) / whole.chunks);
     if (fitting >= std::size_t(whole.chunks)) return run_ssd_window(exec, model, p, whole);
     const index_t window = (fitting > 1 ? index_t(fitting) : 1) * ssd_chunk;
