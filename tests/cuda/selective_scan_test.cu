@@ -121,10 +121,11 @@ TEST_CASE("device scans reject bad shapes before launching", "[cuda]") {
                                             .B = {data.data(), 1, 1, 1, 4},
                                             .C = {data.data(), 1, 1, 1, 4}};
     for (const int heads : {-1, 3, 9})
-        REQUIRE_THROWS_WITH(ssm::selective_scan(ssm::cuda_exec{}, ssm::ssd{.heads_per_block = heads}, narrow, narrow_in,
-                                                ssm::scan_outputs<float>{.y = {y.data(), 1, 1, 8}}),
-                            Catch::Contains("ssd heads_per_block must divide the 2 heads of a group and lie in [1, 8], got " +
-                                            std::to_string(heads)));
+        REQUIRE_THROWS_WITH(
+            ssm::selective_scan(ssm::cuda_exec{}, ssm::ssd{.heads_per_block = heads}, narrow, narrow_in,
+                                ssm::scan_outputs<float>{.y = {y.data(), 1, 1, 8}}),
+            Catch::Contains("ssd heads_per_block must divide the 2 heads of a group and lie in [1, 8], got " +
+                            std::to_string(heads)));
     const auto untouched = y.to_host();
     REQUIRE(std::all_of(untouched.begin(), untouched.end(), [](float v) { return std::isnan(v); }));
 }
