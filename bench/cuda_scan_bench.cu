@@ -7,7 +7,6 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <random>
 #include <string>
 #include <algorithm>
 #include <stdexcept>
@@ -22,15 +21,27 @@ void check(cudaError_t status) {
     if (status != cudaSuccess) throw std::runtime_error(cudaGetErrorString(status));
 }
 
+// Uniform values in [lo, hi) from a hash of (seed, index), filled on the device: generating the
+// hundreds of millions of inputs of the long shapes on the host took seconds per benchmark.
+template <class E>
+__global__ void fill_uniform(E* data, std::size_t count, float lo, float hi, unsigned seed) {
+    for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < count;
+         i += std::size_t(gridDim.x) * blockDim.x) {
+        std::uint64_t h = (std::uint64_t(seed) << 40) ^ i;  // splitmix64's finalizer
+        h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+        h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+        h ^= h >> 31;
+        data[i] = ssm::from_float<E>(lo + (hi - lo) * float(h >> 40) * 0x1p-24f);
+    }
+}
+
 template <class E>
 E* device_random(std::size_t count, float lo, float hi, unsigned seed) {
-    std::mt19937 rng(seed);
-    std::uniform_real_distribution<float> dist(lo, hi);
-    std::vector<E> host(count);
-    for (auto& v : host) v = ssm::from_float<E>(dist(rng));
     E* data = nullptr;
     check(cudaMalloc(&data, count * sizeof(E)));
-    check(cudaMemcpy(data, host.data(), count * sizeof(E), cudaMemcpyHostToDevice));
+    fill_uniform<<<1024, 256>>>(data, count, lo, hi, seed);
+    check(cudaGetLastError());
+    check(cudaDeviceSynchronize());
     return data;
 }
 
