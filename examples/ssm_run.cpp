@@ -62,7 +62,8 @@ const char* const usage = R"(usage:
                    [--top-k 0] [--seed 0]
   ssm-run calibrate MODEL FILE --out SCALING.json [--window 2048] [--max-windows 4] [--batch 4]
                    [--factors delta,a] [--passes 2] [--score-last N] [--json]
-      per-layer Δ / A factors for windows of --window tokens (coordinate search, on the CPU), written
+      per-layer Δ / A factors for windows of --window tokens (coordinate search, on the CPU; --factors
+      lists any of delta, a (A's factor α) and power (A's exponent p, |λ| -> α·|λ|^p)), written
       for --scaling; starts from --scaling FILE when given
   ssm-run passkey  MODEL [--lengths 256,512,1024] [--depths 0,0.25,0.5,0.75,1] [--trials 20] [--seed 0]
                    [--json]
@@ -88,7 +89,7 @@ std::optional<long long> parse_integer(const std::string& text) {
     return std::nullopt;
 }
 
-// "1,2,3" as numbers, each checked by `ok`.
+// "a,b,c" as a list of T, each item parsed and checked by `parse` (nullopt: not valid).
 template <class T, class Parse>
 std::vector<T> parse_list(const std::string& option, const std::string& text, Parse&& parse) {
     std::vector<T> out;
@@ -323,11 +324,13 @@ int calibrate(Model& model, const arguments& args, const ssm::host_exec& exec) {
     const ssm::models::window_options windows = window_options(args, 4);
     ssm::models::calibration_options options;
     options.passes = int(args.integer("passes", 2, 1));
-    const std::string factors = args.get("factors", "delta,a");
-    ssm::detail::require(factors == "delta,a" || factors == "a,delta" || factors == "delta" || factors == "a",
-                         "--factors must be delta, a or delta,a; got '", factors, "'");
-    options.delta = factors.find("delta") != std::string::npos;
-    options.spectrum = factors != "delta";
+    const auto factors = parse_list<std::string>("factors", args.get("factors", "delta,a"), [](const std::string& t) {
+        return t == "delta" || t == "a" || t == "power" ? std::optional<std::string>(t) : std::nullopt;
+    });
+    auto named = [&](const char* name) { return std::find(factors.begin(), factors.end(), name) != factors.end(); };
+    options.delta = named("delta");
+    options.spectrum = named("a");
+    options.exponent = named("power");
     const std::size_t layers = model.scaling().size();
     const index_t tokens_per_step = windows.window * std::min(windows.max_windows, index_t(tokens.size()) / windows.window);
     progress bar("calibrate", !args.flags.contains("quiet") && !args.flags.contains("json"));
@@ -335,7 +338,8 @@ int calibrate(Model& model, const arguments& args, const ssm::host_exec& exec) {
                                                [&](int done, int all) { bar.update(done, all, done * tokens_per_step); });
     ssm::models::write_scaling(args.get("out", ""), result.scaling, model.decimation());
     nlohmann::json factors_json = nlohmann::json::array();
-    for (const auto& f : result.scaling) factors_json.push_back({{"delta", f.delta}, {"a", f.spectrum.alpha}});
+    for (const auto& f : result.scaling)
+        factors_json.push_back({{"delta", f.delta}, {"a", f.spectrum.alpha}, {"a_power", f.spectrum.exponent}});
     const nlohmann::json j{{"out", args.get("out", "")}, {"window", windows.window}, {"layers", layers},
                            {"evaluations", result.evaluations}, {"initial_loss", result.initial_loss},
                            {"loss", result.loss}, {"factors", factors_json}};

@@ -52,11 +52,12 @@ inline const char* name(rule r) {
     return "?";
 }
 
-// Eigenvalue modulation: λ → α·λ when min_magnitude <= |λ| <= max_magnitude.
+// Eigenvalue modulation: |λ| → α·|λ|^exponent, direction kept, when min_magnitude <= |λ| <= max_magnitude.
 struct spectrum_band {
     double alpha = 1.0;
     double min_magnitude = 0.0;
     double max_magnitude = std::numeric_limits<double>::infinity();
+    double exponent = 1.0;
 };
 
 // One selective-scan problem, every tensor row-major and contiguous in float64.
@@ -156,7 +157,8 @@ V eigenvalue(const problem& p, index_t d, index_t n) {
     }
     for (const auto& band : p.spectrum) {
         const double m = std::abs(lambda);
-        if (m >= band.min_magnitude && m <= band.max_magnitude) lambda *= band.alpha;
+        if (m >= band.min_magnitude && m <= band.max_magnitude && m > 0.0)
+            lambda *= band.alpha * std::pow(m, band.exponent - 1.0);
     }
     return lambda;
 }
@@ -384,6 +386,7 @@ void round_to_storage(problem& p) {
         band.alpha = to_float(band.alpha);
         band.min_magnitude = to_float(band.min_magnitude);
         band.max_magnitude = to_float(band.max_magnitude);
+        band.exponent = to_float(band.exponent);
     }
 }
 

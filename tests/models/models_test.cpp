@@ -421,7 +421,7 @@ TEST_CASE("scaling files round-trip and bad ones are rejected by name", "[models
     std::vector<layer_scaling> factors(3);
     factors[0].delta = 1.5f;
     factors[1].clip = {.low = 0.5f, .high = 7.0f};
-    factors[2].spectrum = {.alpha = 0.25f, .min_magnitude = 0.0f, .max_magnitude = 0.1f};
+    factors[2].spectrum = {.alpha = 0.25f, .min_magnitude = 0.0f, .max_magnitude = 0.1f, .exponent = 0.8f};
     ssm::models::write_scaling(dir / "s.json", factors);
     CHECK(ssm::models::read_scaling(dir / "s.json", 3) == factors);
 
@@ -435,9 +435,10 @@ TEST_CASE("scaling files round-trip and bad ones are rejected by name", "[models
         }
     };
     // Defaults for every layer, a layer overriding them.
-    std::ofstream(dir / "d.json") << R"({"delta": 2, "a": 0.5, "layers": [{}, {"a": 1}]})";
+    std::ofstream(dir / "d.json") << R"({"delta": 2, "a": 0.5, "a_power": 0.75, "layers": [{}, {"a": 1}]})";
     const auto d = ssm::models::read_scaling(dir / "d.json", 2);
     CHECK((d[0].delta == 2.0f && d[0].spectrum.alpha == 0.5f && d[1].delta == 2.0f && d[1].spectrum.alpha == 1.0f));
+    CHECK((d[0].spectrum.exponent == 0.75f && d[1].spectrum.exponent == 0.75f));
     CHECK_THAT(read(R"({"delta": 2, "alpha": 1})", 2), Catch::Contains("unknown key 'alpha'"));
     CHECK_THAT(read(R"({"layers": [{}]})", 2), Catch::Contains("\"layers\" must list 2 layers"));
     CHECK_THAT(read(R"({"a_band": [1]})", 2), Catch::Contains("a_band must be [low, high]"));
@@ -474,6 +475,22 @@ TEST_CASE("coordinate search finds the grid optimum of a separable objective", "
     CHECK(r.loss == Approx(1.0));
     CHECK(r.initial_loss > r.loss);
     CHECK((r.evaluations == 37 && calls == 37 && last == 36 && total == 36));
+    // The exponents alone: the same search on |λ|^p, the other factors left at 1.
+    const std::vector<float> power{0.85f, 1.0f, 0.5f};
+    auto power_objective = [&](const std::vector<layer_scaling>& f) {
+        double v = 1.0;
+        for (std::size_t l = 0; l < f.size(); ++l)
+            v += std::pow(std::log(f[l].spectrum.exponent / power[l]), 2) + std::pow(std::log(f[l].delta), 2);
+        return v;
+    };
+    const auto p = ssm::models::coordinate_search(std::vector<layer_scaling>(3),
+                                                  {.delta = false, .spectrum = false, .exponent = true, .passes = 1},
+                                                  power_objective, [](int, int) {});
+    for (std::size_t l = 0; l < 3; ++l) {
+        CHECK(p.scaling[l].spectrum.exponent == Approx(power[l]));
+        CHECK((p.scaling[l].delta == 1.0f && p.scaling[l].spectrum.alpha == 1.0f));
+    }
+    CHECK(p.evaluations == 1 + 3 * 6);
     CHECK_THROWS_WITH(ssm::models::coordinate_search(std::vector<layer_scaling>(1), {.grid = {0.5f, -1.0f}}, objective,
                                                      [](int, int) {}),
                       Catch::Contains("grid values must be positive"));

@@ -111,6 +111,25 @@ TEST_CASE("spectrum_scaler scales exactly the eigenvalues inside its band", "[mo
     CHECK(ssm::spectrum_scaler{.alpha = 3.0f}.eigenvalue(-1e30f, 0) == 3.0f * -1e30f);
 }
 
+TEST_CASE("spectrum_scaler's exponent raises magnitudes to a power, keeping directions", "[modulation][spectrum]") {
+    // The paper's public code: A = -exp(s·A_log), i.e. |λ| -> |λ|^s.
+    const ssm::spectrum_scaler power{.exponent = 0.5f};
+    CHECK(power.eigenvalue(-4.0f, 0) == Approx(-2.0f));
+    CHECK(power.eigenvalue(-0.25f, 0) == Approx(-0.5f));
+    CHECK(power.eigenvalue(-1.0f, 0) == -1.0f);
+    CHECK(power.eigenvalue(0.0f, 0) == 0.0f);
+    const ssm::cfloat z = power.eigenvalue(ssm::cfloat{-6.0f, 8.0f}, 0);  // |z| = 10 -> √10, same direction
+    CHECK((z.re == Approx(-0.6f * std::sqrt(10.0f)) && z.im == Approx(0.8f * std::sqrt(10.0f))));
+    // With α and a band: magnitude α·|λ|^p inside the band, untouched outside.
+    const ssm::spectrum_scaler banded{.alpha = 3.0f, .min_magnitude = 1.0f, .max_magnitude = 5.0f, .exponent = 2.0f};
+    CHECK(banded.eigenvalue(-2.0f, 0) == Approx(-12.0f));
+    CHECK(banded.eigenvalue(-0.5f, 0) == -0.5f);
+    CHECK(banded.eigenvalue(-6.0f, 0) == -6.0f);
+    for (const float bad : {0.0f, -1.0f, std::numeric_limits<float>::infinity()})
+        CHECK_THROWS_WITH((ssm::spectrum_scaler{.exponent = bad}.validate("here", 1)),
+                          Catch::Contains("here: spectrum_scaler exponent must be positive and finite"));
+}
+
 TEST_CASE("spectrum_clipper moves magnitudes outside its range to the range's ends", "[modulation][spectrum]") {
     STATIC_REQUIRE(ssm::modulation<ssm::spectrum_clipper>);
     const ssm::spectrum_clipper clip{.low = 0.5f, .high = 4.0f};
@@ -140,6 +159,11 @@ TEST_CASE("a banded spectrum_scaler in a scan slows only the modes in its band",
         const auto got = ref::run_scan<Structure, ssm::zoh, float>(p, ssm::chunked{.chunk = 40}, {.exec = {.threads = 2}}, band);
         const auto want = ref::scan(p);
         ref::require_close(got, want, {1e-4});
+        // The same band with an exponent (the paper's code's |λ|^s, here s = 0.6 on top of α).
+        p.spectrum = {{.alpha = 0.3, .min_magnitude = 0.05, .max_magnitude = 0.4, .exponent = 0.6}};
+        ref::round_to_storage<float>(p);
+        const ssm::spectrum_scaler power{.alpha = 0.3f, .min_magnitude = 0.05f, .max_magnitude = 0.4f, .exponent = 0.6f};
+        ref::require_close(ref::run_scan<Structure, ssm::zoh, float>(p, ssm::sequential{}, {}, power), ref::scan(p), {1e-4});
     });
 }
 

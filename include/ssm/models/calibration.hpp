@@ -1,8 +1,9 @@
 #pragma once
 // Calibration of the per-layer context-extension factors (layer_scaling) for a target length: a
-// coordinate search that, layer by layer, multiplies one factor (Δ's, then the spectrum's) by each
-// value of a grid and keeps the value with the lowest mean next-token loss over calibration windows
-// of the target length. No gradients, a few hundred forward passes over a few windows.
+// coordinate search that, layer by layer, multiplies one factor (Δ's, the spectrum's α, its exponent
+// p) by each value of a grid and keeps the value with the lowest mean next-token loss over
+// calibration windows of the target length. No gradients, a few hundred forward passes over a few
+// windows.
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -19,7 +20,8 @@ namespace ssm::models {
 struct calibration_options {
     std::vector<float> grid{0.5f, 0.7f, 0.85f, 1.2f, 1.4f, 2.0f};  // multipliers tried on each factor
     bool delta = true;     // search the Δ factors
-    bool spectrum = true;  // search the spectrum factors (on each layer's current band)
+    bool spectrum = true;  // search the spectrum factors α (on each layer's current band)
+    bool exponent = false; // search the spectrum exponents p (|λ| -> α·|λ|^p, the paper's code's form)
     int passes = 2;        // sweeps over all layers
 };
 
@@ -32,7 +34,7 @@ struct calibration_result {
 
 // The number of objective evaluations coordinate_search makes (besides the first).
 inline int calibration_steps(const calibration_options& o, std::size_t layers) {
-    return o.passes * int(layers) * (int(o.delta) + int(o.spectrum)) * int(o.grid.size());
+    return o.passes * int(layers) * (int(o.delta) + int(o.spectrum) + int(o.exponent)) * int(o.grid.size());
 }
 
 // Coordinate search over the factors of `start`, minimizing objective(factors); on_step(done, all)
@@ -42,7 +44,8 @@ template <class Objective, class Progress>
 calibration_result coordinate_search(std::vector<layer_scaling> start, const calibration_options& options,
                                      Objective&& objective, Progress&& on_step) {
     detail::require(options.passes >= 1, "calibrate: passes must be at least 1, got ", options.passes);
-    detail::require(options.delta || options.spectrum, "calibrate: nothing to search (neither delta nor spectrum)");
+    detail::require(options.delta || options.spectrum || options.exponent,
+                    "calibrate: nothing to search (no delta, spectrum or exponent factors)");
     for (float g : options.grid)
         detail::require(std::isfinite(g) && g > 0.0f, "calibrate: grid values must be positive and finite, got ", g);
     calibration_result r{start, 0.0, 0.0, 1};
@@ -51,10 +54,10 @@ calibration_result coordinate_search(std::vector<layer_scaling> start, const cal
     int done = 0;
     for (int pass = 0; pass < options.passes; ++pass)
         for (std::size_t l = 0; l < r.scaling.size(); ++l)
-            for (int kind = 0; kind < 2; ++kind) {
-                if ((kind == 0 && !options.delta) || (kind == 1 && !options.spectrum)) continue;
+            for (int kind = 0; kind < 3; ++kind) {
+                if (!(kind == 0 ? options.delta : kind == 1 ? options.spectrum : options.exponent)) continue;
                 auto factor = [&](std::vector<layer_scaling>& s) -> float& {
-                    return kind == 0 ? s[l].delta : s[l].spectrum.alpha;
+                    return kind == 0 ? s[l].delta : kind == 1 ? s[l].spectrum.alpha : s[l].spectrum.exponent;
                 };
                 const float base = factor(r.scaling);
                 for (float g : options.grid) {

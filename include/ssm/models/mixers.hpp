@@ -87,7 +87,7 @@ struct layer_scaling {
     bool operator==(const layer_scaling& o) const {
         return delta == o.delta && clip.low == o.clip.low && clip.high == o.clip.high &&
                spectrum.alpha == o.spectrum.alpha && spectrum.min_magnitude == o.spectrum.min_magnitude &&
-               spectrum.max_magnitude == o.spectrum.max_magnitude;
+               spectrum.max_magnitude == o.spectrum.max_magnitude && spectrum.exponent == o.spectrum.exponent;
     }
 };
 

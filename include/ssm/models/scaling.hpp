@@ -2,14 +2,14 @@
 // Per-layer context-extension factors (layer_scaling) as a small JSON file, the form `ssm-run`
 // reads with --scaling and calibration writes:
 //
-//   {"delta": 1.0, "a": 1.0, "a_band": [0, null],            defaults for every layer (optional)
+//   {"delta": 1.0, "a": 1.0, "a_power": 1.0, "a_band": [0, null],   defaults for every layer (optional)
 //    "layers": [{"delta": 1.0, "a": 0.5, "a_band": [0, 0.1], "a_clip": [0.5, 8]}, ...],
 //                                                              one object per layer (optional)
 //    "decimation": {"layers": [2], "base_length": 2000, "beta": 0.5, "min_length": 20}}
 //                                                              DeciMamba (optional)
 //
-// "delta" scales Δ, "a_clip" clips the magnitudes of A's eigenvalues to [low, high], then "a" scales
-// those whose magnitude lies in "a_band" (null for no upper bound in either range). A layer's keys
+// "delta" scales Δ, "a_clip" clips the magnitudes of A's eigenvalues to [low, high], then those whose
+// magnitude lies in "a_band" (null for no upper bound in either range) get magnitude a·|λ|^a_power. A layer's keys
 // override the defaults. "decimation" names the decimating layers and the keep schedule (the
 // response length is the caller's, per call). Unknown keys are errors.
 #include <algorithm>
@@ -44,7 +44,7 @@ inline nlohmann::json range_json(float low, float high) {
     return {low, std::isinf(high) ? nlohmann::json() : nlohmann::json(high)};
 }
 
-// Applies the keys of `j` ("delta", "a", "a_band", "a_clip"; the file's top level also has "layers"
+// Applies the keys of `j` ("delta", "a", "a_power", "a_band", "a_clip"; the file's top level also has "layers"
 // and "decimation") to `f`.
 inline void apply(const nlohmann::json& j, layer_scaling& f, const std::string& where, bool top_level = false) {
     detail::require(j.is_object(), where, " must be a JSON object");
@@ -53,13 +53,15 @@ inline void apply(const nlohmann::json& j, layer_scaling& f, const std::string& 
             f.delta = number(value, where + ".delta");
         } else if (key == "a") {
             f.spectrum.alpha = number(value, where + ".a");
+        } else if (key == "a_power") {
+            f.spectrum.exponent = number(value, where + ".a_power");
         } else if (key == "a_band") {
             range(value, where + ".a_band", f.spectrum.min_magnitude, f.spectrum.max_magnitude);
         } else if (key == "a_clip") {
             range(value, where + ".a_clip", f.clip.low, f.clip.high);
         } else {
             detail::require(top_level && (key == "layers" || key == "decimation"), where, ": unknown key '", key,
-                            "' (expected delta, a, a_band, a_clip", top_level ? ", layers, decimation)" : ")");
+                            "' (expected delta, a, a_power, a_band, a_clip", top_level ? ", layers, decimation)" : ")");
         }
     }
 }
@@ -133,6 +135,7 @@ inline void write_scaling(const std::filesystem::path& path, const std::vector<l
     for (const layer_scaling& f : layers)
         list.push_back({{"delta", f.delta},
                         {"a", f.spectrum.alpha},
+                        {"a_power", f.spectrum.exponent},
                         {"a_band", scaling_detail::range_json(f.spectrum.min_magnitude, f.spectrum.max_magnitude)},
                         {"a_clip", scaling_detail::range_json(f.clip.low, f.clip.high)}});
     nlohmann::json file{{"layers", list}};

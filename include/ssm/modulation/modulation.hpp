@@ -3,6 +3,7 @@
 // before discretization (so it changes both the decay and the input term), `eigenvalue` rewrites an
 // eigenvalue of A once per scan (so it changes the decay and, for rules whose B̄ depends on A, the
 // input matrix, but never the step). They compose with `compose(a, b, ...)`, applied left to right.
+#include <cmath>
 #include <concepts>
 #include <limits>
 #include <string_view>
@@ -54,22 +55,28 @@ struct delta_modulator {
     }
 };
 
-// A' = α·A (Mamba Modulation): scales eigenvalues whose magnitude lies in [min_magnitude,
-// max_magnitude] (all of them by default), leaving Δ and so the input term Δ·B·x untouched.
+// Spectrum scaling (Mamba Modulation): eigenvalues whose magnitude lies in [min_magnitude,
+// max_magnitude] (all of them by default) get magnitude α·|λ|^p, keeping their direction; Δ and so
+// the input term Δ·B·x stay untouched. p = 1 is A' = α·A; α = 1, p = s is the form of the paper's
+// public code, A = -exp(s·A_log) = -|A|^s, which for s < 1 draws every |λ| towards 1 in log scale.
 // Example: α < 1 on the band |λ| < 0.1 slows the slowest modes further, lengthening memory.
 struct spectrum_scaler {
     float alpha = 1.0f;
     float min_magnitude = 0.0f;
     float max_magnitude = std::numeric_limits<float>::infinity();
+    float exponent = 1.0f;
 
     SSM_HOST_DEVICE float delta(float delta, index_t) const { return delta; }
     template <class V>
     SSM_HOST_DEVICE V eigenvalue(V lambda, index_t) const {
         const float m = magnitude(lambda);
-        return (m >= min_magnitude && m <= max_magnitude) ? lambda * alpha : lambda;
+        if (m < min_magnitude || m > max_magnitude) return lambda;
+        return exponent == 1.0f || m == 0.0f ? lambda * alpha : lambda * (alpha * powf(m, exponent - 1.0f));
     }
     void validate(std::string_view where, index_t) const {
         detail::require(alpha > 0.0f, where, ": spectrum_scaler alpha must be positive, got ", alpha);
+        detail::require(exponent > 0.0f && exponent < std::numeric_limits<float>::infinity(), where,
+                        ": spectrum_scaler exponent must be positive and finite, got ", exponent);
         detail::require(min_magnitude <= max_magnitude, where, ": spectrum_scaler band is empty: [",
                         min_magnitude, ", ", max_magnitude, "]");
     }
