@@ -50,10 +50,10 @@ if(rc EQUAL 0 OR NOT error MATCHES "\"layers\" must list 4 layers")
   message(FATAL_ERROR "bad --scaling file: exit ${rc}, '${error}'")
 endif()
 
-# calibrate: 1 + 4 layers x 6 grid values evaluations of the A factors; ppl with the file it wrote
-# reproduces the loss it reports.
-execute_process(COMMAND "${SSM_RUN}" calibrate "${MODEL}" "${TEXT}" --window 64 --max-windows 2 --passes 1 --factors a
-                        --out "${WORK}/calibrated.json" --json OUTPUT_VARIABLE calibrated RESULT_VARIABLE rc)
+# calibrate: 1 + 4 layers x 2 factors (A's α and exponent) x 6 grid values evaluations; ppl with the
+# file it wrote reproduces the loss it reports.
+execute_process(COMMAND "${SSM_RUN}" calibrate "${MODEL}" "${TEXT}" --window 64 --max-windows 2 --passes 1
+                        --factors a,power --out "${WORK}/calibrated.json" --json OUTPUT_VARIABLE calibrated RESULT_VARIABLE rc)
 string(JSON evaluations GET "${calibrated}" evaluations)
 string(JSON calibrated_loss GET "${calibrated}" loss)
 execute_process(COMMAND "${SSM_RUN}" ppl "${MODEL}" "${TEXT}" --window 64 --max-windows 2 --json
@@ -61,7 +61,7 @@ execute_process(COMMAND "${SSM_RUN}" ppl "${MODEL}" "${TEXT}" --window 64 --max-
 string(JSON check_loss GET "${check}" loss)
 string(SUBSTRING "${calibrated_loss}" 0 12 calibrated_digits)
 string(SUBSTRING "${check_loss}" 0 12 check_digits)
-if(NOT rc EQUAL 0 OR NOT evaluations EQUAL 25 OR NOT calibrated_digits STREQUAL check_digits)
+if(NOT rc EQUAL 0 OR NOT evaluations EQUAL 49 OR NOT calibrated_digits STREQUAL check_digits)
   message(FATAL_ERROR "calibrate: exit ${rc}, ${evaluations} evaluations, loss ${calibrated_loss}; ppl with its file: ${check_loss}")
 endif()
 
