@@ -9,8 +9,8 @@
 //                                                              DeciMamba (optional)
 //
 // "delta" scales Δ, "a_clip" clips the magnitudes of A's eigenvalues to [low, high], then those whose
-// magnitude lies in "a_band" (null for no upper bound in either range) get magnitude a·|λ|^a_power. A layer's keys
-// override the defaults. "decimation" names the decimating layers and the keep schedule (the
+// magnitude lies in "a_band" (null for no upper bound in either range) get magnitude a·|λ|^a_power.
+// A layer's keys override the defaults. "decimation" names the decimating layers and the keep schedule (the
 // response length is the caller's, per call). Unknown keys are errors.
 #include <algorithm>
 #include <cmath>
