@@ -354,6 +354,11 @@ __device__ void stage_x(const tensor_view<const T, 3>& v, const block_place& at,
                       v.stride(2));
 }
 
+// Where a head of the block's chunk keeps its per-chunk state and decay in the workspace.
+inline __device__ index_t workspace_slot(const block_place& at, const ssd_shape& g, index_t heads, index_t head) {
+    return (at.b * g.chunks + at.k) * heads + head;
+}
+
 // The block's heads' decays (chunk_decays), a warp a head: a and coef as [head][t].
 template <class Ssm, class T>
 __device__ void block_decays(const Ssm& model, const scan_problem<T>& p, const block_place& at, const ssd_shape& g,
@@ -391,7 +396,7 @@ __global__ void __launch_bounds__(ssd_threads, 4)
         scale_rows<!Split>(xs, x_ld, ssd_chunk, g.padded_dim,
                            [&](int t) { return math::exp(total - aj[t]) * coefj[t]; });
         __syncthreads();
-        const index_t slot = (at.b * g.chunks + at.k) * heads + head;
+        const index_t slot = workspace_slot(at, g, heads, head);
         if (threadIdx.x == 0) w.decays[slot] = total;
         float* const out = w.added + slot * g.state_floats();
         // A warp's task: 16 state rows n × up to 64 columns p of Bᵀ·(weighted x); (Bᵀ)[n][s] is bs[s][n].
@@ -469,7 +474,7 @@ __global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
     const block_place at = place(p.shape, g);
     // A head's entering state and gate are read after its products: their fetches start early.
     auto prefetch = [&](index_t head) {
-        prefetch_rows_l2(w.entering + ((at.b * g.chunks + at.k) * heads + head) * g.state_floats(), 1, 0,
+        prefetch_rows_l2(w.entering + workspace_slot(at, g, heads, head) * g.state_floats(), 1, 0,
                          int(g.state_floats() * sizeof(T)));
         if (p.in.z.data() && p.in.z.stride(2) == 1)
             prefetch_rows_l2(&p.in.z(at.b, at.t0, head * g.head_dim), at.count, p.in.z.stride(1) * index_t(sizeof(T)),
@@ -498,7 +503,7 @@ __global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
         __syncthreads();  // every warp is done with B (or the last head's H, C·Bᵀ and y)
         if (j > 0) stage_x(p.in.u, at, head, g, xs);
         // The head's entering state H into B's place, as [p][n]; its masked and decayed C·Bᵀ.
-        const T* const entering = w.entering + ((at.b * g.chunks + at.k) * heads + head) * g.state_floats();
+        const T* const entering = w.entering + workspace_slot(at, g, heads, head) * g.state_floats();
         stage_rows<!Split>(bs, c_ld, g.padded_dim, g.padded_state, g.padded_dim, g.padded_state, entering,
                            g.padded_state, 1);
         for_each_element<4>(cb_tiles, [&](int jt, int e, int row, int col) {
