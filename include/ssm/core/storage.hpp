@@ -40,7 +40,14 @@ SSM_ALWAYS_INLINE SSM_HOST_DEVICE float bits_float(std::uint32_t b) {
 SSM_HOST_DEVICE float to_float(float x) { return x; }
 SSM_HOST_DEVICE float to_float(double x) { return static_cast<float>(x); }
 SSM_ALWAYS_INLINE SSM_HOST_DEVICE float to_float(bfloat16 x) { return detail::bits_float(std::uint32_t(x.bits) << 16); }
+// On a GPU the 16-bit conversions are single instructions with the same results (round to nearest
+// even, NaN stays NaN); the portable forms serve the host.
 SSM_HOST_DEVICE float to_float(float16 x) {
+#if defined(__CUDA_ARCH__)
+    float v;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(v) : "h"(x.bits));
+    return v;
+#else
     const std::uint32_t sign = std::uint32_t(x.bits & 0x8000u) << 16;
     const std::uint32_t exponent = (x.bits >> 10) & 0x1fu;
     const std::uint32_t mantissa = x.bits & 0x3ffu;
@@ -50,6 +57,7 @@ SSM_HOST_DEVICE float to_float(float16 x) {
         return sign ? -magnitude : magnitude;
     }
     return detail::bits_float(sign | ((exponent + 112) << 23) | (mantissa << 13));
+#endif
 }
 
 template <class T>
@@ -61,13 +69,24 @@ template <>
 SSM_HOST_DEVICE double from_float<double>(float x) { return x; }
 template <>
 SSM_HOST_DEVICE bfloat16 from_float<bfloat16>(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    std::uint16_t bits;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(bits) : "f"(x));
+    return {bits};
+#else
     const std::uint32_t b = detail::float_bits(x);
     if ((b & 0x7fffffffu) > 0x7f800000u) return {std::uint16_t((b >> 16) | 0x40u)};  // keep NaN a NaN
     const std::uint32_t rounding = 0x7fffu + ((b >> 16) & 1u);                      // to nearest even
     return {std::uint16_t((b + rounding) >> 16)};
+#endif
 }
 template <>
 SSM_HOST_DEVICE float16 from_float<float16>(float x) {
+#if defined(__CUDA_ARCH__)
+    std::uint16_t bits;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(x));
+    return {bits};
+#else
     const std::uint32_t b = detail::float_bits(x);
     const std::uint16_t sign = std::uint16_t((b >> 16) & 0x8000u);
     const std::uint32_t magnitude = b & 0x7fffffffu;
@@ -80,6 +99,7 @@ SSM_HOST_DEVICE float16 from_float<float16>(float x) {
     }
     const std::uint32_t rounding = 0xfffu + ((magnitude >> 13) & 1u);
     return {std::uint16_t(sign | ((magnitude - 0x38000000u + rounding) >> 13))};
+#endif
 }
 
 // The element types the scans accept as storage.

@@ -39,6 +39,7 @@ concept ssd_model = selective_ssm_type<Ssm> && std::same_as<typename Ssm::struct
 
 namespace cuda {
 inline constexpr int ssd_chunk = 64;
+inline constexpr int ssd_max_head_dim = 128;
 inline constexpr int ssd_threads = 256;
 inline constexpr int ssd_warps = ssd_threads / 32;
 
@@ -51,6 +52,7 @@ struct ssd_shape {
     int padded_dim, padded_state;  // rounded up to 16
     index_t chunks;
     int heads_per_block;
+    bool rows_in_vectors;  // y and z rows in 16-byte pieces from each head's first channel (store_y)
     template <class T>
     static SSM_HOST_DEVICE int a_ld(int cols) {
         return cols + (sizeof(T) == 4 ? 4 : 8);
@@ -150,11 +152,23 @@ __device__ void operand(const float (&v)[N], unsigned (&high)[N], unsigned (&low
     }
 }
 
-// Two 16-bit values v[0] and v[stride] in one register, v[0] in the low half.
-template <class T>
-__device__ unsigned pair(const T* v, int stride) {
-    if (stride == 1) return *reinterpret_cast<const unsigned*>(v);
-    return unsigned(v[0].bits) | unsigned(v[stride].bits) << 16;
+// Fragments of 8×8 tiles of 16-bit values in shared memory, `Count` (2 or 4) at once: lane l gives the
+// address of row l % 8 of tile l / 8 (16 bytes, aligned), and r[i] receives tile i as an mma operand
+// register (row l / 4, columns 2·(l % 4) and the next, the lower column in the low half); with Trans
+// tile i transposed, for a tile whose rows run along the product's k.
+template <int Count, bool Trans>
+__device__ void load_tiles(unsigned (&r)[4], const void* row) {
+    const unsigned at = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    if constexpr (Count == 4 && Trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(at));
+    else if constexpr (Count == 4)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(at));
+    else if constexpr (Trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(at));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(at));
 }
 
 // One warp's acc[j] += A·B_j over k < depth (a multiple of 16), for its 16 rows of A and the column
@@ -186,16 +200,31 @@ __device__ void warp_product(float (&acc)[NT][4], int tiles, const T* a, int am,
             }
         }
     } else {
+        static_assert(NT % 2 == 0);
+        // By ldmatrix: A's 16×16 as tiles (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
+        // (rows 8-15, k 8-15); two column tiles of B at a time as (k 0-7, j), (k 8-15, j), (k 0-7, j + 1),
+        // (k 8-15, j + 1). A tile stored with its rows along k (stride 1 along k) is read as it is, else
+        // transposed; the operands here have a stride of 1 along one of their two indices.
+        const int r = lane() % 8, q = lane() / 8;
         for (int k = 0; k < depth; k += 16) {
-            const T* const ak0 = a + (k + 2 * t) * ak;
-            const unsigned af[4] = {pair(ak0 + g * am, ak), pair(ak0 + (g + 8) * am, ak),
-                                    pair(ak0 + 8 * ak + g * am, ak), pair(ak0 + 8 * ak + (g + 8) * am, ak)};
+            unsigned af[4];
+            if (ak == 1) load_tiles<4, false>(af, a + (r + 8 * (q % 2)) * am + k + 8 * (q / 2));
+            else load_tiles<4, true>(af, a + (k + r + 8 * (q / 2)) * ak + 8 * (q % 2));
 #pragma unroll
-            for (int j = 0; j < NT; ++j) {
+            for (int j = 0; j < NT; j += 2) {
                 if (j >= tiles) break;
-                const T* const bj = b + (k + 2 * t) * bk + (8 * j + g) * bn;
-                const unsigned bf[2] = {pair(bj, bk), pair(bj + 8 * bk, bk)};
-                mma_16bit<T>(acc[j], af, bf);
+                const T* const row = bk == 1 ? b + (8 * (j + q / 2) + r) * bn + k + 8 * (q % 2)
+                                             : b + (k + r + 8 * (q % 2)) * bk + 8 * (j + q / 2);
+                unsigned bf[4];
+                if (j + 1 < tiles) {
+                    if (bk == 1) load_tiles<4, false>(bf, row);
+                    else load_tiles<4, true>(bf, row);
+                } else {
+                    if (bk == 1) load_tiles<2, false>(bf, row);
+                    else load_tiles<2, true>(bf, row);
+                }
+                mma_16bit<T>(acc[j], af, {bf[0], bf[1]});
+                if (j + 1 < tiles) mma_16bit<T>(acc[j + 1], af, {bf[2], bf[3]});
             }
         }
     }
@@ -218,6 +247,47 @@ __device__ void for_each_element(int tiles, F f) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) f(j, e, g + 8 * (e / 2), 8 * j + 2 * t + e % 2);
     }
+}
+
+// Calls f(j, e, row, column) for the pairs of adjacent elements e and e + 1 (same row, columns column
+// and column + 1) of a warp's acc.
+template <int NT, class F>
+__device__ void for_each_pair(int tiles, F f) {
+    const int g = lane() / 4, t = lane() % 4;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        if (j >= tiles) break;
+        f(j, 0, g, 8 * j + 2 * t);
+        f(j, 2, g + 8, 8 * j + 2 * t);
+    }
+}
+
+// Two floats as 16-bit values of T in one register (one conversion instruction), v0 in the low half.
+template <class T>
+__device__ unsigned pack_pair(float v0, float v1) {
+    unsigned r;
+    if constexpr (std::same_as<T, bfloat16>) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(v1), "f"(v0));
+    else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(v1), "f"(v0));
+    return r;
+}
+
+// Two values as adjacent operands of type T (operand_value), one store.
+template <class T, bool Round>
+__device__ void store_pair(T* to, float v0, float v1) {
+    if constexpr (std::same_as<T, float>) *reinterpret_cast<float2*>(to) = {operand_value<T, Round>(v0), operand_value<T, Round>(v1)};
+    else *reinterpret_cast<unsigned*>(to) = pack_pair<T>(v0, v1);
+}
+
+// 16 / sizeof(T) floats as operands of type T (operand_value) in 16 bytes: unpack's inverse.
+template <class T, bool Round = false>
+__device__ uint4 pack(const float (&v)[16 / sizeof(T)]) {
+    unsigned w[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        if constexpr (std::same_as<T, float>) w[k] = __float_as_uint(operand_value<T, Round>(v[k]));
+        else w[k] = pack_pair<T>(v[2 * k], v[2 * k + 1]);
+    }
+    return {w[0], w[1], w[2], w[3]};
 }
 
 // A head's per-token terms in a chunk, by the calling warp: a[t] = a_1 + … + a_t (log decays summed
@@ -255,70 +325,65 @@ __device__ void chunk_decays(const Ssm& model, const scan_problem<T>& p, index_t
     }
 }
 
-// Rows of a matrix of From into a shared-memory tile of To: row t (< rows) from
-// base + t·row_stride, `cols` (a multiple of 16) a row, `step` apart, zero beyond `count` rows and
-// `valid` columns, as operand_value<To, Round>. A warp a row, its lanes along the columns, 16 bytes
-// a lane where the rows allow; each thread issues the loads for 8 rows before storing any, so that
-// their latencies overlap. (Asynchronous copies, cp.async, took more instructions and time here.)
-template <bool Round, class To, class From>
-__device__ void stage_rows(To* to, int ld, int rows, int cols, int count, int valid, const From* base,
-                           index_t row_stride, index_t step) {
-    constexpr int n = 16 / sizeof(From), batch = ssd_chunk / ssd_warps;
+// The rows of a tile taken as they are (stage_rows).
+struct unscaled {
+    __device__ float operator()(int) const { return 1.0f; }
+};
+
+// Rows of a matrix of T into a shared-memory tile: row t (< rows) from base + t·row_stride, `cols` (a
+// multiple of 16) a row, `step` apart, zero beyond `count` rows and `valid` columns, times factor(t)
+// unless unscaled, as operand_value<T, Round>. A warp a row, its lanes along the columns, 16 bytes a
+// lane where the rows allow; each thread issues the loads for 8 rows before storing any, so that their
+// latencies overlap. (Asynchronous copies, cp.async, took more instructions and time here.)
+template <bool Round, class T, class Factor = unscaled>
+__device__ void stage_rows(T* to, int ld, int rows, int cols, int count, int valid, const T* base,
+                           index_t row_stride, index_t step, Factor factor = {}) {
+    constexpr int n = 16 / sizeof(T), batch = ssd_chunk / ssd_warps;
+    constexpr bool as_they_are = std::same_as<Factor, unscaled> && (!Round || !std::same_as<T, float>);
     const bool vectors = step == 1 && valid % n == 0 && reinterpret_cast<std::uintptr_t>(base) % 16 == 0 &&
-                         row_stride * index_t(sizeof(From)) % 16 == 0;
+                         row_stride * index_t(sizeof(T)) % 16 == 0;
+    const index_t jump = ssd_warps * row_stride;  // from one of a warp's rows to its next
     for (int first = warp(); first < rows; first += batch * ssd_warps) {
         if (vectors) {
             for (int col = lane() * n; col < cols; col += 32 * n) {
+                const bool inside = col < valid;
+                const T* from = base + first * row_stride + col;
                 uint4 raw[batch];
+#pragma unroll
+                for (int r = 0; r < batch; ++r, from += jump)
+                    raw[r] = inside && first + r * ssd_warps < count ? *reinterpret_cast<const uint4*>(from)
+                                                                     : uint4{0, 0, 0, 0};
 #pragma unroll
                 for (int r = 0; r < batch; ++r) {
                     const int t = first + r * ssd_warps;
-                    raw[r] = t < count && col < valid ? *reinterpret_cast<const uint4*>(base + t * row_stride + col)
-                                                      : uint4{0, 0, 0, 0};
-                }
-#pragma unroll
-                for (int r = 0; r < batch; ++r) {
-                    if (first + r * ssd_warps >= rows) break;
-                    To* const row = to + (first + r * ssd_warps) * ld + col;
-                    if constexpr (std::same_as<To, From> && (!Round || !std::same_as<To, float>)) {
-                        *reinterpret_cast<uint4*>(row) = raw[r];  // the values as they are
+                    if (t >= rows) break;
+                    uint4* const row = reinterpret_cast<uint4*>(to + t * ld + col);
+                    if constexpr (as_they_are) {
+                        *row = raw[r];
                     } else {
                         float v[n];
-                        unpack<From>(raw[r], v);
-                        struct alignas(n * sizeof(To)) vector {
-                            To v[n];
-                        } out;
+                        unpack<T>(raw[r], v);
+                        const float f = factor(t);
 #pragma unroll
-                        for (int j = 0; j < n; ++j) out.v[j] = operand_value<To, Round>(v[j]);
-                        *reinterpret_cast<vector*>(row) = out;
+                        for (int j = 0; j < n; ++j) v[j] *= f;
+                        *row = pack<T, Round>(v);
                     }
                 }
             }
         } else {
             for (int col = lane(); col < cols; col += 32) {
+                const bool inside = col < valid;
+                const T* from = base + first * row_stride + col * step;
                 float v[batch];
+#pragma unroll
+                for (int r = 0; r < batch; ++r, from += jump)
+                    v[r] = inside && first + r * ssd_warps < count ? to_float(*from) : 0.0f;
 #pragma unroll
                 for (int r = 0; r < batch; ++r) {
                     const int t = first + r * ssd_warps;
-                    v[r] = t < count && col < valid ? to_float(base[t * row_stride + col * step]) : 0.0f;
+                    if (t < rows) to[t * ld + col] = operand_value<T, Round>(v[r] * factor(t));
                 }
-#pragma unroll
-                for (int r = 0; r < batch; ++r)
-                    if (first + r * ssd_warps < rows)
-                        to[(first + r * ssd_warps) * ld + col] = operand_value<To, Round>(v[r]);
             }
-        }
-    }
-}
-
-// Multiplies each row t of a [t][cols] tile by factor(t), as operand_value<T, Round>.
-template <bool Round, class T, class Factor>
-__device__ void scale_rows(T* tile, int ld, int rows, int cols, Factor factor) {
-    for (int t = warp(); t < rows; t += ssd_warps) {
-        const float f = factor(t);
-        for (int col = lane(); col < cols; col += 32) {
-            T& v = tile[t * ld + col];
-            v = operand_value<T, Round>(to_float(v) * f);
         }
     }
 }
@@ -346,12 +411,13 @@ __device__ void stage_bc(const tensor_view<const T, 4>& v, const block_place& at
     stage_rows<false>(to, ld, ssd_chunk, g.padded_state, at.count, g.state, base, v.stride(1), v.stride(3));
 }
 
-template <class T>
+// A head's x [t][p], each row t times factor(t) unless unscaled.
+template <class T, class Factor = unscaled>
 __device__ void stage_x(const tensor_view<const T, 3>& v, const block_place& at, index_t head, const ssd_shape& g,
-                        T* to) {
+                        T* to, Factor factor = {}) {
     const T* const base = v.data() + at.b * v.stride(0) + at.t0 * v.stride(1) + head * g.head_dim * v.stride(2);
     stage_rows<false>(to, g.b_ld(g.padded_dim), ssd_chunk, g.padded_dim, at.count, g.head_dim, base, v.stride(1),
-                      v.stride(2));
+                      v.stride(2), factor);
 }
 
 // Where a head of the block's chunk keeps its per-chunk state and decay in the workspace.
@@ -365,6 +431,71 @@ __device__ void block_decays(const Ssm& model, const scan_problem<T>& p, const b
                              float* a, float* coef) {
     for (int j = warp(); j < g.heads_per_block; j += ssd_warps)
         chunk_decays(model, p, at.b, at.t0, at.count, at.head + j, a + j * ssd_chunk, coef + j * ssd_chunk);
+}
+
+// A head's y for the chunk's tokens, (scale·ys + D·x)·SiLU(z), from its products ys [t][p] (floats)
+// and x [t][p] in shared memory. Where rows allow (g.rows_in_vectors) a thread moves 16 bytes of a
+// row a step, always the same columns; else a lane a channel. Either way each thread issues its gate
+// loads for all of its rows before the first store.
+template <class T>
+__device__ void store_y(const scan_problem<T>& p, const block_place& at, index_t head, const ssd_shape& g,
+                        float scale, const float* ys, const T* xs) {
+    const index_t d0 = head * g.head_dim;
+    const int x_ld = g.b_ld(g.padded_dim);
+    const bool gated = p.in.z.data() != nullptr;
+    if (g.rows_in_vectors) {
+        constexpr int n = 16 / sizeof(T), most = ssd_chunk * (ssd_max_head_dim / n) / ssd_threads;  // rows a thread, at most
+        const int pieces = g.head_dim / n, col = int(threadIdx.x) % pieces * n;
+        const int first = int(threadIdx.x) / pieces, step = ssd_threads / pieces;
+        float skip[n];
+#pragma unroll
+        for (int j = 0; j < n; ++j) skip[j] = p.in.D.data() ? p.in.D(d0 + col + j) : 0.0f;
+        uint4 gate[most];
+#pragma unroll
+        for (int r = 0; r < most; ++r) {
+            const int t = first + r * step;
+            gate[r] = gated && t < at.count ? *reinterpret_cast<const uint4*>(&p.in.z(at.b, at.t0 + t, d0 + col))
+                                            : uint4{0, 0, 0, 0};
+        }
+#pragma unroll
+        for (int r = 0; r < most; ++r) {
+            const int t = first + r * step;
+            if (t >= at.count) break;
+            float z[n], x[n], y[n];
+            unpack<T>(gate[r], z);
+            unpack<T>(*reinterpret_cast<const uint4*>(xs + t * x_ld + col), x);
+            const float4* const yt = reinterpret_cast<const float4*>(ys + t * g.y_ld() + col);
+#pragma unroll
+            for (int j = 0; j < n / 4; ++j) {
+                const float4 v = yt[j];
+                y[4 * j] = v.x, y[4 * j + 1] = v.y, y[4 * j + 2] = v.z, y[4 * j + 3] = v.w;
+            }
+#pragma unroll
+            for (int j = 0; j < n; ++j) {
+                y[j] = scale * y[j] + skip[j] * x[j];
+                if (gated) y[j] *= math::silu(z[j]);
+            }
+            *reinterpret_cast<uint4*>(&p.out.y(at.b, at.t0 + t, d0 + col)) = pack<T>(y);
+        }
+        return;
+    }
+    constexpr int batch = ssd_chunk / ssd_warps;
+    for (int q = lane(); q < g.head_dim; q += 32) {
+        const float skip = p.in.D.data() ? p.in.D(d0 + q) : 0.0f;
+        float gate[batch];
+#pragma unroll
+        for (int r = 0; r < batch; ++r) {
+            const int t = warp() + r * ssd_warps;
+            gate[r] = gated && t < at.count ? math::silu(to_float(p.in.z(at.b, at.t0 + t, d0 + q))) : 1.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < batch; ++r) {
+            const int t = warp() + r * ssd_warps;
+            if (t < at.count)
+                p.out.y(at.b, at.t0 + t, d0 + q) =
+                    from_float<T>((scale * ys[t * g.y_ld() + q] + skip * to_float(xs[t * x_ld + q])) * gate[r]);
+        }
+    }
 }
 }  // namespace ssd_detail
 
@@ -385,16 +516,14 @@ __global__ void __launch_bounds__(ssd_threads, 4)
     const block_place at = place(p.shape, g);
     block_decays(model, p, at, g, a, coef);
     stage_bc(p.in.B, at, g, bs, b_ld);
+    __syncthreads();  // the decays
     for (int j = 0; j < g.heads_per_block; ++j) {
         const index_t head = at.head + j;
         const float* const aj = a + j * ssd_chunk;
         const float* const coefj = coef + j * ssd_chunk;
-        if (j > 0) __syncthreads();  // every warp is done with the last head's x
-        stage_x(p.in.u, at, head, g, xs);
-        __syncthreads();
         const float total = aj[at.count - 1];
-        scale_rows<!Split>(xs, x_ld, ssd_chunk, g.padded_dim,
-                           [&](int t) { return math::exp(total - aj[t]) * coefj[t]; });
+        if (j > 0) __syncthreads();  // every warp is done with the last head's x
+        stage_x(p.in.u, at, head, g, xs, [&](int t) { return math::exp(total - aj[t]) * coefj[t]; });
         __syncthreads();
         const index_t slot = workspace_slot(at, g, heads, head);
         if (threadIdx.x == 0) w.decays[slot] = total;
@@ -472,13 +601,18 @@ __global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
     float* const ys = reinterpret_cast<float*>(products);  // [t][p], once a head's products are done
     const index_t heads = p.shape.delta_channels;
     const block_place at = place(p.shape, g);
-    // A head's entering state and gate are read after its products: their fetches start early.
+    // A head's entering state and gate are read after its products: their fetches start early, the
+    // state (whole 128-byte lines) a line a thread, the gate a row a thread.
     auto prefetch = [&](index_t head) {
-        prefetch_rows_l2(w.entering + workspace_slot(at, g, heads, head) * g.state_floats(), 1, 0,
-                         int(g.state_floats() * sizeof(T)));
-        if (p.in.z.data() && p.in.z.stride(2) == 1)
-            prefetch_rows_l2(&p.in.z(at.b, at.t0, head * g.head_dim), at.count, p.in.z.stride(1) * index_t(sizeof(T)),
-                             g.head_dim * int(sizeof(T)));
+        const char* const state =
+            reinterpret_cast<const char*>(w.entering + workspace_slot(at, g, heads, head) * g.state_floats());
+        for (int i = int(threadIdx.x) * 128; i < int(g.state_floats() * sizeof(T)); i += ssd_threads * 128)
+            prefetch_l2(state + i);
+        if (p.in.z.data() && p.in.z.stride(2) == 1 && int(threadIdx.x) < at.count) {
+            const T* const row = &p.in.z(at.b, at.t0 + threadIdx.x, head * g.head_dim);
+            const char* line = reinterpret_cast<const char*>(row) - reinterpret_cast<std::uintptr_t>(row) % 128;
+            for (; line < reinterpret_cast<const char*>(row + g.head_dim); line += 128) prefetch_l2(line);
+        }
     };
     prefetch(at.head);
     block_decays(model, p, at, g, a, coef);
@@ -494,7 +628,6 @@ __global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
     float cb[4][4] = {};
     if (cb_tiles > 0)  // (Bᵀ)[n][s] is bs[s][n]
         warp_product<Split>(cb, cb_tiles, cs + t0 * c_ld, c_ld, 1, bs + s0 * c_ld, 1, c_ld, g.padded_state);
-    const float scale = model.transition.output_scale();
     for (int j = 0; j < g.heads_per_block; ++j) {
         const index_t head = at.head + j;
         const float* const aj = a + j * ssd_chunk;
@@ -506,10 +639,12 @@ __global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
         const T* const entering = w.entering + workspace_slot(at, g, heads, head) * g.state_floats();
         stage_rows<!Split>(bs, c_ld, g.padded_dim, g.padded_state, g.padded_dim, g.padded_state, entering,
                            g.padded_state, 1);
-        for_each_element<4>(cb_tiles, [&](int jt, int e, int row, int col) {
+        for_each_pair<4>(cb_tiles, [&](int jt, int e, int row, int col) {
             const int t = t0 + row, s = s0 + col;
-            const float m = s <= t ? cb[jt][e] * math::exp(aj[t] - aj[s]) * coefj[s] : 0.0f;
-            ms[t * m_ld + s] = operand_value<T, !Split>(m);
+            const float decay = aj[t];
+            const float m0 = s <= t ? cb[jt][e] * math::exp(decay - aj[s]) * coefj[s] : 0.0f;
+            const float m1 = s + 1 <= t ? cb[jt][e + 1] * math::exp(decay - aj[s + 1]) * coefj[s + 1] : 0.0f;
+            store_pair<T, !Split>(ms + t * m_ld + s, m0, m1);
         });
         __syncthreads();
 
@@ -525,24 +660,7 @@ __global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
             ys[(t0 + row) * g.y_ld() + p0 + col] = acc[jt][e];
         });
         __syncthreads();
-        const index_t d0 = head * g.head_dim;
-        constexpr int batch = ssd_chunk / ssd_warps;
-        for (int q = lane(); q < g.head_dim; q += 32) {
-            const float skip = p.in.D.data() ? p.in.D(d0 + q) : 0.0f;
-            float gate[batch];  // loads for all of the thread's rows in flight at once
-#pragma unroll
-            for (int r = 0; r < batch; ++r) {
-                const int t = warp() + r * ssd_warps;
-                gate[r] = p.in.z.data() && t < at.count ? math::silu(to_float(p.in.z(at.b, at.t0 + t, d0 + q))) : 1.0f;
-            }
-#pragma unroll
-            for (int r = 0; r < batch; ++r) {
-                const int t = warp() + r * ssd_warps;
-                if (t < at.count)
-                    p.out.y(at.b, at.t0 + t, d0 + q) =
-                        from_float<T>((scale * ys[t * g.y_ld() + q] + skip * to_float(xs[t * x_ld + q])) * gate[r]);
-            }
-        }
+        store_y(p, at, head, g, model.transition.output_scale(), ys, xs);
     }
 }
 
@@ -560,13 +678,26 @@ inline int ssd_heads_per_block(const ssd& how, index_t heads_per_group) {
     return how.heads_per_block;
 }
 
+// Whether every head's rows of y and z (if any) are whole 16-byte pieces, aligned, and few enough that
+// a block's threads take the same columns at every step (store_y).
+template <class T>
+bool rows_in_vectors(const scan_problem<T>& p, index_t head_dim) {
+    constexpr index_t n = 16 / sizeof(T);
+    const auto fits = [](const auto& v) {
+        return v.empty() || (v.stride(2) == 1 && v.stride(1) % n == 0 && v.stride(0) % n == 0 &&
+                             reinterpret_cast<std::uintptr_t>(v.data()) % 16 == 0);
+    };
+    return head_dim % n == 0 && ssd_threads % (head_dim / n) == 0 && fits(p.in.z) && fits(p.out.y);
+}
+
 // The SSD kernels' view of a problem of `length` tokens; throws where they cannot run it.
 template <class Ssm, class T>
 ssd_shape ssd_shape_of(const ssd& how, const Ssm& model, const scan_problem<T>& p, index_t length) {
     const scan_shape& s = p.shape;
     auto padded = [](index_t v) { return int((v + 15) / 16 * 16); };
     const index_t head_dim = model.transition.head_dim;
-    detail::require(head_dim <= 128, "selective_scan: ssd supports head_dim up to 128, got ", head_dim);
+    detail::require(head_dim <= ssd_max_head_dim, "selective_scan: ssd supports head_dim up to ", ssd_max_head_dim,
+                    ", got ", head_dim);
     const index_t heads_per_group = s.delta_channels / s.groups;
     const ssd_shape g{int(head_dim),
                       int(s.state),
@@ -574,7 +705,8 @@ ssd_shape ssd_shape_of(const ssd& how, const Ssm& model, const scan_problem<T>& 
                       padded(head_dim),
                       padded(s.state),
                       (length + ssd_chunk - 1) / ssd_chunk,
-                      ssd_heads_per_block(how, heads_per_group)};
+                      ssd_heads_per_block(how, heads_per_group),
+                      rows_in_vectors(p, head_dim)};
     int device = 0, limit = 0;
     check(cudaGetDevice(&device), "selective_scan: ssd device");
     check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "selective_scan: ssd limit");
