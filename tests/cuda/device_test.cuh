@@ -90,7 +90,7 @@ inline std::string describe(const device_strategy& s) {
     if (const auto* c = std::get_if<ssm::look_back>(&s)) return "look_back{" + std::to_string(c->chunk) + "}";
     if (const auto* c = std::get_if<ssm::ssd>(&s))
         return "ssd{workspace " + std::to_string(c->workspace) + ", heads_per_block " +
-               std::to_string(c->heads_per_block) + "}";
+               std::to_string(c->heads_per_block) + ", chunks_per_span " + std::to_string(c->chunks_per_span) + "}";
     return "sequential";
 }
 

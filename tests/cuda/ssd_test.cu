@@ -17,8 +17,8 @@ TEST_CASE("device scans match the float64 reference on the Mamba-2 shape", "[cud
 
 // SSD on tensor cores: lengths around the chunk of 64 tokens, head dimensions and state sizes that
 // are not multiples of 16, several groups, every storage type, both exponential rules, and the Δ
-// modulator with the spectrum scaler fused in; in one pass and in windows of one chunk, with the
-// launcher's heads a block, one, and a whole group's.
+// modulator with the spectrum scaler fused in; in one pass and in windows of one span, with the
+// launcher's heads a block, one, and a whole group's, and spans of one chunk, two and three.
 TEST_CASE("device SSD matches the float64 reference", "[cuda][ssd]") {
     SSM_SEEDED_RANDOM(rng);
     struct dims {
@@ -32,8 +32,11 @@ TEST_CASE("device SSD matches the float64 reference", "[cuda][ssd]") {
                                .softplus = true, .initial_state = true};
             INFO(s);
             const int group = int(d.heads / d.groups);
-            const std::vector<device_strategy> ways{ssm::ssd{}, ssm::ssd{.workspace = 0, .heads_per_block = 1},
-                                                    ssm::ssd{.heads_per_block = group}};
+            const std::vector<device_strategy> ways{ssm::ssd{},
+                                                    ssm::ssd{.workspace = 0, .heads_per_block = 1},
+                                                    ssm::ssd{.heads_per_block = group},
+                                                    ssm::ssd{.chunks_per_span = 3},
+                                                    ssm::ssd{.workspace = 0, .chunks_per_span = 2}};
             auto zoh = ref::random_problem(rng, ref::structure::scalar_identity, ref::rule::zoh, s);
             check_device_scan<ssm::scalar_identity, ssm::zoh, float>(zoh, ways);
             check_device_scan<ssm::scalar_identity, ssm::zoh, ssm::float16>(zoh, ways);
@@ -54,9 +57,10 @@ TEST_CASE("device SSD carries state over a million tokens", "[cuda][ssd]") {
                                  {.batch = 1, .length = ssm::index_t(1) << 20, .channels = 16, .head_dim = 8,
                                   .state = 16, .z = true, .D = true, .softplus = true, .initial_state = true});
     for (auto& a : p.A) a *= 0.01;  // slow decay: the state remembers across the whole sequence
-    // In one pass, and with a workspace of 1 MiB: windows of 255 chunks (float) or 340 (bf16), the
-    // state carried across 64 or 48 of them.
-    const std::vector<device_strategy> ways{ssm::ssd{}, ssm::ssd{.workspace = std::size_t(1) << 20}};
+    // In one pass, in spans of 4 chunks, and with a workspace of 1 MiB: windows of 255 chunks (float)
+    // or 340 (bf16), the state carried across 64 or 48 of them.
+    const std::vector<device_strategy> ways{ssm::ssd{}, ssm::ssd{.chunks_per_span = 4},
+                                            ssm::ssd{.workspace = std::size_t(1) << 20, .chunks_per_span = 1}};
     check_device_scan<ssm::scalar_identity, ssm::zoh_euler, float>(p, ways);
     check_device_scan<ssm::scalar_identity, ssm::zoh_euler, ssm::bfloat16>(p, ways);
 }

@@ -5,12 +5,17 @@
 // where H is the state entering the chunk, and the state leaving it is
 //   H' = e^{a_1+…+a_Q} · H + Σ_s e^{a_{s+1}+…+a_Q} · coef_s · B_s x_sᵀ.
 // Three kernels: chunk_state (the sum over s, per chunk), state_pass (H chained across chunks, the
-// only sequential part, elementwise), chunk_output (y from both terms). A block of the chunk kernels
+// only sequential part, elementwise), chunk_output (y from both terms). The state pass chains spans
+// of several chunks rather than chunks: chunk_state carries the state through a span's chunks in
+// its registers, writing each chunk's prefix (the state its span's earlier chunks add) and the
+// span's sum, and chunk_output adds a prefix to its span's entering state, so that the per-chunk
+// states cross memory once instead of three times. A block of the chunk kernels
 // takes several heads of one group: their B, C and C·Bᵀ are the same. Products run on tensor cores
 // with float accumulation, their operands in the input's storage type: bf16 or fp16 for 16-bit inputs
 // (computed operands, the decayed C·Bᵀ and the states, rounded to it, as the Triton kernel does), TF32
 // for float inputs, each product split in three (the operands' high and low TF32 parts) to keep
 // float32 accuracy.
+#include <algorithm>
 #include <cstdint>
 
 #include "selective_scan.cuh"
@@ -21,15 +26,17 @@ namespace ssm {
 // chunks of cuda::ssd_chunk tokens, products on tensor cores. Head dimension and state size are
 // free (zero-padded to multiples of 16) up to what fits in shared memory: head_dim <= 128, state
 // <= 256 on an H100 for the usual head_dim 64. fp16 inputs multiply in fp16: the states and the
-// decayed C·Bᵀ must stay within its range (±65504). The per-chunk states take 6 bytes (16-bit inputs)
-// or 8 (float) a state element, 6x the bytes of x at head_dim 64 and state 128 in bf16: a call whose
-// chunks would need more than `workspace` bytes runs its tokens in windows of whole chunks (at least
-// one a window), the state carried from one to the next, so that memory stays bounded however long
-// the sequence. A block runs `heads_per_block` heads of one group (0: chosen by the launcher), which
+// decayed C·Bᵀ must stay within its range (±65504). The states in the workspace take, a state
+// element, 6 bytes (16-bit inputs) or 8 (float) a span and 2 or 4 a chunk of spans longer than one
+// chunk — several times the bytes of x at head_dim 64 and state 128: a call whose spans would need
+// more than `workspace` bytes runs its tokens in windows of whole spans (at least one a window), the
+// state carried from one to the next, so that memory stays bounded however long the sequence. A block runs `heads_per_block` heads of one group (0: chosen by the launcher), which
 // share its staged B and C and their product C·Bᵀ; it must divide the heads of a group, at most 8.
+// The state pass chains spans of `chunks_per_span` chunks (0: chosen by the launcher; 1 to 16).
 struct ssd {
     std::size_t workspace = std::size_t(2) << 30;
     int heads_per_block = 0;
+    int chunks_per_span = 0;
 };
 
 template <class Ssm>
@@ -53,6 +60,8 @@ struct ssd_shape {
     index_t chunks;
     int heads_per_block;
     bool rows_in_vectors;  // y and z rows in 16-byte pieces from each head's first channel (store_y)
+    int span;              // chunks a span
+    SSM_HOST_DEVICE index_t spans() const { return (chunks + span - 1) / span; }
     template <class T>
     static SSM_HOST_DEVICE int a_ld(int cols) {
         return cols + (sizeof(T) == 4 ? 4 : 8);
@@ -60,20 +69,20 @@ struct ssd_shape {
     static SSM_HOST_DEVICE int b_ld(int cols) { return cols + 8; }
     // B's rows, then H's [p][n] in the same place.
     SSM_HOST_DEVICE int square() const { return ssd_chunk > padded_dim ? ssd_chunk : padded_dim; }
-    // Bytes of a, coef (floats, [head][t]) for the block's heads.
-    SSM_HOST_DEVICE std::size_t decays_bytes() const {
-        return 2 * std::size_t(heads_per_block) * ssd_chunk * sizeof(float);
+    // Bytes of a, coef (floats, [head][chunk][t]) for the block's heads and `chunks` chunks.
+    SSM_HOST_DEVICE std::size_t decays_bytes(int chunks_a_block) const {
+        return 2 * std::size_t(heads_per_block) * chunks_a_block * ssd_chunk * sizeof(float);
     }
-    // chunk_state: a, coef; B [t][n] (column-major A); the weighted x [t][p].
+    // chunk_state: a, coef of a span; B [t][n] (column-major A); the weighted x [t][p].
     template <class T>
     SSM_HOST_DEVICE std::size_t chunk_state_bytes() const {
-        return decays_bytes() + std::size_t(ssd_chunk) * (b_ld(padded_state) + b_ld(padded_dim)) * sizeof(T);
+        return decays_bytes(span) + std::size_t(ssd_chunk) * (b_ld(padded_state) + b_ld(padded_dim)) * sizeof(T);
     }
     // chunk_output: a, coef; x [t][p]; C [t][n]; then B [t][n] (then H [p][n]) and the masked C·Bᵀ
     // [t][s], where y [t][p] (floats) goes once a head's products are done.
     template <class T>
     SSM_HOST_DEVICE std::size_t chunk_output_c_offset() const {
-        return decays_bytes() + std::size_t(ssd_chunk) * b_ld(padded_dim) * sizeof(T);
+        return decays_bytes(1) + std::size_t(ssd_chunk) * b_ld(padded_dim) * sizeof(T);
     }
     template <class T>
     SSM_HOST_DEVICE std::size_t chunk_output_products_offset() const {
@@ -89,20 +98,29 @@ struct ssd_shape {
     SSM_HOST_DEVICE int y_ld() const { return padded_dim + 4; }
     // Floats of one chunk's state [head_dim][state], padded.
     SSM_HOST_DEVICE index_t state_floats() const { return index_t(padded_dim) * padded_state; }
-    // Bytes of the workspace (ssd_workspace) for `rows` = batch · heads: added and entering states, decays.
+    // Bytes of the workspace (ssd_workspace) a span of one of `rows` = batch · heads: its added and
+    // entering states, its chunks' prefix states (spans longer than one chunk) and decays.
+    template <class T>
+    SSM_HOST_DEVICE std::size_t span_bytes() const {
+        const std::size_t prefix = span > 1 ? std::size_t(state_floats()) * sizeof(T) : 0;
+        return std::size_t(state_floats()) * (sizeof(float) + sizeof(T)) + span * (prefix + sizeof(float));
+    }
     template <class T>
     SSM_HOST_DEVICE std::size_t workspace_bytes(index_t rows) const {
-        return std::size_t(rows * chunks) * (std::size_t(state_floats()) * (sizeof(float) + sizeof(T)) + sizeof(float));
+        return std::size_t(rows * spans()) * span_bytes<T>();
     }
 };
 
-// Per-chunk states [batch][chunk][head][padded_dim][padded_state]: each chunk's added state (float),
-// the state entering it (as the operand type T, which is all chunk_output reads), and log decays
-// [batch][chunk][head].
+// Per-span states [batch][span][head][padded_dim][padded_state]: the state each span adds from a
+// zero start (float) and the state entering it (as the operand type T, which is all chunk_output
+// reads); per chunk [batch][chunk][head][...]: the prefix state, which the chunks of its span before
+// it add (T; where spans are longer than one chunk), and the log decay summed from its span's start
+// through its end.
 template <class T>
 struct ssd_workspace {
     float* added;
     T* entering;
+    T* prefix;
     float* decays;
 };
 
@@ -388,21 +406,26 @@ __device__ void stage_rows(T* to, int ld, int rows, int cols, int count, int val
     }
 }
 
-// Which block: (chunk, heads) over x, the batch row over y; `head` is the first of the block's heads.
+// Which block: (chunk or span, heads) over x, the batch row over y; `head` is the first of the
+// block's heads, `k` its first chunk, of `chunks_a_block`; t0 and count are chunk k's tokens.
 struct block_place {
     index_t b, k, head, group, t0;
     int count;
 };
-inline __device__ block_place place(const scan_shape& s, const ssd_shape& g) {
+// The same block at its chunk k.
+inline __device__ block_place at_chunk(block_place at, const scan_shape& s, index_t k) {
+    at.k = k;
+    at.t0 = k * ssd_chunk;
+    at.count = int(s.length - at.t0 < ssd_chunk ? s.length - at.t0 : ssd_chunk);
+    return at;
+}
+inline __device__ block_place place(const scan_shape& s, const ssd_shape& g, int chunks_a_block) {
     const index_t head_blocks = s.delta_channels / g.heads_per_block;
     block_place at{};
     at.b = blockIdx.y;
-    at.k = blockIdx.x / head_blocks;
     at.head = blockIdx.x % head_blocks * g.heads_per_block;
     at.group = at.head / g.heads_per_group;
-    at.t0 = at.k * ssd_chunk;
-    at.count = int(s.length - at.t0 < ssd_chunk ? s.length - at.t0 : ssd_chunk);
-    return at;
+    return at_chunk(at, s, blockIdx.x / head_blocks * chunks_a_block);
 }
 
 template <class T>
@@ -420,17 +443,70 @@ __device__ void stage_x(const tensor_view<const T, 3>& v, const block_place& at,
                       v.stride(2), factor);
 }
 
-// Where a head of the block's chunk keeps its per-chunk state and decay in the workspace.
+// Where a head of the block's chunk keeps its prefix state and decay in the workspace; where its
+// span keeps its added and entering states.
 inline __device__ index_t workspace_slot(const block_place& at, const ssd_shape& g, index_t heads, index_t head) {
     return (at.b * g.chunks + at.k) * heads + head;
 }
+inline __device__ index_t span_slot(const block_place& at, const ssd_shape& g, index_t heads, index_t head) {
+    return (at.b * g.spans() + at.k / g.span) * heads + head;
+}
 
-// The block's heads' decays (chunk_decays), a warp a head: a and coef as [head][t].
+// The decays (chunk_decays) of the block's heads in its `chunks` chunks from at.k, a warp a (head,
+// chunk): a and coef as [head][chunk][t], `stride` chunks a head.
 template <class Ssm, class T>
-__device__ void block_decays(const Ssm& model, const scan_problem<T>& p, const block_place& at, const ssd_shape& g,
-                             float* a, float* coef) {
-    for (int j = warp(); j < g.heads_per_block; j += ssd_warps)
-        chunk_decays(model, p, at.b, at.t0, at.count, at.head + j, a + j * ssd_chunk, coef + j * ssd_chunk);
+__device__ void block_decays(const Ssm& model, const scan_problem<T>& p, const block_place& at, int chunks,
+                             int stride, const ssd_shape& g, float* a, float* coef) {
+    for (int j = warp(); j < g.heads_per_block * chunks; j += ssd_warps) {
+        const block_place c = at_chunk(at, p.shape, at.k + j % chunks);
+        const int at_j = (j / chunks * stride + j % chunks) * ssd_chunk;
+        chunk_decays(model, p, c.b, c.t0, c.count, at.head + j / chunks, a + at_j, coef + at_j);
+    }
+}
+
+// A head's entering state H as [p][n] operands (operand_value<T, Round>) in `to`, rows ld apart:
+// factor·E + P from its span's entering state E and its prefix state P, both [p][n] of padded_state
+// columns in the workspace. Each thread issues the loads for 4 pieces of 16 bytes of both before
+// storing any.
+template <bool Round, class T>
+__device__ void stage_entering(T* to, int ld, const ssd_shape& g, const T* entering, float factor, const T* prefix) {
+    constexpr int n = 16 / sizeof(T), batch = 4;
+    const int per_row = g.padded_state / n, pieces = g.padded_dim * per_row;
+    for (int first = int(threadIdx.x); first < pieces; first += batch * ssd_threads) {
+        uint4 e[batch], q[batch];
+#pragma unroll
+        for (int r = 0; r < batch; ++r) {
+            const int i = first + r * ssd_threads;
+            e[r] = i < pieces ? reinterpret_cast<const uint4*>(entering)[i] : uint4{0, 0, 0, 0};
+            q[r] = i < pieces ? reinterpret_cast<const uint4*>(prefix)[i] : uint4{0, 0, 0, 0};
+        }
+#pragma unroll
+        for (int r = 0; r < batch; ++r) {
+            const int i = first + r * ssd_threads;
+            if (i >= pieces) break;
+            float ev[n], qv[n];
+            unpack<T>(e[r], ev);
+            unpack<T>(q[r], qv);
+#pragma unroll
+            for (int j = 0; j < n; ++j) ev[j] = factor * ev[j] + qv[j];
+            *reinterpret_cast<uint4*>(to + i / per_row * ld + i % per_row * n) = pack<T, Round>(ev);
+        }
+    }
+}
+
+// Calls f(acc element, its offset) for a warp's Bᵀ·x product acc (see warp_product: row n0 + row,
+// column p0 + col) as part of a state [p][n] of `ld` columns.
+template <class F>
+__device__ void for_each_state_element(int ld, int n0, int p0, int tiles, float (&acc)[8][4], F f) {
+    int at = (p0 + 2 * (lane() % 4)) * ld + n0 + lane() / 4;
+#pragma unroll
+    for (int j = 0; j < 8; ++j, at += 8 * ld) {
+        if (j >= tiles) break;
+        f(acc[j][0], at);
+        f(acc[j][1], at + ld);
+        f(acc[j][2], at + 8);
+        f(acc[j][3], at + ld + 8);
+    }
 }
 
 // A head's y for the chunk's tokens, (scale·ys + D·x)·SiLU(z), from its products ys [t][p] (floats)
@@ -499,53 +575,72 @@ __device__ void store_y(const scan_problem<T>& p, const block_place& at, index_t
 }
 }  // namespace ssd_detail
 
-// The state a chunk adds, from a zero start: Σ_s e^{a_{s+1}+…+a_Q}·coef_s·B_s x_sᵀ, one block a
-// (chunk, heads of one group, batch row), B staged once for its heads; and each chunk's summed log decay.
-// Four blocks a multiprocessor (64 registers): left to itself ptxas takes 80 and admits three, slower.
+// The states a span adds: one block a (span, heads of one group, batch row) takes its chunks in
+// order, each head's P ← e^{a_1+…+a_Q}·P + Σ_s e^{a_{s+1}+…+a_Q}·coef_s·B_s x_sᵀ from P = 0, and
+// writes P after every chunk but the last as the next chunk's prefix state; and each chunk's log decay
+// summed from the span's start. B is staged once a chunk for all of its heads. P runs in the span's
+// added state (float), which each thread reads back where it wrote it: kept in registers across the
+// staging of the next chunk, it would spill. Four blocks a multiprocessor (64 registers): left to
+// itself ptxas takes 80 and admits three, slower.
 template <bool Split, class Ssm, class T>
 __global__ void __launch_bounds__(ssd_threads, 4)
     ssd_chunk_state_kernel(Ssm model, scan_problem<T> p, ssd_shape g, ssd_workspace<T> w) {
     using namespace ssd_detail;
     extern __shared__ float4 ssd_shared[];
     const int b_ld = g.b_ld(g.padded_state), x_ld = g.b_ld(g.padded_dim);
-    float* const a = reinterpret_cast<float*>(ssd_shared);  // [head][t]
-    float* const coef = a + g.heads_per_block * ssd_chunk;
-    T* const bs = reinterpret_cast<T*>(coef + g.heads_per_block * ssd_chunk);  // [t][n]
-    T* const xs = bs + ssd_chunk * b_ld;                                       // [t][p], weighted
+    float* const a = reinterpret_cast<float*>(ssd_shared);  // [head][chunk][t]
+    float* const coef = a + g.heads_per_block * g.span * ssd_chunk;
+    T* const bs = reinterpret_cast<T*>(coef + g.heads_per_block * g.span * ssd_chunk);  // [t][n]
+    T* const xs = bs + ssd_chunk * b_ld;                                                 // [t][p], weighted
     const index_t heads = p.shape.delta_channels;
-    const block_place at = place(p.shape, g);
-    block_decays(model, p, at, g, a, coef);
-    stage_bc(p.in.B, at, g, bs, b_ld);
-    __syncthreads();  // the decays
-    for (int j = 0; j < g.heads_per_block; ++j) {
-        const index_t head = at.head + j;
-        const float* const aj = a + j * ssd_chunk;
-        const float* const coefj = coef + j * ssd_chunk;
-        const float total = aj[at.count - 1];
-        if (j > 0) __syncthreads();  // every warp is done with the last head's x
-        stage_x(p.in.u, at, head, g, xs, [&](int t) { return math::exp(total - aj[t]) * coefj[t]; });
-        __syncthreads();
-        const index_t slot = workspace_slot(at, g, heads, head);
-        if (threadIdx.x == 0) w.decays[slot] = total;
-        float* const out = w.added + slot * g.state_floats();
-        // A warp's task: 16 state rows n × up to 64 columns p of Bᵀ·(weighted x); (Bᵀ)[n][s] is bs[s][n].
-        const int strips = g.padded_state / 16, column_blocks = (g.padded_dim + 63) / 64;
-        for (int task = warp(); task < strips * column_blocks; task += ssd_warps) {
-            const int n0 = task % strips * 16, p0 = task / strips * 64;
-            const int tiles = (g.padded_dim - p0 < 64 ? g.padded_dim - p0 : 64) / 8;
-            float acc[8][4] = {};
-            warp_product<Split>(acc, tiles, bs + n0, 1, b_ld, xs + p0, x_ld, 1, ssd_chunk);
-            for_each_element<8>(tiles, [&](int jt, int e, int row, int col) {
-                out[index_t(p0 + col) * g.padded_state + n0 + row] = acc[jt][e];
-            });
+    block_place at = place(p.shape, g, g.span);
+    const int chunks = int(g.chunks - at.k < g.span ? g.chunks - at.k : g.span);
+    block_decays(model, p, at, chunks, g.span, g, a, coef);
+    // A warp's task: 16 state rows n × up to 64 columns p of Bᵀ·(weighted x); (Bᵀ)[n][s] is bs[s][n].
+    const int strips = g.padded_state / 16, tasks = strips * ((g.padded_dim + 63) / 64);
+    for (int i = 0; i < chunks; ++i, at = at_chunk(at, p.shape, at.k + 1)) {
+        if (i > 0) __syncthreads();  // every warp is done with the last chunk's B and x
+        stage_bc(p.in.B, at, g, bs, b_ld);
+        if (i == 0) __syncthreads();  // the decays
+        for (int j = 0; j < g.heads_per_block; ++j) {
+            const index_t head = at.head + j;
+            const float* const aj = a + (j * g.span + i) * ssd_chunk;
+            const float* const coefj = coef + (j * g.span + i) * ssd_chunk;
+            const float total = aj[at.count - 1];
+            if (j > 0) __syncthreads();  // every warp is done with the last head's x
+            stage_x(p.in.u, at, head, g, xs, [&](int t) { return math::exp(total - aj[t]) * coefj[t]; });
+            __syncthreads();
+            const index_t slot = workspace_slot(at, g, heads, head);
+            if (threadIdx.x == 0) {  // earlier chunks are whole
+                float decay = total;
+                for (int c = 0; c < i; ++c) decay += aj[(c - i) * ssd_chunk + ssd_chunk - 1];
+                w.decays[slot] = decay;
+            }
+            const float carried = math::exp(total);
+            float* const added = w.added + span_slot(at, g, heads, head) * g.state_floats();
+            T* const prefix = w.prefix + (slot + heads) * g.state_floats();  // the next chunk's
+            for (int task = warp(); task < tasks; task += ssd_warps) {
+                const int n0 = task % strips * 16, p0 = task / strips * 64;
+                const int tiles = (g.padded_dim - p0 < 64 ? g.padded_dim - p0 : 64) / 8;
+                float acc[8][4] = {};
+                warp_product<Split>(acc, tiles, bs + n0, 1, b_ld, xs + p0, x_ld, 1, ssd_chunk);
+                // All loads before the first store, which the compiler would otherwise order them after.
+                if (i > 0)
+                    for_each_state_element(g.padded_state, n0, p0, tiles, acc,
+                                           [&](float& v, int e) { v += carried * added[e]; });
+                for_each_state_element(g.padded_state, n0, p0, tiles, acc, [&](float& v, int e) {
+                    added[e] = v;
+                    if (i + 1 < chunks) prefix[e] = from_float<T>(v);
+                });
+            }
         }
     }
 }
 
-// Chains the chunks: the state entering each chunk (as the operand type) from the states they add,
-// and the final state. One thread a (batch, head, p, n), sequential over chunks, loads issued
-// `depth` ahead. The pointers step by a chunk's stride: 64-bit products for every access would
-// double the registers, and with them halve the threads that keep loads in flight.
+// Chains the spans: the state entering each span (as the operand type) from the states they add,
+// and the final state. One thread a (batch, head, p, n), sequential over spans, loads issued `depth`
+// ahead. The pointers step by a span's stride: 64-bit products for every access would double the
+// registers, and with them halve the threads that keep loads in flight.
 template <class T>
 __global__ void __launch_bounds__(256) ssd_state_pass_kernel(scan_problem<T> p, ssd_shape g, ssd_workspace<T> w) {
     const index_t per_head = g.state_floats(), heads = p.shape.delta_channels;
@@ -556,15 +651,17 @@ __global__ void __launch_bounds__(256) ssd_state_pass_kernel(scan_problem<T> p, 
     const int q = int(e / g.padded_state), n = int(e % g.padded_state);
     const bool real = q < g.head_dim && n < g.state;
     float h = real && p.in.initial_state.data() ? p.in.initial_state(b, head * g.head_dim + q, n) : 0.0f;
-    const index_t first = b * g.chunks * heads + head, step = heads * per_head;  // slot of chunk 0, chunk stride
+    const index_t first = b * g.spans() * heads + head, step = heads * per_head;  // slot of span 0, span stride
     const float* added = w.added + first * per_head + e;
-    const float* decays = w.decays + first;
+    // A span's decay: its last chunk's, summed from the span's start.
+    const float* decays = w.decays + (b * g.chunks + g.span - 1) * heads + head;
+    const index_t decays_step = g.span * heads;
     T* entering = w.entering + first * per_head + e;
-    // Chunks `count` at a time, their loads issued before the first update.
-    auto chunks = [&]<int count>() {
+    // Spans `count` at a time, their loads issued before the first update.
+    auto spans = [&]<int count>() {
         float add[count], decay[count];
 #pragma unroll
-        for (int j = 0; j < count; ++j, added += step, decays += heads) {
+        for (int j = 0; j < count; ++j, added += step, decays += decays_step) {
             add[j] = *added;
             decay[j] = *decays;
         }
@@ -575,9 +672,14 @@ __global__ void __launch_bounds__(256) ssd_state_pass_kernel(scan_problem<T> p, 
         }
     };
     constexpr int depth = 8;
+    const index_t whole = g.chunks / g.span;  // spans of g.span chunks
     index_t k = 0;
-    for (; k + depth <= g.chunks; k += depth) chunks.template operator()<depth>();
-    for (; k < g.chunks; ++k) chunks.template operator()<1>();
+    for (; k + depth <= whole; k += depth) spans.template operator()<depth>();
+    for (; k < whole; ++k) spans.template operator()<1>();
+    if (whole < g.spans()) {  // a shorter last span
+        decays = w.decays + (b * g.chunks + g.chunks - 1) * heads + head;
+        spans.template operator()<1>();
+    }
     if (real && p.out.final_state.data()) p.out.final_state(b, head * g.head_dim + q, n) = h;
 }
 
@@ -600,14 +702,18 @@ __global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
     T* const ms = bs + g.square() * c_ld;           // [t][s]
     float* const ys = reinterpret_cast<float*>(products);  // [t][p], once a head's products are done
     const index_t heads = p.shape.delta_channels;
-    const block_place at = place(p.shape, g);
+    const block_place at = place(p.shape, g, 1);
+    const bool spans_first = at.k % g.span == 0;  // else H adds the chunk's prefix to the span's state
     // A head's entering state and gate are read after its products: their fetches start early, the
-    // state (whole 128-byte lines) a line a thread, the gate a row a thread.
+    // states (whole 128-byte lines) a line a thread, the gate a row a thread.
     auto prefetch = [&](index_t head) {
-        const char* const state =
-            reinterpret_cast<const char*>(w.entering + workspace_slot(at, g, heads, head) * g.state_floats());
-        for (int i = int(threadIdx.x) * 128; i < int(g.state_floats() * sizeof(T)); i += ssd_threads * 128)
-            prefetch_l2(state + i);
+        const auto lines = [](const T* state, int bytes) {
+            for (int i = int(threadIdx.x) * 128; i < bytes; i += ssd_threads * 128)
+                prefetch_l2(reinterpret_cast<const char*>(state) + i);
+        };
+        const int bytes = int(g.state_floats() * sizeof(T));
+        lines(w.entering + span_slot(at, g, heads, head) * g.state_floats(), bytes);
+        if (!spans_first) lines(w.prefix + workspace_slot(at, g, heads, head) * g.state_floats(), bytes);
         if (p.in.z.data() && p.in.z.stride(2) == 1 && int(threadIdx.x) < at.count) {
             const T* const row = &p.in.z(at.b, at.t0 + threadIdx.x, head * g.head_dim);
             const char* line = reinterpret_cast<const char*>(row) - reinterpret_cast<std::uintptr_t>(row) % 128;
@@ -615,7 +721,7 @@ __global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
         }
     };
     prefetch(at.head);
-    block_decays(model, p, at, g, a, coef);
+    block_decays(model, p, at, 1, 1, g, a, coef);
     stage_bc(p.in.C, at, g, cs, c_ld);
     stage_bc(p.in.B, at, g, bs, c_ld);
     stage_x(p.in.u, at, at.head, g, xs);
@@ -636,9 +742,14 @@ __global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
         __syncthreads();  // every warp is done with B (or the last head's H, C·Bᵀ and y)
         if (j > 0) stage_x(p.in.u, at, head, g, xs);
         // The head's entering state H into B's place, as [p][n]; its masked and decayed C·Bᵀ.
-        const T* const entering = w.entering + workspace_slot(at, g, heads, head) * g.state_floats();
-        stage_rows<!Split>(bs, c_ld, g.padded_dim, g.padded_state, g.padded_dim, g.padded_state, entering,
-                           g.padded_state, 1);
+        const T* const entering = w.entering + span_slot(at, g, heads, head) * g.state_floats();
+        const index_t slot = workspace_slot(at, g, heads, head);
+        if (spans_first)
+            stage_rows<!Split>(bs, c_ld, g.padded_dim, g.padded_state, g.padded_dim, g.padded_state, entering,
+                               g.padded_state, 1);
+        else  // the span's decay before this chunk: the last chunk's, summed from the span's start
+            stage_entering<!Split>(bs, c_ld, g, entering, math::exp(w.decays[slot - heads]),
+                                   w.prefix + slot * g.state_floats());
         for_each_pair<4>(cb_tiles, [&](int jt, int e, int row, int col) {
             const int t = t0 + row, s = s0 + col;
             const float decay = aj[t];
@@ -678,6 +789,20 @@ inline int ssd_heads_per_block(const ssd& how, index_t heads_per_group) {
     return how.heads_per_block;
 }
 
+// Chunks a span: how.chunks_per_span, or the most, up to 8, that leave chunk_state two blocks a
+// multiprocessor, `blocks_a_chunk` being its blocks for one chunk.
+inline int ssd_chunks_per_span(const ssd& how, index_t chunks, index_t blocks_a_chunk, int multiprocessors) {
+    if (how.chunks_per_span == 0) {
+        int span = 1;
+        while (span < 8 && (chunks + 2 * span - 1) / (2 * span) * blocks_a_chunk >= 2 * index_t(multiprocessors))
+            span *= 2;
+        return span;
+    }
+    detail::require(how.chunks_per_span >= 1 && how.chunks_per_span <= 16,
+                    "selective_scan: ssd chunks_per_span must lie in [1, 16], got ", how.chunks_per_span);
+    return how.chunks_per_span;
+}
+
 // Whether every head's rows of y and z (if any) are whole 16-byte pieces, aligned, and few enough that
 // a block's threads take the same columns at every step (store_y).
 template <class T>
@@ -699,20 +824,25 @@ ssd_shape ssd_shape_of(const ssd& how, const Ssm& model, const scan_problem<T>& 
     detail::require(head_dim <= ssd_max_head_dim, "selective_scan: ssd supports head_dim up to ", ssd_max_head_dim,
                     ", got ", head_dim);
     const index_t heads_per_group = s.delta_channels / s.groups;
-    const ssd_shape g{int(head_dim),
-                      int(s.state),
-                      int(heads_per_group),
-                      padded(head_dim),
-                      padded(s.state),
-                      (length + ssd_chunk - 1) / ssd_chunk,
-                      ssd_heads_per_block(how, heads_per_group),
-                      rows_in_vectors(p, head_dim)};
-    int device = 0, limit = 0;
+    int device = 0, limit = 0, multiprocessors = 0;
     check(cudaGetDevice(&device), "selective_scan: ssd device");
     check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "selective_scan: ssd limit");
-    detail::require(g.chunk_output_bytes<T>() <= std::size_t(limit), "selective_scan: ssd needs ",
-                    g.chunk_output_bytes<T>(), " bytes of shared memory for head_dim ", head_dim, " and state ",
-                    s.state, "; the device offers ", limit);
+    check(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device),
+          "selective_scan: ssd multiprocessors");
+    ssd_shape g{int(head_dim),
+                int(s.state),
+                int(heads_per_group),
+                padded(head_dim),
+                padded(s.state),
+                (length + ssd_chunk - 1) / ssd_chunk,
+                ssd_heads_per_block(how, heads_per_group),
+                rows_in_vectors(p, head_dim),
+                1};
+    g.span = ssd_chunks_per_span(how, g.chunks, s.batch * s.delta_channels / g.heads_per_block, multiprocessors);
+    const std::size_t bytes = std::max(g.chunk_output_bytes<T>(), g.chunk_state_bytes<T>());
+    detail::require(bytes <= std::size_t(limit), "selective_scan: ssd needs ", bytes,
+                    " bytes of shared memory for head_dim ", head_dim, " and state ", s.state, "; the device offers ",
+                    limit);
     const index_t blocks = g.chunks * s.delta_channels / g.heads_per_block;
     detail::require(blocks < (index_t(1) << 31) && s.batch <= 65535, "selective_scan: ssd grid of ", blocks, " x ",
                     s.batch, " blocks exceeds CUDA's limits");
@@ -734,25 +864,29 @@ void run_ssd_window(const cuda_exec& exec, const Ssm& model, const scan_problem<
     check(cudaFuncSetAttribute(output_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(chunk_output_bytes)),
           "selective_scan: ssd shared memory");
 
-    const index_t slots = s.batch * g.chunks * s.delta_channels;
-    // One allocation: added states (floats), entering states (T), decays (floats); each part
-    // starts 16-byte aligned, as state_floats() is a multiple of 256.
-    const std::size_t states = std::size_t(slots * g.state_floats());
+    // One allocation: added and entering states (floats, T) of the spans, prefix states (T, where a
+    // span has several chunks) and decays (floats) of the chunks; each part starts 16-byte aligned, as
+    // state_floats() is a multiple of 256.
+    const index_t rows = s.batch * s.delta_channels;
+    const std::size_t span_states = std::size_t(rows * g.spans() * g.state_floats());
+    const std::size_t chunk_states = g.span > 1 ? std::size_t(rows * g.chunks * g.state_floats()) : 0;
     void* memory = nullptr;
-    check(cudaMallocAsync(&memory, g.workspace_bytes<T>(s.batch * s.delta_channels), exec.stream),
-          "selective_scan: ssd workspace");
+    check(cudaMallocAsync(&memory, g.workspace_bytes<T>(rows), exec.stream), "selective_scan: ssd workspace");
     ssd_workspace<T> w{};
     w.added = static_cast<float*>(memory);
-    w.entering = reinterpret_cast<T*>(w.added + states);
-    w.decays = reinterpret_cast<float*>(w.entering + states);
-    const dim3 grid(unsigned(g.chunks * s.delta_channels / g.heads_per_block), unsigned(s.batch));
-    state_kernel<<<grid, ssd_threads, chunk_state_bytes, exec.stream>>>(model, p, g, w);
+    w.entering = reinterpret_cast<T*>(w.added + span_states);
+    w.prefix = w.entering + span_states;
+    w.decays = reinterpret_cast<float*>(w.prefix + chunk_states);
+    const unsigned head_blocks = unsigned(s.delta_channels / g.heads_per_block);
+    state_kernel<<<dim3(unsigned(g.spans()) * head_blocks, unsigned(s.batch)), ssd_threads, chunk_state_bytes,
+                   exec.stream>>>(model, p, g, w);
     check(cudaGetLastError(), "selective_scan: ssd chunk state launch");
     constexpr int block = 256;
     ssd_state_pass_kernel<<<blocks_for(s.batch * s.delta_channels * g.state_floats(), block), block, 0,
                             exec.stream>>>(p, g, w);
     check(cudaGetLastError(), "selective_scan: ssd state pass launch");
-    output_kernel<<<grid, ssd_threads, chunk_output_bytes, exec.stream>>>(model, p, g, w);
+    output_kernel<<<dim3(unsigned(g.chunks) * head_blocks, unsigned(s.batch)), ssd_threads, chunk_output_bytes,
+                    exec.stream>>>(model, p, g, w);
     check(cudaGetLastError(), "selective_scan: ssd chunk output launch");
     check(cudaFreeAsync(memory, exec.stream), "selective_scan: ssd workspace");
 }
@@ -766,16 +900,16 @@ tensor_view<E, R> tokens_of(const tensor_view<E, R>& v, index_t t0, index_t leng
     return {v.data() + t0 * v.stride(1), extents, v.strides()};
 }
 
-// Runs p in windows of whole chunks whose per-chunk states fit in how.workspace bytes, the state
+// Runs p in windows of whole spans whose states fit in how.workspace bytes, the state
 // carried between windows in a buffer of its own (each window's state pass reads its initial state
 // before writing the final one, so one buffer serves as both).
 template <class Ssm, class T>
 void run_ssd(const cuda_exec& exec, const ssd& how, const Ssm& model, const scan_problem<T>& p) {
     const scan_shape& s = p.shape;
     const ssd_shape whole = ssd_shape_of(how, model, p, s.length);
-    const std::size_t fitting = how.workspace / (whole.workspace_bytes<T>(s.batch * s.delta_channels) / whole.chunks);
-    if (fitting >= std::size_t(whole.chunks)) return run_ssd_window(exec, model, p, whole);
-    const index_t window = (fitting > 1 ? index_t(fitting) : 1) * ssd_chunk;
+    const std::size_t fitting = how.workspace / (whole.span_bytes<T>() * std::size_t(s.batch * s.delta_channels));
+    if (fitting >= std::size_t(whole.spans())) return run_ssd_window(exec, model, p, whole);
+    const index_t window = (fitting > 1 ? index_t(fitting) : 1) * whole.span * ssd_chunk;
 
     void* carry = nullptr;
     check(cudaMallocAsync(&carry, std::size_t(s.batch * s.channels * s.state) * sizeof(float), exec.stream),
