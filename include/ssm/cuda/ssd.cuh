@@ -73,10 +73,11 @@ struct ssd_shape {
     SSM_HOST_DEVICE std::size_t decays_bytes(int chunks_a_block) const {
         return 2 * std::size_t(heads_per_block) * chunks_a_block * ssd_chunk * sizeof(float);
     }
-    // chunk_state: a, coef of a span; B [t][n] (column-major A); the weighted x [t][p].
+    // chunk_state: a, coef, B [t][n] (column-major A) and the weighted x [t][p] of a span's chunks.
     template <class T>
     SSM_HOST_DEVICE std::size_t chunk_state_bytes() const {
-        return decays_bytes(span) + std::size_t(ssd_chunk) * (b_ld(padded_state) + b_ld(padded_dim)) * sizeof(T);
+        return decays_bytes(span) +
+               std::size_t(span) * ssd_chunk * (b_ld(padded_state) + b_ld(padded_dim)) * sizeof(T);
     }
     // chunk_output: a, coef; x [t][p]; C [t][n]; then B [t][n] (then H [p][n]) and the masked C·Bᵀ
     // [t][s], where y [t][p] (floats) goes once a head's products are done.
@@ -575,64 +576,69 @@ __device__ void store_y(const scan_problem<T>& p, const block_place& at, index_t
 }
 }  // namespace ssd_detail
 
-// The states a span adds: one block a (span, heads of one group, batch row) takes its chunks in
-// order, each head's P ← e^{a_1+…+a_Q}·P + Σ_s e^{a_{s+1}+…+a_Q}·coef_s·B_s x_sᵀ from P = 0, and
-// writes P after every chunk but the last as the next chunk's prefix state; and each chunk's log decay
-// summed from the span's start. B is staged once a chunk for all of its heads. P runs in the span's
-// added state (float), which each thread reads back where it wrote it: kept in registers across the
-// staging of the next chunk, it would spill. Four blocks a multiprocessor (64 registers): left to
-// itself ptxas takes 80 and admits three, slower.
+// The states a span adds: one block a (span, heads of one group, batch row) stages B of all of the
+// span's chunks once for its heads and, head by head, x of all of them, weighted within each chunk;
+// then each warp takes its part of P ← e^{a_1+…+a_Q}·P + Σ_s e^{a_{s+1}+…+a_Q}·coef_s·B_s x_sᵀ
+// through the chunks from P = 0 in its registers, writing P after every chunk but the last as the
+// next chunk's prefix state, after the last as the span's added state; and each chunk's log decay
+// summed from the span's start. Two blocks a multiprocessor, as the shared memory of spans of four
+// chunks allows at head_dim 64 and state 128 in bf16: the registers this leaves (up to 128) keep P
+// and the loop over chunks from spilling, which made the kernel 29% slower at 64.
 template <bool Split, class Ssm, class T>
-__global__ void __launch_bounds__(ssd_threads, 4)
+__global__ void __launch_bounds__(ssd_threads, 2)
     ssd_chunk_state_kernel(Ssm model, scan_problem<T> p, ssd_shape g, ssd_workspace<T> w) {
     using namespace ssd_detail;
     extern __shared__ float4 ssd_shared[];
     const int b_ld = g.b_ld(g.padded_state), x_ld = g.b_ld(g.padded_dim);
     float* const a = reinterpret_cast<float*>(ssd_shared);  // [head][chunk][t]
     float* const coef = a + g.heads_per_block * g.span * ssd_chunk;
-    T* const bs = reinterpret_cast<T*>(coef + g.heads_per_block * g.span * ssd_chunk);  // [t][n]
-    T* const xs = bs + ssd_chunk * b_ld;                                                 // [t][p], weighted
+    T* const bs = reinterpret_cast<T*>(coef + g.heads_per_block * g.span * ssd_chunk);  // [chunk][t][n]
+    T* const xs = bs + g.span * ssd_chunk * b_ld;                                        // [chunk][t][p], weighted
     const index_t heads = p.shape.delta_channels;
-    block_place at = place(p.shape, g, g.span);
+    const block_place at = place(p.shape, g, g.span);
     const int chunks = int(g.chunks - at.k < g.span ? g.chunks - at.k : g.span);
     block_decays(model, p, at, chunks, g.span, g, a, coef);
+    for (int i = 0; i < chunks; ++i) stage_bc(p.in.B, at_chunk(at, p.shape, at.k + i), g, bs + i * ssd_chunk * b_ld, b_ld);
+    __syncthreads();  // the decays
     // A warp's task: 16 state rows n × up to 64 columns p of Bᵀ·(weighted x); (Bᵀ)[n][s] is bs[s][n].
     const int strips = g.padded_state / 16, tasks = strips * ((g.padded_dim + 63) / 64);
-    for (int i = 0; i < chunks; ++i, at = at_chunk(at, p.shape, at.k + 1)) {
-        if (i > 0) __syncthreads();  // every warp is done with the last chunk's B and x
-        stage_bc(p.in.B, at, g, bs, b_ld);
-        if (i == 0) __syncthreads();  // the decays
-        for (int j = 0; j < g.heads_per_block; ++j) {
-            const index_t head = at.head + j;
-            const float* const aj = a + (j * g.span + i) * ssd_chunk;
-            const float* const coefj = coef + (j * g.span + i) * ssd_chunk;
-            const float total = aj[at.count - 1];
-            if (j > 0) __syncthreads();  // every warp is done with the last head's x
-            stage_x(p.in.u, at, head, g, xs, [&](int t) { return math::exp(total - aj[t]) * coefj[t]; });
-            __syncthreads();
-            const index_t slot = workspace_slot(at, g, heads, head);
-            if (threadIdx.x == 0) {  // earlier chunks are whole
-                float decay = total;
-                for (int c = 0; c < i; ++c) decay += aj[(c - i) * ssd_chunk + ssd_chunk - 1];
-                w.decays[slot] = decay;
-            }
-            const float carried = math::exp(total);
-            float* const added = w.added + span_slot(at, g, heads, head) * g.state_floats();
-            T* const prefix = w.prefix + (slot + heads) * g.state_floats();  // the next chunk's
-            for (int task = warp(); task < tasks; task += ssd_warps) {
-                const int n0 = task % strips * 16, p0 = task / strips * 64;
-                const int tiles = (g.padded_dim - p0 < 64 ? g.padded_dim - p0 : 64) / 8;
-                float acc[8][4] = {};
-                warp_product<Split>(acc, tiles, bs + n0, 1, b_ld, xs + p0, x_ld, 1, ssd_chunk);
-                // All loads before the first store, which the compiler would otherwise order them after.
-                if (i > 0)
+    for (int j = 0; j < g.heads_per_block; ++j) {
+        const index_t head = at.head + j;
+        const float* const aj = a + j * g.span * ssd_chunk;
+        const float* const coefj = coef + j * g.span * ssd_chunk;
+        if (j > 0) __syncthreads();  // every warp is done with the last head's x
+        for (int i = 0; i < chunks; ++i) {
+            const float* const ai = aj + i * ssd_chunk;
+            const float* const coefi = coefj + i * ssd_chunk;
+            const float total = ai[ssd_chunk - 1];  // later tokens of a short last chunk add nothing
+            stage_x(p.in.u, at_chunk(at, p.shape, at.k + i), head, g, xs + i * ssd_chunk * x_ld,
+                    [&](int t) { return math::exp(total - ai[t]) * coefi[t]; });
+        }
+        __syncthreads();
+        const index_t slot = workspace_slot(at, g, heads, head);  // of the span's first chunk
+        if (threadIdx.x == 0) {
+            float decay = 0.0f;
+            for (int i = 0; i < chunks; ++i) w.decays[slot + i * heads] = decay += aj[i * ssd_chunk + ssd_chunk - 1];
+        }
+        for (int task = warp(); task < tasks; task += ssd_warps) {
+            const int n0 = task % strips * 16, p0 = task / strips * 64;
+            const int tiles = (g.padded_dim - p0 < 64 ? g.padded_dim - p0 : 64) / 8;
+            float acc[8][4] = {};
+            for (int i = 0; i < chunks; ++i) {
+                if (i > 0) {
+                    const float carried = math::exp(aj[i * ssd_chunk + ssd_chunk - 1]);
+                    for_each_element<8>(tiles, [&](int jt, int e, int, int) { acc[jt][e] *= carried; });
+                }
+                warp_product<Split>(acc, tiles, bs + i * ssd_chunk * b_ld + n0, 1, b_ld,
+                                    xs + i * ssd_chunk * x_ld + p0, x_ld, 1, ssd_chunk);
+                if (i + 1 < chunks) {  // the next chunk's prefix
+                    T* const prefix = w.prefix + (slot + (i + 1) * heads) * g.state_floats();
                     for_each_state_element(g.padded_state, n0, p0, tiles, acc,
-                                           [&](float& v, int e) { v += carried * added[e]; });
-                for_each_state_element(g.padded_state, n0, p0, tiles, acc, [&](float& v, int e) {
-                    added[e] = v;
-                    if (i + 1 < chunks) prefix[e] = from_float<T>(v);
-                });
+                                           [&](float& v, int e) { prefix[e] = from_float<T>(v); });
+                }
             }
+            float* const added = w.added + span_slot(at, g, heads, head) * g.state_floats();
+            for_each_state_element(g.padded_state, n0, p0, tiles, acc, [&](float& v, int e) { added[e] = v; });
         }
     }
 }
@@ -789,12 +795,16 @@ inline int ssd_heads_per_block(const ssd& how, index_t heads_per_group) {
     return how.heads_per_block;
 }
 
-// Chunks a span: how.chunks_per_span, or the most, up to 8, that leave chunk_state two blocks a
-// multiprocessor, `blocks_a_chunk` being its blocks for one chunk.
-inline int ssd_chunks_per_span(const ssd& how, index_t chunks, index_t blocks_a_chunk, int multiprocessors) {
+// Chunks a span: how.chunks_per_span, or the most, up to 4, that leave chunk_state blocks enough for
+// four a multiprocessor and shared memory (`bytes_of(span)` of the `limit` a multiprocessor has) for
+// two, `blocks_a_chunk` being its blocks for one chunk.
+template <class Bytes>
+int ssd_chunks_per_span(const ssd& how, index_t chunks, index_t blocks_a_chunk, int multiprocessors,
+                        std::size_t limit, Bytes bytes_of) {
     if (how.chunks_per_span == 0) {
         int span = 1;
-        while (span < 8 && (chunks + 2 * span - 1) / (2 * span) * blocks_a_chunk >= 2 * index_t(multiprocessors))
+        while (span < 4 && (chunks + 2 * span - 1) / (2 * span) * blocks_a_chunk >= 4 * index_t(multiprocessors) &&
+               2 * bytes_of(2 * span) <= limit)
             span *= 2;
         return span;
     }
@@ -824,9 +834,11 @@ ssd_shape ssd_shape_of(const ssd& how, const Ssm& model, const scan_problem<T>& 
     detail::require(head_dim <= ssd_max_head_dim, "selective_scan: ssd supports head_dim up to ", ssd_max_head_dim,
                     ", got ", head_dim);
     const index_t heads_per_group = s.delta_channels / s.groups;
-    int device = 0, limit = 0, multiprocessors = 0;
+    int device = 0, limit = 0, per_multiprocessor = 0, multiprocessors = 0;
     check(cudaGetDevice(&device), "selective_scan: ssd device");
     check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "selective_scan: ssd limit");
+    check(cudaDeviceGetAttribute(&per_multiprocessor, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device),
+          "selective_scan: ssd limit");
     check(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device),
           "selective_scan: ssd multiprocessors");
     ssd_shape g{int(head_dim),
@@ -838,7 +850,11 @@ ssd_shape ssd_shape_of(const ssd& how, const Ssm& model, const scan_problem<T>& 
                 ssd_heads_per_block(how, heads_per_group),
                 rows_in_vectors(p, head_dim),
                 1};
-    g.span = ssd_chunks_per_span(how, g.chunks, s.batch * s.delta_channels / g.heads_per_block, multiprocessors);
+    g.span = ssd_chunks_per_span(how, g.chunks, s.batch * s.delta_channels / g.heads_per_block, multiprocessors,
+                                 std::size_t(per_multiprocessor), [g](int span) mutable {
+                                     g.span = span;
+                                     return g.chunk_state_bytes<T>();
+                                 });
     const std::size_t bytes = std::max(g.chunk_output_bytes<T>(), g.chunk_state_bytes<T>());
     detail::require(bytes <= std::size_t(limit), "selective_scan: ssd needs ", bytes,
                     " bytes of shared memory for head_dim ", head_dim, " and state ", s.state, "; the device offers ",
