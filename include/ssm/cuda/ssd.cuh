@@ -495,10 +495,10 @@ __device__ void stage_entering(T* to, int ld, const ssd_shape& g, const T* enter
     }
 }
 
-// Calls f(acc element, its offset) for a warp's Bᵀ·x product acc (see warp_product: row n0 + row,
+// Calls f(value, offset) for the elements of a warp's Bᵀ·x product acc (see warp_product: row n0 + row,
 // column p0 + col) as part of a state [p][n] of `ld` columns.
 template <class F>
-__device__ void for_each_state_element(int ld, int n0, int p0, int tiles, float (&acc)[8][4], F f) {
+__device__ void for_each_state_element(int ld, int n0, int p0, int tiles, const float (&acc)[8][4], F f) {
     int at = (p0 + 2 * (lane() % 4)) * ld + n0 + lane() / 4;
 #pragma unroll
     for (int j = 0; j < 8; ++j, at += 8 * ld) {
@@ -598,7 +598,8 @@ __global__ void __launch_bounds__(ssd_threads, 2)
     const block_place at = place(p.shape, g, g.span);
     const int chunks = int(g.chunks - at.k < g.span ? g.chunks - at.k : g.span);
     block_decays(model, p, at, chunks, g.span, g, a, coef);
-    for (int i = 0; i < chunks; ++i) stage_bc(p.in.B, at_chunk(at, p.shape, at.k + i), g, bs + i * ssd_chunk * b_ld, b_ld);
+    for (int i = 0; i < chunks; ++i)
+        stage_bc(p.in.B, at_chunk(at, p.shape, at.k + i), g, bs + i * ssd_chunk * b_ld, b_ld);
     __syncthreads();  // the decays
     // A warp's task: 16 state rows n × up to 64 columns p of Bᵀ·(weighted x); (Bᵀ)[n][s] is bs[s][n].
     const int strips = g.padded_state / 16, tasks = strips * ((g.padded_dim + 63) / 64);
@@ -618,7 +619,8 @@ __global__ void __launch_bounds__(ssd_threads, 2)
         const index_t slot = workspace_slot(at, g, heads, head);  // of the span's first chunk
         if (threadIdx.x == 0) {
             float decay = 0.0f;
-            for (int i = 0; i < chunks; ++i) w.decays[slot + i * heads] = decay += aj[i * ssd_chunk + ssd_chunk - 1];
+            for (int i = 0; i < chunks; ++i)
+                w.decays[slot + i * heads] = decay += aj[i * ssd_chunk + ssd_chunk - 1];
         }
         for (int task = warp(); task < tasks; task += ssd_warps) {
             const int n0 = task % strips * 16, p0 = task / strips * 64;
@@ -634,11 +636,11 @@ __global__ void __launch_bounds__(ssd_threads, 2)
                 if (i + 1 < chunks) {  // the next chunk's prefix
                     T* const prefix = w.prefix + (slot + (i + 1) * heads) * g.state_floats();
                     for_each_state_element(g.padded_state, n0, p0, tiles, acc,
-                                           [&](float& v, int e) { prefix[e] = from_float<T>(v); });
+                                           [&](float v, int e) { prefix[e] = from_float<T>(v); });
                 }
             }
             float* const added = w.added + span_slot(at, g, heads, head) * g.state_floats();
-            for_each_state_element(g.padded_state, n0, p0, tiles, acc, [&](float& v, int e) { added[e] = v; });
+            for_each_state_element(g.padded_state, n0, p0, tiles, acc, [&](float v, int e) { added[e] = v; });
         }
     }
 }
@@ -795,18 +797,17 @@ inline int ssd_heads_per_block(const ssd& how, index_t heads_per_group) {
     return how.heads_per_block;
 }
 
-// Chunks a span: how.chunks_per_span, or the most, up to 4, that leave chunk_state blocks enough for
-// four a multiprocessor and shared memory (`bytes_of(span)` of the `limit` a multiprocessor has) for
-// two, `blocks_a_chunk` being its blocks for one chunk.
+// Chunks a span: how.chunks_per_span, or two where shared memory (`bytes_of(span)` of the `limit` a
+// multiprocessor has) holds two blocks of chunk_state (one chunk a span was the slowest at every
+// benchmark shape), four where shared memory also holds two blocks of that and the kernel keeps
+// blocks for four a multiprocessor, `blocks_a_chunk` being its blocks for one chunk.
 template <class Bytes>
 int ssd_chunks_per_span(const ssd& how, index_t chunks, index_t blocks_a_chunk, int multiprocessors,
                         std::size_t limit, Bytes bytes_of) {
     if (how.chunks_per_span == 0) {
-        int span = 1;
-        while (span < 4 && (chunks + 2 * span - 1) / (2 * span) * blocks_a_chunk >= 4 * index_t(multiprocessors) &&
-               2 * bytes_of(2 * span) <= limit)
-            span *= 2;
-        return span;
+        const auto fits = [&](int span) { return 2 * bytes_of(span) <= limit; };
+        if (chunks < 2 || !fits(2)) return 1;
+        return (chunks + 3) / 4 * blocks_a_chunk >= 4 * index_t(multiprocessors) && fits(4) ? 4 : 2;
     }
     detail::require(how.chunks_per_span >= 1 && how.chunks_per_span <= 16,
                     "selective_scan: ssd chunks_per_span must lie in [1, 16], got ", how.chunks_per_span);
