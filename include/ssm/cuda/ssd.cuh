@@ -32,7 +32,7 @@ namespace ssm {
 // more than `workspace` bytes runs its tokens in windows of whole spans (at least one a window), the
 // state carried from one to the next, so that memory stays bounded however long the sequence. A block runs `heads_per_block` heads of one group (0: chosen by the launcher), which
 // share its staged B and C and their product C·Bᵀ; it must divide the heads of a group, at most 8.
-// The state pass chains spans of `chunks_per_span` chunks (0: chosen by the launcher; 1 to 16).
+// The state pass chains spans of `chunks_per_span` chunks (1, 2 or 4; 0: chosen by the launcher).
 struct ssd {
     std::size_t workspace = std::size_t(2) << 30;
     int heads_per_block = 0;
@@ -577,38 +577,44 @@ __device__ void store_y(const scan_problem<T>& p, const block_place& at, index_t
 }  // namespace ssd_detail
 
 // The states a span adds: one block a (span, heads of one group, batch row) stages B of all of the
-// span's chunks once for its heads and, head by head, x of all of them, weighted within each chunk;
-// then each warp takes its part of P ← e^{a_1+…+a_Q}·P + Σ_s e^{a_{s+1}+…+a_Q}·coef_s·B_s x_sᵀ
-// through the chunks from P = 0 in its registers, writing P after every chunk but the last as the
-// next chunk's prefix state, after the last as the span's added state; and each chunk's log decay
-// summed from the span's start. Two blocks a multiprocessor, as the shared memory of spans of four
-// chunks allows at head_dim 64 and state 128 in bf16: the registers this leaves (up to 128) keep P
-// and the loop over chunks from spilling, which made the kernel 29% slower at 64.
-template <bool Split, class Ssm, class T>
-__global__ void __launch_bounds__(ssd_threads, 2)
+// span's chunks (Span at the most) once for its heads and, head by head, x of all of them, weighted
+// within each chunk; then each warp takes its part of P ← e^{a_1+…+a_Q}·P + Σ_s e^{a_{s+1}+…+a_Q}·
+// coef_s·B_s x_sᵀ through the chunks from P = 0 in its registers, writing P after every chunk but the
+// last as the next chunk's prefix state, after the last as the span's added state; and each chunk's log
+// decay summed from the span's start. Spans of one chunk run four blocks a multiprocessor (64
+// registers; left to itself ptxas takes 80 and admits three, slower); longer spans two, as their shared
+// memory allows at head_dim 64 and state 128 in bf16, with the registers (up to 128) that keep P from
+// spilling, which made them 29% slower at 64.
+template <bool Split, int Span, class Ssm, class T>
+__global__ void __launch_bounds__(ssd_threads, Span == 1 ? 4 : 2)
     ssd_chunk_state_kernel(Ssm model, scan_problem<T> p, ssd_shape g, ssd_workspace<T> w) {
     using namespace ssd_detail;
     extern __shared__ float4 ssd_shared[];
     const int b_ld = g.b_ld(g.padded_state), x_ld = g.b_ld(g.padded_dim);
     float* const a = reinterpret_cast<float*>(ssd_shared);  // [head][chunk][t]
-    float* const coef = a + g.heads_per_block * g.span * ssd_chunk;
-    T* const bs = reinterpret_cast<T*>(coef + g.heads_per_block * g.span * ssd_chunk);  // [chunk][t][n]
-    T* const xs = bs + g.span * ssd_chunk * b_ld;                                        // [chunk][t][p], weighted
+    float* const coef = a + g.heads_per_block * Span * ssd_chunk;
+    T* const bs = reinterpret_cast<T*>(coef + g.heads_per_block * Span * ssd_chunk);  // [chunk][t][n]
+    T* const xs = bs + Span * ssd_chunk * b_ld;                                        // [chunk][t][p], weighted
     const index_t heads = p.shape.delta_channels;
-    const block_place at = place(p.shape, g, g.span);
-    const int chunks = int(g.chunks - at.k < g.span ? g.chunks - at.k : g.span);
-    block_decays(model, p, at, chunks, g.span, g, a, coef);
-    for (int i = 0; i < chunks; ++i)
+    const block_place at = place(p.shape, g, Span);
+    const int chunks = int(g.chunks - at.k < Span ? g.chunks - at.k : Span);
+    block_decays(model, p, at, chunks, Span, g, a, coef);
+#pragma unroll
+    for (int i = 0; i < Span; ++i) {
+        if (i >= chunks) break;
         stage_bc(p.in.B, at_chunk(at, p.shape, at.k + i), g, bs + i * ssd_chunk * b_ld, b_ld);
+    }
     __syncthreads();  // the decays
     // A warp's task: 16 state rows n × up to 64 columns p of Bᵀ·(weighted x); (Bᵀ)[n][s] is bs[s][n].
     const int strips = g.padded_state / 16, tasks = strips * ((g.padded_dim + 63) / 64);
     for (int j = 0; j < g.heads_per_block; ++j) {
         const index_t head = at.head + j;
-        const float* const aj = a + j * g.span * ssd_chunk;
-        const float* const coefj = coef + j * g.span * ssd_chunk;
+        const float* const aj = a + j * Span * ssd_chunk;
+        const float* const coefj = coef + j * Span * ssd_chunk;
         if (j > 0) __syncthreads();  // every warp is done with the last head's x
-        for (int i = 0; i < chunks; ++i) {
+#pragma unroll
+        for (int i = 0; i < Span; ++i) {
+            if (i >= chunks) break;
             const float* const ai = aj + i * ssd_chunk;
             const float* const coefi = coefj + i * ssd_chunk;
             const float total = ai[ssd_chunk - 1];  // later tokens of a short last chunk add nothing
@@ -626,7 +632,9 @@ __global__ void __launch_bounds__(ssd_threads, 2)
             const int n0 = task % strips * 16, p0 = task / strips * 64;
             const int tiles = (g.padded_dim - p0 < 64 ? g.padded_dim - p0 : 64) / 8;
             float acc[8][4] = {};
-            for (int i = 0; i < chunks; ++i) {
+#pragma unroll
+            for (int i = 0; i < Span; ++i) {
+                if (i >= chunks) break;
                 if (i > 0) {
                     const float carried = math::exp(aj[i * ssd_chunk + ssd_chunk - 1]);
                     for_each_element<8>(tiles, [&](int jt, int e, int, int) { acc[jt][e] *= carried; });
@@ -797,20 +805,22 @@ inline int ssd_heads_per_block(const ssd& how, index_t heads_per_group) {
     return how.heads_per_block;
 }
 
-// Chunks a span: how.chunks_per_span, or two where shared memory (`bytes_of(span)` of the `limit` a
-// multiprocessor has) holds two blocks of chunk_state (one chunk a span was the slowest at every
-// benchmark shape), four where shared memory also holds two blocks of that and the kernel keeps
-// blocks for four a multiprocessor, `blocks_a_chunk` being its blocks for one chunk.
+// Chunks a span: how.chunks_per_span, or the most of 2 and 4 that leaves chunk_state blocks for four a
+// multiprocessor and shared memory (`bytes_of(span)` of the `limit` a multiprocessor has) for two of
+// them, else 1; `blocks_a_chunk` is the kernel's blocks for one chunk.
 template <class Bytes>
 int ssd_chunks_per_span(const ssd& how, index_t chunks, index_t blocks_a_chunk, int multiprocessors,
                         std::size_t limit, Bytes bytes_of) {
     if (how.chunks_per_span == 0) {
-        const auto fits = [&](int span) { return 2 * bytes_of(span) <= limit; };
-        if (chunks < 2 || !fits(2)) return 1;
-        return (chunks + 3) / 4 * blocks_a_chunk >= 4 * index_t(multiprocessors) && fits(4) ? 4 : 2;
+        int span = 1;
+        for (const int longer : {2, 4})
+            if ((chunks + longer - 1) / longer * blocks_a_chunk >= 4 * index_t(multiprocessors) &&
+                2 * bytes_of(longer) <= limit)
+                span = longer;
+        return span;
     }
-    detail::require(how.chunks_per_span >= 1 && how.chunks_per_span <= 16,
-                    "selective_scan: ssd chunks_per_span must lie in [1, 16], got ", how.chunks_per_span);
+    detail::require(how.chunks_per_span == 1 || how.chunks_per_span == 2 || how.chunks_per_span == 4,
+                    "selective_scan: ssd chunks_per_span must be 1, 2 or 4, got ", how.chunks_per_span);
     return how.chunks_per_span;
 }
 
@@ -873,7 +883,9 @@ void run_ssd_window(const cuda_exec& exec, const Ssm& model, const scan_problem<
     constexpr bool split = std::same_as<T, float>;
     const std::size_t chunk_state_bytes = g.chunk_state_bytes<T>();
     const std::size_t chunk_output_bytes = g.chunk_output_bytes<T>();
-    auto state_kernel = ssd_chunk_state_kernel<split, Ssm, T>;
+    auto state_kernel = g.span == 1   ? ssd_chunk_state_kernel<split, 1, Ssm, T>
+                        : g.span == 2 ? ssd_chunk_state_kernel<split, 2, Ssm, T>
+                                      : ssd_chunk_state_kernel<split, 4, Ssm, T>;
     auto output_kernel = g.padded_dim <= 64 ? ssd_chunk_output_kernel<split, 4, Ssm, T>
                                             : ssd_chunk_output_kernel<split, 8, Ssm, T>;
     check(cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(chunk_state_bytes)),
