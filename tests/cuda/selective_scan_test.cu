@@ -131,6 +131,15 @@ TEST_CASE("device scans reject bad shapes before launching", "[cuda]") {
             ssm::selective_scan(ssm::cuda_exec{}, ssm::ssd{.chunks_per_span = span}, narrow, narrow_in,
                                 ssm::scan_outputs<float>{.y = {y.data(), 1, 1, 8}}),
             Catch::Contains("ssd chunks_per_span must be 1, 2 or 4, got " + std::to_string(span)));
+    // A span whose staged chunks do not fit in shared memory: float, head_dim 128, state 256.
+    const ssm::selective_ssm<ssm::scalar_identity> large{{{data.data(), 2}, 128, 256}};
+    const ssm::scan_inputs<float> large_in{.u = {data.data(), 1, 1, 256},
+                                           .delta = {data.data(), 1, 1, 2},
+                                           .B = {data.data(), 1, 1, 1, 256},
+                                           .C = {data.data(), 1, 1, 1, 256}};
+    REQUIRE_THROWS_WITH(ssm::selective_scan(ssm::cuda_exec{}, ssm::ssd{.chunks_per_span = 4}, large, large_in,
+                                            ssm::scan_outputs<float>{.y = {y.data(), 1, 1, 256}}),
+                        Catch::Contains("for head_dim 128, state 256 and 4 chunks a span; the device offers"));
     const auto untouched = y.to_host();
     REQUIRE(std::all_of(untouched.begin(), untouched.end(), [](float v) { return std::isnan(v); }));
 }

@@ -868,8 +868,8 @@ ssd_shape ssd_shape_of(const ssd& how, const Ssm& model, const scan_problem<T>& 
                                  });
     const std::size_t bytes = std::max(g.chunk_output_bytes<T>(), g.chunk_state_bytes<T>());
     detail::require(bytes <= std::size_t(limit), "selective_scan: ssd needs ", bytes,
-                    " bytes of shared memory for head_dim ", head_dim, " and state ", s.state, "; the device offers ",
-                    limit);
+                    " bytes of shared memory for head_dim ", head_dim, ", state ", s.state, " and ", g.span,
+                    " chunks a span; the device offers ", limit);
     const index_t blocks = g.chunks * s.delta_channels / g.heads_per_block;
     detail::require(blocks < (index_t(1) << 31) && s.batch <= 65535, "selective_scan: ssd grid of ", blocks, " x ",
                     s.batch, " blocks exceeds CUDA's limits");
