@@ -49,6 +49,9 @@ inline constexpr int ssd_chunk = 64;
 inline constexpr int ssd_max_head_dim = 128;
 inline constexpr int ssd_threads = 256;
 inline constexpr int ssd_warps = ssd_threads / 32;
+// chunk_output's blocks a multiprocessor (its launch bounds): as many as its registers allow.
+template <class T>
+inline constexpr int ssd_output_blocks = sizeof(T) == 4 ? 2 : 3;
 
 // Sizes of one problem as the SSD kernels see it, and their shared-memory layouts in elements of the
 // operand type T. Rows are padded so that fragment loads spread over the banks: a float tile read
@@ -556,21 +559,26 @@ __device__ void store_y(const scan_problem<T>& p, const block_place& at, index_t
         }
         return;
     }
-    constexpr int batch = ssd_chunk / ssd_warps;
+    // A lane a channel, the gates of `ahead` rows in flight; rows by offsets from the chunk's first.
+    constexpr int rows = ssd_chunk / ssd_warps, ahead = 4;
+    const index_t z_row = gated ? p.in.z.stride(1) : 0, y_row = p.out.y.stride(1);
     for (int q = lane(); q < g.head_dim; q += 32) {
         const float skip = p.in.D.data() ? p.in.D(d0 + q) : 0.0f;
-        float gate[batch];
+        const T* const z = gated ? &p.in.z(at.b, at.t0, d0 + q) : nullptr;
+        T* const y = &p.out.y(at.b, at.t0, d0 + q);
+        for (int r0 = 0; r0 < rows; r0 += ahead) {
+            float gate[ahead];
 #pragma unroll
-        for (int r = 0; r < batch; ++r) {
-            const int t = warp() + r * ssd_warps;
-            gate[r] = gated && t < at.count ? math::silu(to_float(p.in.z(at.b, at.t0 + t, d0 + q))) : 1.0f;
-        }
+            for (int r = 0; r < ahead; ++r) {
+                const int t = warp() + (r0 + r) * ssd_warps;
+                gate[r] = gated && t < at.count ? math::silu(to_float(z[t * z_row])) : 1.0f;
+            }
 #pragma unroll
-        for (int r = 0; r < batch; ++r) {
-            const int t = warp() + r * ssd_warps;
-            if (t < at.count)
-                p.out.y(at.b, at.t0 + t, d0 + q) =
-                    from_float<T>((scale * ys[t * g.y_ld() + q] + skip * to_float(xs[t * x_ld + q])) * gate[r]);
+            for (int r = 0; r < ahead; ++r) {
+                const int t = warp() + (r0 + r) * ssd_warps;
+                if (t < at.count)
+                    y[t * y_row] = from_float<T>((scale * ys[t * g.y_ld() + q] + skip * to_float(xs[t * x_ld + q])) * gate[r]);
+            }
         }
     }
 }
@@ -641,7 +649,7 @@ __global__ void __launch_bounds__(ssd_threads, Span == 1 ? 4 : 2)
                 }
                 warp_product<Split>(acc, tiles, bs + i * ssd_chunk * b_ld + n0, 1, b_ld,
                                     xs + i * ssd_chunk * x_ld + p0, x_ld, 1, ssd_chunk);
-                if (i + 1 < chunks) {  // the next chunk's prefix
+                if (Span > 1 && i + 1 < chunks) {  // the next chunk's prefix
                     T* const prefix = w.prefix + (slot + (i + 1) * heads) * g.state_floats();
                     for_each_state_element(g.padded_state, n0, p0, tiles, acc,
                                            [&](float v, int e) { prefix[e] = from_float<T>(v); });
@@ -704,7 +712,7 @@ __global__ void __launch_bounds__(256) ssd_state_pass_kernel(scan_problem<T> p, 
 // warps' registers, each head then masked and decayed in its own way. A warp's y takes up to YTiles
 // tiles of 8 columns (half of the padded head_dim): registers for no more than the head needs.
 template <bool Split, int YTiles, class Ssm, class T>
-__global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
+__global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
     ssd_chunk_output_kernel(Ssm model, scan_problem<T> p, ssd_shape g, ssd_workspace<T> w) {
     using namespace ssd_detail;
     extern __shared__ float4 ssd_shared[];
@@ -791,12 +799,20 @@ __global__ void __launch_bounds__(ssd_threads, sizeof(T) == 4 ? 2 : 3)
     }
 }
 
-// Heads a block runs: how.heads_per_block, or the most of one group, up to 4, that divide it.
-inline int ssd_heads_per_block(const ssd& how, index_t heads_per_group) {
+// Heads a block runs: how.heads_per_block, or the most of one group, up to 4, that divide it; for
+// float operands up to 8 while chunk_output keeps `resident` blocks (a full wave) of `blocks_a_head`
+// (chunks·batch·heads): their three-way split products make each C·Bᵀ a block shares three times
+// dearer. (16-bit operands gain nothing from 8: fewer blocks shorten the spans.)
+template <class T>
+int ssd_heads_per_block(const ssd& how, index_t heads_per_group, index_t blocks_a_head, index_t resident) {
     if (how.heads_per_block == 0) {
-        for (int d = 4; d > 1; --d)
-            if (heads_per_group % d == 0) return d;
-        return 1;
+        int most = 1;
+        for (int d = 4; d > 1 && most == 1; --d)
+            if (heads_per_group % d == 0) most = d;
+        if constexpr (std::same_as<T, float>)
+            for (int d = ssd_warps; d > most; --d)
+                if (heads_per_group % d == 0 && blocks_a_head / d >= resident) return d;
+        return most;
     }
     detail::require(how.heads_per_block >= 1 && how.heads_per_block <= ssd_warps &&
                         heads_per_group % how.heads_per_block == 0,
@@ -852,13 +868,15 @@ ssd_shape ssd_shape_of(const ssd& how, const Ssm& model, const scan_problem<T>& 
           "selective_scan: ssd limit");
     check(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device),
           "selective_scan: ssd multiprocessors");
+    const index_t chunks = (length + ssd_chunk - 1) / ssd_chunk;
     ssd_shape g{int(head_dim),
                 int(s.state),
                 int(heads_per_group),
                 padded(head_dim),
                 padded(s.state),
-                (length + ssd_chunk - 1) / ssd_chunk,
-                ssd_heads_per_block(how, heads_per_group),
+                chunks,
+                ssd_heads_per_block<T>(how, heads_per_group, chunks * s.batch * s.delta_channels,
+                                    index_t(multiprocessors) * ssd_output_blocks<T>),
                 rows_in_vectors(p, head_dim),
                 1};
     g.span = ssd_chunks_per_span(how, g.chunks, s.batch * s.delta_channels / g.heads_per_block, multiprocessors,
