@@ -30,8 +30,9 @@ namespace ssm {
 // element, 6 bytes (16-bit inputs) or 8 (float) a span and 2 or 4 a chunk of spans longer than one
 // chunk — several times the bytes of x at head_dim 64 and state 128: a call whose spans would need
 // more than `workspace` bytes runs its tokens in windows of whole spans (at least one a window), the
-// state carried from one to the next, so that memory stays bounded however long the sequence. A block runs `heads_per_block` heads of one group (0: chosen by the launcher), which
-// share its staged B and C and their product C·Bᵀ; it must divide the heads of a group, at most 8.
+// state carried from one to the next, so that memory stays bounded however long the sequence. A
+// block runs `heads_per_block` heads of one group (0: chosen by the launcher), which share its staged
+// B and C and their product C·Bᵀ; it must divide the heads of a group, at most 8.
 // The state pass chains spans of `chunks_per_span` chunks (1, 2 or 4; 0: chosen by the launcher).
 struct ssd {
     std::size_t workspace = std::size_t(2) << 30;
@@ -577,7 +578,8 @@ __device__ void store_y(const scan_problem<T>& p, const block_place& at, index_t
             for (int r = 0; r < ahead; ++r) {
                 const int t = warp() + (r0 + r) * ssd_warps;
                 if (t < at.count)
-                    y[t * y_row] = from_float<T>((scale * ys[t * g.y_ld() + q] + skip * to_float(xs[t * x_ld + q])) * gate[r]);
+                    y[t * y_row] =
+                        from_float<T>((scale * ys[t * g.y_ld() + q] + skip * to_float(xs[t * x_ld + q])) * gate[r]);
             }
         }
     }
