@@ -50,7 +50,9 @@ inline constexpr int ssd_chunk = 64;
 inline constexpr int ssd_max_head_dim = 128;
 inline constexpr int ssd_threads = 256;
 inline constexpr int ssd_warps = ssd_threads / 32;
-// chunk_output's blocks a multiprocessor (its launch bounds): as many as its registers allow.
+// Blocks a multiprocessor (the kernels' launch bounds), which the launcher's choices count on:
+// chunk_state's for spans of `span` chunks, chunk_output's for operands of T.
+constexpr int ssd_state_blocks(int span) { return span == 1 ? 4 : 2; }
 template <class T>
 inline constexpr int ssd_output_blocks = sizeof(T) == 4 ? 2 : 3;
 
@@ -596,7 +598,7 @@ __device__ void store_y(const scan_problem<T>& p, const block_place& at, index_t
 // memory allows at head_dim 64 and state 128 in bf16, with the registers (up to 128) that keep P from
 // spilling, which made them 29% slower at 64.
 template <bool Split, int Span, class Ssm, class T>
-__global__ void __launch_bounds__(ssd_threads, Span == 1 ? 4 : 2)
+__global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
     ssd_chunk_state_kernel(Ssm model, scan_problem<T> p, ssd_shape g, ssd_workspace<T> w) {
     using namespace ssd_detail;
     extern __shared__ float4 ssd_shared[];
@@ -823,17 +825,17 @@ int ssd_heads_per_block(const ssd& how, index_t heads_per_group, index_t blocks_
     return how.heads_per_block;
 }
 
-// Chunks a span: how.chunks_per_span, or the most of 2 and 4 that leaves chunk_state blocks for four a
-// multiprocessor and shared memory (`bytes_of(span)` of the `limit` a multiprocessor has) for two of
-// them, else 1; `blocks_a_chunk` is the kernel's blocks for one chunk.
+// Chunks a span: how.chunks_per_span, or the most of 2 and 4 that leaves chunk_state as many blocks as
+// spans of one chunk keep resident, and shared memory (`bytes_of(span)` of the `limit` a multiprocessor
+// has) for the blocks its launch bounds count on, else 1; `blocks_a_chunk` is its blocks for one chunk.
 template <class Bytes>
 int ssd_chunks_per_span(const ssd& how, index_t chunks, index_t blocks_a_chunk, int multiprocessors,
                         std::size_t limit, Bytes bytes_of) {
     if (how.chunks_per_span == 0) {
         int span = 1;
         for (const int longer : {2, 4})
-            if ((chunks + longer - 1) / longer * blocks_a_chunk >= 4 * index_t(multiprocessors) &&
-                2 * bytes_of(longer) <= limit)
+            if ((chunks + longer - 1) / longer * blocks_a_chunk >= ssd_state_blocks(1) * index_t(multiprocessors) &&
+                ssd_state_blocks(longer) * bytes_of(longer) <= limit)
                 span = longer;
         return span;
     }
