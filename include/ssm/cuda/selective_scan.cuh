@@ -114,6 +114,7 @@ struct tile_shape {
     int slices, channels, tokens, width, row;
     template <class T>
     static constexpr int lanes = 1;  // channels of storage type T a loader thread moves with one access
+    static constexpr int channels_per_thread = 1;
     // Blocks a multiprocessor holds (up to 168 registers a thread): at four (128 registers) the
     // kernels spill with a geometry known only at run time (0.65 instead of 0.51 ms at the Mamba-1
     // shape (8, 2048) when every tile was one, docs/performance.md).
@@ -121,7 +122,6 @@ struct tile_shape {
     SSM_HOST_DEVICE int threads() const { return slices * channels; }
     SSM_HOST_DEVICE int partial_row() const { return partial_row_of(slices, channels); }
     SSM_HOST_DEVICE int floats() const { return floats_of(slices, channels, tokens, row); }
-    bool operator==(const tile_shape&) const = default;
 
     // Floats between two slices' rows of C·h partial sums: ≡ 32 / slices (mod 32), so that the
     // slices of a warp's channels write, and a loader's channels read, distinct banks.
@@ -136,21 +136,30 @@ struct tile_shape {
 // The same geometry fixed at compile time, for the shape most scans have (16 real states a channel,
 // Mamba-1's): the tile loops then unroll completely, with constant offsets for indices and no
 // branches on the geometry, which had cost more instructions than the state updates themselves.
-template <int Slices, int Channels, int Tokens, int Width, int Row>
+// A thread holds its slice of `ChannelsPerThread` adjacent channels, whose updates share the token
+// loop's shared-memory reads of B and C.
+template <int Slices, int Channels, int Tokens, int Width, int Row, int ChannelsPerThread>
 struct fixed_tile {
     static constexpr int slices = Slices, channels = Channels, tokens = Tokens, width = Width, row = Row;
+    static constexpr int channels_per_thread = ChannelsPerThread;
     static constexpr int blocks_per_multiprocessor = 4;  // fits 128 registers a thread without spilling
     // A loader thread moves four adjacent float channels of a token with one 16-byte access, where
     // u, Δ, z and y allow it (fixed_tile_accesses_fit). 16-bit types keep one channel an access: four
     // in 8 bytes left the threads waiting on their loads (0.34 against 0.28 ms at (8, 2048), bf16).
     template <class T>
     static constexpr int lanes = sizeof(T) == 4 ? 4 : 1;
-    static constexpr tile_shape shape{Slices, Channels, Tokens, Width, Row};  // host side only
-    SSM_HOST_DEVICE static constexpr int threads() { return Slices * Channels; }
+    // Whether a problem's run-time geometry has this tile's states (host side only).
+    static bool holds_states_of(const tile_shape& t) { return t.slices == Slices && t.width == Width && t.row == Row; }
+    SSM_HOST_DEVICE static constexpr int threads() { return Slices * Channels / ChannelsPerThread; }
     SSM_HOST_DEVICE static constexpr int partial_row() { return tile_shape::partial_row_of(Slices, Channels); }
     SSM_HOST_DEVICE static constexpr int floats() { return tile_shape::floats_of(Slices, Channels, Tokens, Row); }
 };
-using sixteen_real_states_tile = fixed_tile<4, 32, 32, 16, 16>;
+// 16 real states: a channel a thread, 32 channels a block; and two channels a thread, 64 a block,
+// for grids with blocks to spare. Shared-memory reads bound the first (a 16-byte read costs a warp
+// four cycles of the shared-memory pipe whatever its addresses, and a token's update of 4 states
+// reads 10 floats); the second reads 12 floats for 8 updates, but has half the blocks.
+using sixteen_real_states_tile = fixed_tile<4, 32, 32, 16, 16, 1>;
+using sixteen_real_states_wide_tile = fixed_tile<4, 64, 16, 16, 16, 2>;
 
 // Tile elements each thread carries from global memory into shared memory, per array.
 inline constexpr int tile_loads = 8;
@@ -176,20 +185,26 @@ __device__ chunk_block locate(const scan_shape& shape, const Tile& tile, index_t
             int(per_group - first < tile.channels ? per_group - first : tile.channels)};
 }
 
-// The S states a thread of such a block holds: states s·S .. s·S + S - 1 of the block's channel c
-// (threads past the last channel compute nothing).
-template <int S>
+// The states a thread of such a block holds: states s·S .. s·S + S - 1 of each of the block's
+// channels c .. c + CT - 1, `count` in all, the i-th being state n(i) of channel c + i / S (threads
+// past the last channel compute nothing).
+template <int S, int CT>
 struct thread_states {
-    int c, s;
+    static constexpr int count = S * CT;
+    int c, s, valid;
     bool computes;
-    index_t d;
+    index_t d0;
     template <class Tile>
     __device__ thread_states(const Tile& tile, const chunk_block& at)
-        : c(int(threadIdx.x) / tile.slices), s(int(threadIdx.x) % tile.slices), computes(c < at.valid),
-          d(at.d0 + (computes ? c : 0)) {}
-    __device__ index_t n(int j) const { return index_t(s) * S + j; }
-    __device__ bool holds(int j, const scan_shape& shape) const { return computes && n(j) < shape.state; }
+        : c(int(threadIdx.x) / tile.slices * CT), s(int(threadIdx.x) % tile.slices), valid(at.valid),
+          computes(c < at.valid), d0(at.d0) {}
+    __device__ bool has_channel(int i) const { return c + i / S < valid; }
+    __device__ index_t d(int i) const { return d0 + (has_channel(i) ? c + i / S : 0); }
+    __device__ index_t n(int i) const { return index_t(s) * S + i % S; }
+    __device__ bool holds(int i, const scan_shape& shape) const { return has_channel(i) && n(i) < shape.state; }
 };
+template <int S, class Tile>
+using thread_states_of = thread_states<S, Tile::channels_per_thread>;
 
 // N adjacent values moved with one access (of N·sizeof(T) bytes, aligned to that).
 template <int N, class T>
@@ -220,7 +235,8 @@ struct tile_registers {
 // The caller synchronizes the block between two passes. Tile is a tile_shape or a fixed_tile.
 template <int S, bool Summary, class Tile, class Ssm, class T>
 __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Tile& tile, const chunk_block& at,
-                           typename Ssm::value_type (&h)[S], typename Ssm::value_type (&product)[S]) {
+                           typename Ssm::value_type (&h)[thread_states_of<S, Tile>::count],
+                           typename Ssm::value_type (&product)[thread_states_of<S, Tile>::count]) {
     using V = typename Ssm::value_type;
     extern __shared__ float shared[];
     const int W = tile.channels, TT = tile.tokens, slices = tile.slices, threads = tile.threads();
@@ -361,22 +377,23 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
         }
     };
 
-    // Compute role: the thread's S states of channel c.
-    const thread_states<S> mine(tile, at);
+    // Compute role: the thread's S states of each of its CT channels c .. c + CT - 1.
+    constexpr int CT = Tile::channels_per_thread, count_states = thread_states_of<S, Tile>::count;
+    const thread_states_of<S, Tile> mine(tile, at);
     const int c = mine.c, s = mine.s;
-    const index_t dc = model.transition.delta_channel(mine.d);
     constexpr int comps = components<V>;
     using Rule = typename Ssm::discretization_type;
     // Rules with a base-2 form take λ·log₂e, scaled here once instead of on every update.
     constexpr bool base2 = std::same_as<V, float> && base2_discretization<Rule> &&
                            !Ssm::structure_type::state_invariant_decay;
-    V lambda[S];
+    V lambda[count_states];
 #pragma unroll
-    for (int j = 0; j < S; ++j) {
-        lambda[j] = mine.holds(j, p.shape)
-                        ? model.modulation.eigenvalue(model.transition.eigenvalue(mine.d, mine.n(j)), dc)
+    for (int i = 0; i < count_states; ++i) {
+        lambda[i] = mine.holds(i, p.shape)
+                        ? model.modulation.eigenvalue(model.transition.eigenvalue(mine.d(i), mine.n(i)),
+                                                      model.transition.delta_channel(mine.d(i)))
                         : V{};
-        if constexpr (base2) lambda[j] = lambda[j] * math::log2e;
+        if constexpr (base2) lambda[i] = lambda[i] * math::log2e;
     }
     // A thread's S states of a B or C row in float4 loads: rows are whole slices of S·comps floats
     // (a multiple of 4), and every array of the tile starts at a multiple of 4 floats.
@@ -401,7 +418,7 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
     // gate wait for the tile's end, so that the loads and exps of successive tokens overlap.
     // A summary pass of a base-2 rule multiplies its decays at the end, as 2^(λ·log₂e·ΣΔ): an exp a
     // state per pass instead of a multiply a state and token.
-    float delta_sum = 0.0f;
+    float delta_sum[CT] = {};
     tile_registers<T, lanes> next;
     fetch(t0, next);
     for (int i = tid; i < TT * tile.row; i += threads) bs[i] = cs[i] = 0.0f;  // the padding stays 0
@@ -413,27 +430,31 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
         const int count = int(t1 - first < TT ? t1 - first : TT);
         // Tokens in groups of `group` whose partial sums are stored after the group: a store between
         // tokens would keep the next token's shared-memory loads from being issued early.
-        constexpr int group = 8;
+        constexpr int group = 8 / CT;
         // (input·x)·B, so that an input that does not depend on the state (Δ in Mamba's rule) is
-        // multiplied by x once a token.
+        // multiplied by x once a token. Returns each channel's C·h over the thread's states.
         auto advance = [&](int t) {
-            const float2 dx = dxs[t * W + c];
-            const float dt = dx.x, x = dx.y;
+            const lanes_of<CT, float2> dx = load_lanes<CT>(dxs + t * W + c);
             float bv[S * comps], cv[S * comps];
             load_states(bs + t * tile.row, bv);
             if constexpr (!Summary) load_states(cs + t * tile.row, cv);
-            discretized<V> shared_q{};
-            if constexpr (Ssm::structure_type::state_invariant_decay) shared_q = Rule::apply(lambda[0], dt);
-            if constexpr (Summary && base2) delta_sum += dt;
-            float acc = 0.0f;
+            lanes_of<CT, float> acc{};
 #pragma unroll
-            for (int j = 0; j < S; ++j) {
-                discretized<V> q;
-                if constexpr (base2) q = Rule::apply_base2(lambda[j], dt);
-                else q = ssm::detail::discretize<Ssm>(shared_q, lambda[j], dt);
-                h[j] = q.decay * h[j] + q.input * x * state_value(bv, j);
-                if constexpr (Summary && !base2) product[j] = product[j] * q.decay;
-                else acc += ssm::detail::real_product(state_value(cv, j), h[j]);
+            for (int k = 0; k < CT; ++k) {
+                const float dt = dx.v[k].x, x = dx.v[k].y;
+                discretized<V> shared_q{};
+                if constexpr (Ssm::structure_type::state_invariant_decay) shared_q = Rule::apply(lambda[k * S], dt);
+                if constexpr (Summary && base2) delta_sum[k] += dt;
+#pragma unroll
+                for (int j = 0; j < S; ++j) {
+                    const int i = k * S + j;
+                    discretized<V> q;
+                    if constexpr (base2) q = Rule::apply_base2(lambda[i], dt);
+                    else q = ssm::detail::discretize<Ssm>(shared_q, lambda[i], dt);
+                    h[i] = q.decay * h[i] + q.input * x * state_value(bv, j);
+                    if constexpr (Summary && !base2) product[i] = product[i] * q.decay;
+                    else acc.v[k] += ssm::detail::real_product(state_value(cv, j), h[i]);
+                }
             }
             return acc;
         };
@@ -441,16 +462,16 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
         const int computed = mine.computes ? count : 0;
         int t = 0;
         for (; t + group <= computed; t += group) {
-            float acc[group];
+            lanes_of<CT, float> acc[group];
 #pragma unroll
             for (int i = 0; i < group; ++i) acc[i] = advance(t + i);
             if constexpr (!Summary)
 #pragma unroll
-                for (int i = 0; i < group; ++i) my_partial[(t + i) * slices * partial_row] = acc[i];
+                for (int i = 0; i < group; ++i) store_lanes(my_partial + (t + i) * slices * partial_row, acc[i]);
         }
         for (; t < computed; ++t) {
-            const float acc = advance(t);
-            if constexpr (!Summary) my_partial[t * slices * partial_row] = acc;
+            const lanes_of<CT, float> acc = advance(t);
+            if constexpr (!Summary) store_lanes(my_partial + t * slices * partial_row, acc);
         }
         if constexpr (!Summary) {
             __syncthreads();
@@ -459,27 +480,28 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
     }
     if constexpr (Summary && base2)
 #pragma unroll
-        for (int j = 0; j < S; ++j) product[j] = product[j] * math::exp2(lambda[j] * delta_sum);
+        for (int i = 0; i < count_states; ++i) product[i] = product[i] * math::exp2(lambda[i] * delta_sum[i / S]);
 }
 
 // The thread's states at the start of the sequence: the initial state, or zeros.
-template <int S, class V, class T>
-__device__ void load_initial_states(const scan_problem<T>& p, const chunk_block& at, const thread_states<S>& mine,
-                                    V (&h)[S]) {
+template <int S, int CT, class V, class T>
+__device__ void load_initial_states(const scan_problem<T>& p, const chunk_block& at,
+                                    const thread_states<S, CT>& mine, V (&h)[S * CT]) {
 #pragma unroll
-    for (int j = 0; j < S; ++j)
-        h[j] = mine.holds(j, p.shape) && p.in.initial_state.data()
-                   ? detail::state_element<V>(p.in.initial_state, at.b, mine.d, mine.n(j))
+    for (int i = 0; i < S * CT; ++i)
+        h[i] = mine.holds(i, p.shape) && p.in.initial_state.data()
+                   ? detail::state_element<V>(p.in.initial_state, at.b, mine.d(i), mine.n(i))
                    : V{};
 }
 
-template <int S, class V, class T>
-__device__ void store_final_states(const scan_problem<T>& p, const chunk_block& at, const thread_states<S>& mine,
-                                   const V (&h)[S]) {
+template <int S, int CT, class V, class T>
+__device__ void store_final_states(const scan_problem<T>& p, const chunk_block& at, const thread_states<S, CT>& mine,
+                                   const V (&h)[S * CT]) {
     if (!p.out.final_state.data()) return;
 #pragma unroll
-    for (int j = 0; j < S; ++j)
-        if (mine.holds(j, p.shape)) detail::store_state_element(p.out.final_state, at.b, mine.d, mine.n(j), h[j]);
+    for (int i = 0; i < S * CT; ++i)
+        if (mine.holds(i, p.shape))
+            detail::store_state_element(p.out.final_state, at.b, mine.d(i), mine.n(i), h[i]);
 }
 
 // Blocks: (chunk, group, channel tile) flattened over x, the batch row over y.
@@ -490,25 +512,26 @@ chunk_kernel(Ssm model, scan_problem<T> p, Tile tile, chunk_workspace<typename S
     const index_t per_chunk = index_t(gridDim.x) / w.chunks;
     const chunk_block at = locate(p.shape, tile, w.chunk, blockIdx.x / per_chunk, blockIdx.x % per_chunk, blockIdx.y);
     if (Summary && at.k + 1 == w.chunks) return;
-    const thread_states<S> mine(tile, at);
-    V h[S], product[S];
+    const thread_states_of<S, Tile> mine(tile, at);
+    constexpr int count = thread_states_of<S, Tile>::count;
+    V h[count], product[count];
 #pragma unroll
-    for (int j = 0; j < S; ++j) {
-        product[j] = ssm::detail::lift<V>(1.0f);
-        h[j] = V{};
+    for (int i = 0; i < count; ++i) {
+        product[i] = ssm::detail::lift<V>(1.0f);
+        h[i] = V{};
     }
     if (at.k == 0) load_initial_states(p, at, mine, h);
     else if (!Summary)
 #pragma unroll
-        for (int j = 0; j < S; ++j)
-            if (mine.holds(j, p.shape)) h[j] = w.start[w.slot(p.shape, at.b, mine.d, at.k, mine.n(j))];
+        for (int i = 0; i < count; ++i)
+            if (mine.holds(i, p.shape)) h[i] = w.start[w.slot(p.shape, at.b, mine.d(i), at.k, mine.n(i))];
     chunk_pass<S, Summary>(model, p, tile, at, h, product);
     if constexpr (Summary) {
 #pragma unroll
-        for (int j = 0; j < S; ++j) {
-            if (!mine.holds(j, p.shape)) continue;
-            w.start[w.slot(p.shape, at.b, mine.d, at.k + 1, mine.n(j))] = h[j];
-            w.decay[w.slot(p.shape, at.b, mine.d, at.k + 1, mine.n(j))] = product[j];
+        for (int i = 0; i < count; ++i) {
+            if (!mine.holds(i, p.shape)) continue;
+            w.start[w.slot(p.shape, at.b, mine.d(i), at.k + 1, mine.n(i))] = h[i];
+            w.decay[w.slot(p.shape, at.b, mine.d(i), at.k + 1, mine.n(i))] = product[i];
         }
     } else if (at.k + 1 == w.chunks) {
         store_final_states(p, at, mine, h);
@@ -563,11 +586,12 @@ look_back_kernel(Ssm model, scan_problem<T> p, Tile tile, look_back_workspace<ty
     const index_t per_chunk = index_t(gridDim.x) / (w.chunks * p.shape.batch);
     const index_t k = ticket / (per_chunk * p.shape.batch), rest = ticket % (per_chunk * p.shape.batch);
     const chunk_block at = locate(p.shape, tile, w.chunk, k, rest % per_chunk, rest / per_chunk);
-    const thread_states<S> mine(tile, at);
+    const thread_states_of<S, Tile> mine(tile, at);
+    constexpr int count = thread_states_of<S, Tile>::count;
     const auto status = [&](index_t chunk) -> volatile unsigned& {
         return w.status[(at.b * w.chunks + chunk) * per_chunk + rest % per_chunk];
     };
-    const auto slot = [&](index_t chunk, int j) { return w.slot(p.shape, at.b, mine.d, chunk, mine.n(j)); };
+    const auto slot = [&](index_t chunk, int i) { return w.slot(p.shape, at.b, mine.d(i), chunk, mine.n(i)); };
     // Thread 0 sets a status once every thread's stores before the call are visible device-wide.
     const auto publish = [&](chunk_status value) {
         __threadfence();
@@ -588,9 +612,9 @@ look_back_kernel(Ssm model, scan_problem<T> p, Tile tile, look_back_workspace<ty
         return chunk_status(seen);
     };
 
-    V h[S], product[S];
+    V h[count], product[count];
 #pragma unroll
-    for (int j = 0; j < S; ++j) {
+    for (int j = 0; j < count; ++j) {
         product[j] = ssm::detail::lift<V>(1.0f);
         h[j] = V{};
     }
@@ -605,7 +629,7 @@ look_back_kernel(Ssm model, scan_problem<T> p, Tile tile, look_back_workspace<ty
         if (summary) {
             chunk_pass<S, true>(model, p, tile, at, h, product);
 #pragma unroll
-            for (int j = 0; j < S; ++j) {
+            for (int j = 0; j < count; ++j) {
                 if (!mine.holds(j, p.shape)) continue;
                 w.aggregate[slot(k, j)] = h[j];
                 w.decay[slot(k, j)] = product[j];
@@ -613,16 +637,16 @@ look_back_kernel(Ssm model, scan_problem<T> p, Tile tile, look_back_workspace<ty
             publish(chunk_aggregate);
         }
         // start = agg[k-1] + decay[k-1]·(agg[k-2] + decay[k-2]·(… + decay[j+1]·inclusive[j])).
-        V start[S], carried[S];
+        V start[count], carried[count];
 #pragma unroll
-        for (int j = 0; j < S; ++j) {
+        for (int j = 0; j < count; ++j) {
             start[j] = V{};
             carried[j] = ssm::detail::lift<V>(1.0f);
         }
         for (index_t before = k - 1;; --before) {
             const chunk_status s = wait_for(before);
 #pragma unroll
-            for (int j = 0; j < S; ++j) {
+            for (int j = 0; j < count; ++j) {
                 if (!mine.holds(j, p.shape)) continue;
                 if (s == chunk_inclusive) {
                     start[j] = start[j] + carried[j] * load_past_l1(&w.inclusive[slot(before, j)]);
@@ -635,13 +659,13 @@ look_back_kernel(Ssm model, scan_problem<T> p, Tile tile, look_back_workspace<ty
         }
         if (summary) {
 #pragma unroll
-            for (int j = 0; j < S; ++j)
+            for (int j = 0; j < count; ++j)
                 if (mine.holds(j, p.shape)) w.inclusive[slot(k, j)] = h[j] + product[j] * start[j];
             publish(chunk_inclusive);
             published = true;
         }
 #pragma unroll
-        for (int j = 0; j < S; ++j) h[j] = start[j];
+        for (int j = 0; j < count; ++j) h[j] = start[j];
         __syncthreads();  // the summary pass's tile buffers are free
     }
     chunk_pass<S, false>(model, p, tile, at, h, product);
@@ -649,7 +673,7 @@ look_back_kernel(Ssm model, scan_problem<T> p, Tile tile, look_back_workspace<ty
         store_final_states(p, at, mine, h);
     } else if (!published) {
 #pragma unroll
-        for (int j = 0; j < S; ++j)
+        for (int j = 0; j < count; ++j)
             if (mine.holds(j, p.shape)) w.inclusive[slot(k, j)] = h[j];
         publish(chunk_inclusive);
     }
@@ -932,24 +956,40 @@ bool fixed_tile_accesses_fit(const scan_problem<T>& p) {
             aligned(p.in.u) && aligned(p.in.delta) && aligned(p.in.z) && aligned(p.out.y));
 }
 
+// Blocks of `channels` channels that cover every group's channels: the blocks of one chunk of a row.
+inline index_t channel_tiles(const scan_shape& shape, int channels) {
+    const index_t per_group = shape.channels / shape.groups;
+    return shape.groups * ((per_group + channels - 1) / channels);
+}
+
+// Multiprocessors of the current device.
+inline int device_multiprocessors() {
+    int device = 0, processors = 0;
+    check(cudaGetDevice(&device), "selective_scan: device");
+    check(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device),
+          "selective_scan: device attribute");
+    return processors;
+}
+
 // Calls launch(tile, grid_blocks, shared_bytes) with the problem's tile geometry, as a fixed_tile
 // where it is the common one (real states, 16 a channel) and its accesses fit (`accesses_fit`, as
-// fixed_tile_accesses_fit), and the blocks a chunk needs (channel tiles of every group). Kernels
-// needing more than the default 48 KB of shared memory ask for it.
+// fixed_tile_accesses_fit): the wide one where `wide`. grid_blocks counts the blocks a chunk needs
+// (channel tiles of every group). Kernels needing more than the default 48 KB of shared memory ask
+// for it.
 template <int S, class V, class Kernels, class Launch>
-void with_tile(const scan_shape& shape, bool accesses_fit, Kernels kernels, Launch launch) {
+void with_tile(const scan_shape& shape, bool accesses_fit, bool wide, Kernels kernels, Launch launch) {
     const auto run = [&](auto tile) {
         const auto bytes = std::size_t(tile.floats()) * sizeof(float);
         if (bytes > 48 * 1024)
             for (const void* kernel : kernels(tile))
                 check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
                       "selective_scan: shared memory of the tile");
-        const index_t per_group = shape.channels / shape.groups;
-        launch(tile, shape.groups * ((per_group + tile.channels - 1) / tile.channels), bytes);
+        launch(tile, channel_tiles(shape, tile.channels), bytes);
     };
     const tile_shape tile = tile_for<S>(shape);
     if constexpr (S == 4 && std::same_as<V, float>)
-        if (accesses_fit && tile == sixteen_real_states_tile::shape) return run(sixteen_real_states_tile{});
+        if (accesses_fit && sixteen_real_states_tile::holds_states_of(tile))
+            return wide ? run(sixteen_real_states_wide_tile{}) : run(sixteen_real_states_tile{});
     run(tile);
 }
 
@@ -962,8 +1002,10 @@ void run_chunked_with(const cuda_exec& exec, const chunked& strategy, const Ssm&
         return std::array<const void*, 2>{reinterpret_cast<const void*>(chunk_kernel<S, true, Tile, Ssm, T>),
                                           reinterpret_cast<const void*>(chunk_kernel<S, false, Tile, Ssm, T>)};
     };
-    const bool accesses_fit = fixed_tile_accesses_fit(p);
-    with_tile<S, V>(p.shape, accesses_fit, kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
+    // The wide tile wherever there are several chunks: each pass then has blocks to spare (measured:
+    // docs/performance.md, "Two channels a thread").
+    const bool accesses_fit = fixed_tile_accesses_fit(p), wide = w.chunks > 1;
+    with_tile<S, V>(p.shape, accesses_fit, wide, kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
         using Tile = decltype(tile);
         const index_t blocks = w.chunks * per_chunk;
         detail::require(blocks < (index_t(1) << 31) && p.shape.batch <= 65535, "selective_scan: ", p.shape.batch,
@@ -995,8 +1037,13 @@ void run_look_back_with(const cuda_exec& exec, const look_back& strategy, const 
     const auto kernels = [](auto tile) {
         return std::array<const void*, 1>{reinterpret_cast<const void*>(look_back_kernel<S, decltype(tile), Ssm, T>)};
     };
-    const bool accesses_fit = fixed_tile_accesses_fit(p);
-    with_tile<S, V>(p.shape, accesses_fit, kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
+    // The wide tile where its blocks fill the device four times over: with fewer, chains of chunks
+    // whose blocks wait on their predecessors leave it idle (docs/performance.md, "Two channels a thread").
+    using wide_tile = sixteen_real_states_wide_tile;
+    const bool accesses_fit = fixed_tile_accesses_fit(p),
+               wide = chunks * p.shape.batch * channel_tiles(p.shape, wide_tile::channels) >=
+                      index_t(4) * wide_tile::blocks_per_multiprocessor * device_multiprocessors();
+    with_tile<S, V>(p.shape, accesses_fit, wide, kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
         const index_t blocks = chunks * per_chunk * p.shape.batch;
         detail::require(blocks < (index_t(1) << 31), "selective_scan: ", blocks,
                         " blocks exceed the CUDA grid; use longer chunks or smaller batches");
@@ -1035,18 +1082,19 @@ void run_look_back(const cuda_exec& exec, const look_back& strategy, const Ssm& 
 }
 
 // How the chunked scan's blocks fill a device for problems of this shape, with real (V = float) or
-// complex (V = cfloat) states: the blocks one chunk takes (every batch row), and how many blocks a
-// multiprocessor holds; `accesses_fit` as fixed_tile_accesses_fit of the problem.
+// complex (V = cfloat) states, in one chunk or in several (whose tile may differ): the blocks one
+// chunk takes (every batch row), and how many blocks a multiprocessor holds; `accesses_fit` as
+// fixed_tile_accesses_fit of the problem.
 struct chunk_occupancy {
     index_t blocks_per_chunk;
     int blocks_per_multiprocessor;
 };
 template <class V>
-chunk_occupancy chunk_occupancy_of(const scan_shape& shape, bool accesses_fit) {
+chunk_occupancy chunk_occupancy_of(const scan_shape& shape, bool accesses_fit, bool several_chunks) {
     chunk_occupancy occupancy{};
     with_states_per_thread(shape, [&](auto s) {
         with_tile<s(), V>(
-            shape, accesses_fit, [](auto) { return std::array<const void*, 0>{}; },
+            shape, accesses_fit, several_chunks, [](auto) { return std::array<const void*, 0>{}; },
             [&](auto tile, index_t per_chunk, std::size_t) {
                 occupancy = {per_chunk * shape.batch, tile.blocks_per_multiprocessor};
             });

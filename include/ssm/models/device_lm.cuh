@@ -105,21 +105,22 @@ inline void causal_conv(const cuda_exec& exec, const float* x, index_t x_stride,
     check_launch("causal_conv: state update launch");
 }
 
-// Tokens per chunk of the device scan (real states): as many chunks as fill one wave of the device
-// (cuda::chunk_kernel's blocks of 128 threads, as many a multiprocessor as it holds), one chunk where
-// its blocks alone fill it (more would read the input twice for nothing), none shorter than 128 tokens.
+// Tokens per chunk of the device scan (real states): one chunk where its blocks fill at least half a
+// wave of the device (cuda::chunk_kernel's blocks, as many a multiprocessor as it holds; more chunks
+// would read the input twice for little), else as many chunks as fill one wave with the blocks of a
+// scan in several chunks, none shorter than 128 tokens.
 inline index_t scan_chunk(index_t batch, index_t length, index_t channels, index_t state) {
-    int device = 0, processors = 0;
-    cuda::check(cudaGetDevice(&device), "scan: device");
-    cuda::check(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device), "scan: device attribute");
+    const index_t processors = cuda::device_multiprocessors();
     // The layer's activations are contiguous rows, z's rows 2·channels apart: aligned for the fixed
     // tile's accesses where channels are a multiple of its lanes.
     constexpr int lanes = cuda::sixteen_real_states_tile::lanes<float>;
-    const auto fill =
-        cuda::chunk_occupancy_of<float>({batch, length, channels, state, 1, channels, 1}, channels % lanes == 0);
-    const index_t wave = fill.blocks_per_multiprocessor * index_t(processors);
-    const index_t chunks =
-        std::clamp<index_t>(wave / fill.blocks_per_chunk, 1, std::max<index_t>(1, length / 128));
+    const scan_shape shape{batch, length, channels, state, 1, channels, 1};
+    const auto chunks_filling_a_wave = [&](bool several_chunks) {
+        const auto fill = cuda::chunk_occupancy_of<float>(shape, channels % lanes == 0, several_chunks);
+        return fill.blocks_per_multiprocessor * processors / fill.blocks_per_chunk;
+    };
+    if (length < 2 * 128 || chunks_filling_a_wave(false) < 2) return length;
+    const index_t chunks = std::clamp<index_t>(chunks_filling_a_wave(true), 2, length / 128);
     return (length + chunks - 1) / chunks;
 }
 
