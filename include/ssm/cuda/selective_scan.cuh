@@ -430,7 +430,7 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
         const int count = int(t1 - first < TT ? t1 - first : TT);
         // Tokens in groups of `group` whose partial sums are stored after the group: a store between
         // tokens would keep the next token's shared-memory loads from being issued early.
-        constexpr int group = 8 / CT;
+        constexpr int group = 8;
         // (input·x)·B, so that an input that does not depend on the state (Δ in Mamba's rule) is
         // multiplied by x once a token. Returns each channel's C·h over the thread's states.
         auto advance = [&](int t) {
