@@ -186,8 +186,8 @@ __device__ chunk_block locate(const scan_shape& shape, const Tile& tile, index_t
 }
 
 // The states a thread of such a block holds: states s·S .. s·S + S - 1 of each of the block's
-// channels c .. c + CT - 1, `count` in all, the i-th being state n(i) of channel c + i / S (threads
-// past the last channel compute nothing).
+// channels c .. c + CT - 1, `count` in all, the i-th being state n(i) of channel c + i / S. Channels
+// past the block's last hold none (holds() is false), and a thread without any computes nothing.
 template <int S, int CT>
 struct thread_states {
     static constexpr int count = S * CT;
@@ -614,9 +614,9 @@ look_back_kernel(Ssm model, scan_problem<T> p, Tile tile, look_back_workspace<ty
 
     V h[count], product[count];
 #pragma unroll
-    for (int j = 0; j < count; ++j) {
-        product[j] = ssm::detail::lift<V>(1.0f);
-        h[j] = V{};
+    for (int i = 0; i < count; ++i) {
+        product[i] = ssm::detail::lift<V>(1.0f);
+        h[i] = V{};
     }
     bool published = false;
     if (k == 0) {
@@ -629,43 +629,43 @@ look_back_kernel(Ssm model, scan_problem<T> p, Tile tile, look_back_workspace<ty
         if (summary) {
             chunk_pass<S, true>(model, p, tile, at, h, product);
 #pragma unroll
-            for (int j = 0; j < count; ++j) {
-                if (!mine.holds(j, p.shape)) continue;
-                w.aggregate[slot(k, j)] = h[j];
-                w.decay[slot(k, j)] = product[j];
+            for (int i = 0; i < count; ++i) {
+                if (!mine.holds(i, p.shape)) continue;
+                w.aggregate[slot(k, i)] = h[i];
+                w.decay[slot(k, i)] = product[i];
             }
             publish(chunk_aggregate);
         }
         // start = agg[k-1] + decay[k-1]·(agg[k-2] + decay[k-2]·(… + decay[j+1]·inclusive[j])).
         V start[count], carried[count];
 #pragma unroll
-        for (int j = 0; j < count; ++j) {
-            start[j] = V{};
-            carried[j] = ssm::detail::lift<V>(1.0f);
+        for (int i = 0; i < count; ++i) {
+            start[i] = V{};
+            carried[i] = ssm::detail::lift<V>(1.0f);
         }
         for (index_t before = k - 1;; --before) {
             const chunk_status s = wait_for(before);
 #pragma unroll
-            for (int j = 0; j < count; ++j) {
-                if (!mine.holds(j, p.shape)) continue;
+            for (int i = 0; i < count; ++i) {
+                if (!mine.holds(i, p.shape)) continue;
                 if (s == chunk_inclusive) {
-                    start[j] = start[j] + carried[j] * load_past_l1(&w.inclusive[slot(before, j)]);
+                    start[i] = start[i] + carried[i] * load_past_l1(&w.inclusive[slot(before, i)]);
                 } else {
-                    start[j] = start[j] + carried[j] * load_past_l1(&w.aggregate[slot(before, j)]);
-                    carried[j] = carried[j] * load_past_l1(&w.decay[slot(before, j)]);
+                    start[i] = start[i] + carried[i] * load_past_l1(&w.aggregate[slot(before, i)]);
+                    carried[i] = carried[i] * load_past_l1(&w.decay[slot(before, i)]);
                 }
             }
             if (s == chunk_inclusive) break;
         }
         if (summary) {
 #pragma unroll
-            for (int j = 0; j < count; ++j)
-                if (mine.holds(j, p.shape)) w.inclusive[slot(k, j)] = h[j] + product[j] * start[j];
+            for (int i = 0; i < count; ++i)
+                if (mine.holds(i, p.shape)) w.inclusive[slot(k, i)] = h[i] + product[i] * start[i];
             publish(chunk_inclusive);
             published = true;
         }
 #pragma unroll
-        for (int j = 0; j < count; ++j) h[j] = start[j];
+        for (int i = 0; i < count; ++i) h[i] = start[i];
         __syncthreads();  // the summary pass's tile buffers are free
     }
     chunk_pass<S, false>(model, p, tile, at, h, product);
@@ -673,8 +673,8 @@ look_back_kernel(Ssm model, scan_problem<T> p, Tile tile, look_back_workspace<ty
         store_final_states(p, at, mine, h);
     } else if (!published) {
 #pragma unroll
-        for (int j = 0; j < count; ++j)
-            if (mine.holds(j, p.shape)) w.inclusive[slot(k, j)] = h[j];
+        for (int i = 0; i < count; ++i)
+            if (mine.holds(i, p.shape)) w.inclusive[slot(k, i)] = h[i];
         publish(chunk_inclusive);
     }
 }
