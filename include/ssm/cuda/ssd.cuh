@@ -102,7 +102,9 @@ struct ssd_shape {
         const std::size_t y = std::size_t(ssd_chunk) * y_ld() * sizeof(float);
         return chunk_output_products_offset<T>() + (products > y ? products : y);
     }
-    SSM_HOST_DEVICE int y_ld() const { return padded_dim + 4; }
+    // y's rows: ≡ 8 floats (mod 32), so that a warp's pairs of accumulators (8 rows, 4 pairs a row)
+    // fill the 32 banks once a half-warp.
+    SSM_HOST_DEVICE int y_ld() const { return padded_dim + 8; }
     // Floats of one chunk's state [head_dim][state], padded.
     SSM_HOST_DEVICE index_t state_floats() const { return index_t(padded_dim) * padded_state; }
     // Bytes of the workspace (ssd_workspace) a span of one of `rows` = batch · heads: its added and
@@ -303,6 +305,14 @@ __device__ void store_pair(T* to, float v0, float v1) {
     else *reinterpret_cast<unsigned*>(to) = pack_pair<T>(v0, v1);
 }
 
+// 16 bytes into shared memory with one instruction: left to itself the compiler split such a store into
+// four of 4 bytes, each a four-way bank conflict, where the address was computed.
+__device__ inline void store_shared_16(void* to, const uint4& v) {
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(unsigned(__cvta_generic_to_shared(to))),
+                 "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+}
+
 // 16 / sizeof(T) floats as operands of type T (operand_value) in 16 bytes: unpack's inverse.
 template <class T, bool Round = false>
 __device__ uint4 pack(const float (&v)[16 / sizeof(T)]) {
@@ -496,7 +506,7 @@ __device__ void stage_entering(T* to, int ld, const ssd_shape& g, const T* enter
             unpack<T>(q[r], qv);
 #pragma unroll
             for (int j = 0; j < n; ++j) ev[j] = factor * ev[j] + qv[j];
-            *reinterpret_cast<uint4*>(to + i / per_row * ld + i % per_row * n) = pack<T, Round>(ev);
+            store_shared_16(to + i / per_row * ld + i % per_row * n, pack<T, Round>(ev));
         }
     }
 }
@@ -795,8 +805,8 @@ __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
         for_each_element<YTiles>(tiles, [&](int jt, int e, int, int) { acc[jt][e] *= e < 2 ? decay_low : decay_high; });
         warp_product<Split>(acc, tiles, ms + t0 * m_ld, m_ld, 1, xs + p0, x_ld, 1, t0 + 16);
         __syncthreads();  // every warp is done with H and C·Bᵀ: y takes their place
-        for_each_element<YTiles>(tiles, [&](int jt, int e, int row, int col) {
-            ys[(t0 + row) * g.y_ld() + p0 + col] = acc[jt][e];
+        for_each_pair<YTiles>(tiles, [&](int jt, int e, int row, int col) {
+            *reinterpret_cast<float2*>(ys + (t0 + row) * g.y_ld() + p0 + col) = {acc[jt][e], acc[jt][e + 1]};
         });
         __syncthreads();
         store_y(p, at, head, g, model.transition.output_scale(), ys, xs);
