@@ -16,8 +16,9 @@ TEST_CASE("device scans match the float64 reference", "[cuda]") {
             // 16 real states: the tile geometries the kernels fix at compile time (cuda::fixed_tile), with
             // channels a multiple of four (float: four channels an access) and not (float: the run-time
             // geometry; 16-bit types: the fixed tiles, one channel an access). The wide tile (two channels
-            // a thread) runs chunked scans of several chunks, and look_back{1} at 1000 tokens (6,000
-            // blocks of it, enough for any device); the others, the narrow one.
+            // a thread) runs chunked scans of several chunks, and look_back{1} at 1000 tokens and 130
+            // channels (6,000 blocks of it: four waves on devices of up to 375 multiprocessors); the
+            // others, the narrow one.
             ref::shape sixteen = s;
             sixteen.state = 16;
             check_structure<ssm::diagonal_real>(rng, sixteen);
@@ -74,7 +75,7 @@ TEST_CASE("device scans carry state over a million tokens", "[cuda]") {
     check_device_scan<ssm::diagonal_real, ssm::zoh_euler, float>(
         p, {ssm::sequential{}, ssm::chunked{.chunk = 4096}, ssm::look_back{.chunk = 4096}});
     // 1,049 chunks chained by look-back, most of them waiting on predecessors still running (the
-    // narrow fixed tile); 4,096 chunks of 256 (the wide one).
+    // narrow fixed tile); 4,096 chunks of 256 (the wide one, on devices of up to 256 multiprocessors).
     check_device_scan<ssm::diagonal_real, ssm::zoh_euler, ssm::bfloat16>(
         p, {ssm::chunked{.chunk = 1000}, ssm::look_back{.chunk = 1000}, ssm::look_back{.chunk = 256}});
 }
