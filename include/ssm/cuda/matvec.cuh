@@ -328,9 +328,7 @@ void matvec(const cuda_exec& exec, const X* weight, const float* bias, index_t o
     // multiprocessor where the matrix allows it.
     index_t tile = std::clamp<index_t>(matvec_shared / 2 / x_row, 1, std::min<index_t>(matvec_tile, batch));
     while (tile > 1 && row + norm + tile * x_row > matvec_shared) --tile;
-    int device = 0, processors = 0;
-    check(cudaGetDevice(&device), "matvec: device");
-    check(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device), "matvec: device attribute");
+    const int processors = device_attribute(cudaDevAttrMultiProcessorCount, "matvec: multiprocessors");
     const index_t spread = std::clamp<index_t>(outs / (2 * index_t(processors)), 1, matvec_group);
     const index_t room = std::min(matvec_rows_bytes, matvec_shared - norm - tile * x_row);
     const index_t group = std::clamp<index_t>(room / row, 1, spread);

@@ -31,6 +31,14 @@ inline void check(cudaError_t status, const char* what) {
     detail::require(status == cudaSuccess, what, ": ", cudaGetErrorName(status), ": ", cudaGetErrorString(status));
 }
 
+// An attribute of the current device (multiprocessors, shared-memory limits) for launch choices.
+inline int device_attribute(cudaDeviceAttr attribute, const char* what) {
+    int device = 0, value = 0;
+    check(cudaGetDevice(&device), what);
+    check(cudaDeviceGetAttribute(&value, attribute, device), what);
+    return value;
+}
+
 // Overlapped launches (programmatic dependent launch, sm_90): a kernel started by launch_overlapped
 // may begin while the kernel before it in the stream still runs, once every block of that one has
 // called let_next_kernel_start (or ended), so that its launch and its weight loads hide behind the
@@ -962,15 +970,6 @@ inline index_t channel_tiles(const scan_shape& shape, int channels) {
     return shape.groups * ((per_group + channels - 1) / channels);
 }
 
-// Multiprocessors of the current device.
-inline int device_multiprocessors() {
-    int device = 0, processors = 0;
-    check(cudaGetDevice(&device), "selective_scan: device");
-    check(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device),
-          "selective_scan: device attribute");
-    return processors;
-}
-
 // Calls launch(tile, grid_blocks, shared_bytes) with the problem's tile geometry, as a fixed_tile
 // where it is the common one (real states, 16 a channel) and its accesses fit (`accesses_fit`, as
 // fixed_tile_accesses_fit): the wide one where `wide`. grid_blocks counts the blocks a chunk needs
@@ -1042,7 +1041,8 @@ void run_look_back_with(const cuda_exec& exec, const look_back& strategy, const 
     using wide_tile = sixteen_real_states_wide_tile;
     const bool accesses_fit = fixed_tile_accesses_fit(p),
                wide = chunks * p.shape.batch * channel_tiles(p.shape, wide_tile::channels) >=
-                      index_t(4) * wide_tile::blocks_per_multiprocessor * device_multiprocessors();
+                      index_t(4) * wide_tile::blocks_per_multiprocessor *
+                          device_attribute(cudaDevAttrMultiProcessorCount, "selective_scan: multiprocessors");
     with_tile<S, V>(p.shape, accesses_fit, wide, kernels, [&](auto tile, index_t per_chunk, std::size_t shared_bytes) {
         const index_t blocks = chunks * per_chunk * p.shape.batch;
         detail::require(blocks < (index_t(1) << 31), "selective_scan: ", blocks,

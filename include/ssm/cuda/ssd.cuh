@@ -875,13 +875,10 @@ ssd_shape ssd_shape_of(const ssd& how, const Ssm& model, const scan_problem<T>& 
     detail::require(head_dim <= ssd_max_head_dim, "selective_scan: ssd supports head_dim up to ", ssd_max_head_dim,
                     ", got ", head_dim);
     const index_t heads_per_group = s.delta_channels / s.groups;
-    int device = 0, limit = 0, per_multiprocessor = 0, multiprocessors = 0;
-    check(cudaGetDevice(&device), "selective_scan: ssd device");
-    check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "selective_scan: ssd limit");
-    check(cudaDeviceGetAttribute(&per_multiprocessor, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device),
-          "selective_scan: ssd limit");
-    check(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device),
-          "selective_scan: ssd multiprocessors");
+    const int limit = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, "selective_scan: ssd limit"),
+              per_multiprocessor =
+                  device_attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor, "selective_scan: ssd limit"),
+              multiprocessors = device_attribute(cudaDevAttrMultiProcessorCount, "selective_scan: ssd multiprocessors");
     const index_t chunks = (length + ssd_chunk - 1) / ssd_chunk;
     ssd_shape g{int(head_dim),
                 int(s.state),

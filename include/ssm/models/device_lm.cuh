@@ -110,7 +110,7 @@ inline void causal_conv(const cuda_exec& exec, const float* x, index_t x_stride,
 // would read the input twice for little), else as many chunks as fill one wave with the blocks of a
 // scan in several chunks, none shorter than 128 tokens.
 inline index_t scan_chunk(index_t batch, index_t length, index_t channels, index_t state) {
-    const index_t processors = cuda::device_multiprocessors();
+    const index_t processors = cuda::device_attribute(cudaDevAttrMultiProcessorCount, "scan: multiprocessors");
     // The layer's activations are contiguous rows, z's rows 2·channels apart: aligned for the fixed
     // tile's accesses where channels are a multiple of its lanes.
     constexpr int lanes = cuda::sixteen_real_states_tile::lanes<float>;
