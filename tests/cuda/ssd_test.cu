@@ -58,8 +58,8 @@ TEST_CASE("device SSD carries state over a million tokens", "[cuda][ssd]") {
                                  {.batch = 1, .length = ssm::index_t(1) << 20, .channels = 16, .head_dim = 8,
                                   .state = 16, .z = true, .D = true, .softplus = true, .initial_state = true});
     for (auto& a : p.A) a *= 0.01;  // slow decay: the state remembers across the whole sequence
-    // In one pass, in spans of 4 chunks, and with a workspace of 1 MiB: windows of 255 chunks (float)
-    // or 340 (bf16), the state carried across 64 or 48 of them.
+    // In one pass, in spans of 4 chunks, and with a workspace of 1 MiB: windows of 63 chunks (float)
+    // or 85 (bf16), the state carried across 260 or 192 of them.
     const std::vector<device_strategy> ways{ssm::ssd{}, ssm::ssd{.chunks_per_span = 4},
                                             ssm::ssd{.workspace = std::size_t(1) << 20, .chunks_per_span = 1}};
     check_device_scan<ssm::scalar_identity, ssm::zoh_euler, float>(p, ways);

@@ -24,9 +24,10 @@ namespace ssm {
 
 // Device strategy for Mamba-2 (scalar_identity) models with exponential decay (zoh, zoh_euler):
 // chunks of cuda::ssd_chunk tokens, products on tensor cores. Head dimension and state size are
-// free (zero-padded to multiples of 16) up to what fits in shared memory: head_dim <= 128, state
-// <= 256 on an H100 for the usual head_dim 64. fp16 inputs multiply in fp16: the states and the
-// decayed C·Bᵀ must stay within its range (±65504). The states in the workspace take, a state
+// free up to what fits in shared memory, zero-padded (head_dim to 64 or 128, the state to a
+// multiple of 16): head_dim <= 128, state <= 256 on an H100 for the usual head_dim 64 (a smaller
+// head_dim costs what 64 does). fp16 inputs multiply in fp16: the states and the decayed C·Bᵀ must
+// stay within its range (±65504). The states in the workspace take, a state
 // element, 6 bytes (16-bit inputs) or 8 (float) a span and 2 or 4 a chunk of spans longer than one
 // chunk — several times the bytes of x at head_dim 64 and state 128: a call whose spans would need
 // more than `workspace` bytes runs its tokens in windows of whole spans (at least one a window), the
@@ -62,7 +63,9 @@ inline constexpr int ssd_output_blocks = sizeof(T) == 4 ? 2 : 3;
 // 16-bit tile (read in pairs along its rows) by cols + 8 (16 bytes), which keeps rows 16-byte aligned.
 struct ssd_shape {
     int head_dim, state, heads_per_group;
-    int padded_dim, padded_state;  // rounded up to 16
+    // head_dim rounded up to 64 or 128, so that the warps' tiles of a state or of y are whole (their
+    // counts known at compile time); the state rounded up to 16.
+    int padded_dim, padded_state;
     index_t chunks;
     int heads_per_block;
     bool rows_in_vectors;  // y and z rows in 16-byte pieces from each head's first channel (store_y)
@@ -198,12 +201,20 @@ __device__ void load_tiles(unsigned (&r)[4], const void* row) {
         asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(at));
 }
 
+// A count of column tiles known at compile time, where a warp's tiles are whole: the loops over them
+// then unroll without a test a tile, which had cost more instructions than the products.
+template <int N>
+struct tile_count {
+    SSM_HOST_DEVICE constexpr operator int() const { return N; }
+};
+
 // One warp's acc[j] += A·B_j over k < depth (a multiple of 16), for its 16 rows of A and the column
 // tiles j < tiles of 8 columns; A(m, k) = a[m·am + k·ak] and B(k, n) = b[k·bk + n·bn] in shared
 // memory. A's fragment is loaded once a k-step for all column tiles. Element e of acc[j] is (row
 // g + 8·(e/2), column 8·j + 2·t + e%2) with g = lane / 4, t = lane % 4, for every operand type.
-template <bool Split, int NT, class T>
-__device__ void warp_product(float (&acc)[NT][4], int tiles, const T* a, int am, int ak, const T* b, int bk, int bn,
+// `tiles` is an int or a tile_count.
+template <bool Split, int NT, class T, class Tiles>
+__device__ void warp_product(float (&acc)[NT][4], Tiles tiles, const T* a, int am, int ak, const T* b, int bk, int bn,
                              int depth) {
     const int g = lane() / 4, t = lane() % 4;
     if constexpr (std::same_as<T, float>) {
@@ -265,8 +276,8 @@ __device__ T operand_value(float v) {
 }
 
 // Calls f(j, e, row, column) for every element of a warp's acc (see warp_product).
-template <int NT, class F>
-__device__ void for_each_element(int tiles, F f) {
+template <int NT, class Tiles, class F>
+__device__ void for_each_element(Tiles tiles, F f) {
     const int g = lane() / 4, t = lane() % 4;
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
@@ -278,8 +289,8 @@ __device__ void for_each_element(int tiles, F f) {
 
 // Calls f(j, e, row, column) for the pairs of adjacent elements e and e + 1 (same row, columns column
 // and column + 1) of a warp's acc.
-template <int NT, class F>
-__device__ void for_each_pair(int tiles, F f) {
+template <int NT, class Tiles, class F>
+__device__ void for_each_pair(Tiles tiles, F f) {
     const int g = lane() / 4, t = lane() % 4;
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
@@ -514,11 +525,10 @@ __device__ void stage_entering(T* to, int ld, const ssd_shape& g, const T* enter
 // Calls f(value, offset) for the elements of a warp's Bᵀ·x product acc (see warp_product: row n0 + row,
 // column p0 + col) as part of a state [p][n] of `ld` columns.
 template <class F>
-__device__ void for_each_state_element(int ld, int n0, int p0, int tiles, const float (&acc)[8][4], F f) {
+__device__ void for_each_state_element(int ld, int n0, int p0, const float (&acc)[8][4], F f) {
     int at = (p0 + 2 * (lane() % 4)) * ld + n0 + lane() / 4;
 #pragma unroll
     for (int j = 0; j < 8; ++j, at += 8 * ld) {
-        if (j >= tiles) break;
         f(acc[j][0], at);
         f(acc[j][1], at + ld);
         f(acc[j][2], at + 8);
@@ -627,8 +637,9 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
         stage_bc(p.in.B, at_chunk(at, p.shape, at.k + i), g, bs + i * ssd_chunk * b_ld, b_ld);
     }
     __syncthreads();  // the decays
-    // A warp's task: 16 state rows n × up to 64 columns p of Bᵀ·(weighted x); (Bᵀ)[n][s] is bs[s][n].
-    const int strips = g.padded_state / 16, tasks = strips * ((g.padded_dim + 63) / 64);
+    // A warp's task: 16 state rows n × 64 columns p of Bᵀ·(weighted x); (Bᵀ)[n][s] is bs[s][n].
+    const int strips = g.padded_state / 16, tasks = strips * (g.padded_dim / 64);
+    constexpr tile_count<8> tiles;
     for (int j = 0; j < g.heads_per_block; ++j) {
         const index_t head = at.head + j;
         const float* const aj = a + j * Span * ssd_chunk;
@@ -652,7 +663,6 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
         }
         for (int task = warp(); task < tasks; task += ssd_warps) {
             const int n0 = task % strips * 16, p0 = task / strips * 64;
-            const int tiles = (g.padded_dim - p0 < 64 ? g.padded_dim - p0 : 64) / 8;
             float acc[8][4] = {};
 #pragma unroll
             for (int i = 0; i < Span; ++i) {
@@ -665,12 +675,12 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
                                     xs + i * ssd_chunk * x_ld + p0, x_ld, 1, ssd_chunk);
                 if (Span > 1 && i + 1 < chunks) {  // the next chunk's prefix
                     T* const prefix = w.prefix + (slot + (i + 1) * heads) * g.state_floats();
-                    for_each_state_element(g.padded_state, n0, p0, tiles, acc,
+                    for_each_state_element(g.padded_state, n0, p0, acc,
                                            [&](float v, int e) { prefix[e] = from_float<T>(v); });
                 }
             }
             float* const added = w.added + span_slot(at, g, heads, head) * g.state_floats();
-            for_each_state_element(g.padded_state, n0, p0, tiles, acc, [&](float v, int e) { added[e] = v; });
+            for_each_state_element(g.padded_state, n0, p0, acc, [&](float v, int e) { added[e] = v; });
         }
     }
 }
@@ -723,8 +733,8 @@ __global__ void __launch_bounds__(256) ssd_state_pass_kernel(scan_problem<T> p, 
 
 // y of one chunk: (mask ⊙ decays ⊙ C·Bᵀ)·x + (e^{a} ⊙ C)·H, then scale, skip and gate. One block a
 // (chunk, heads of one group, batch row): C and B staged once, C·Bᵀ computed once and kept in the
-// warps' registers, each head then masked and decayed in its own way. A warp's y takes up to YTiles
-// tiles of 8 columns (half of the padded head_dim): registers for no more than the head needs.
+// warps' registers, each head then masked and decayed in its own way. A warp's y takes YTiles tiles
+// of 8 columns, half of the padded head_dim (64 or 128).
 template <bool Split, int YTiles, class Ssm, class T>
 __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
     ssd_chunk_output_kernel(Ssm model, scan_problem<T> p, ssd_shape g, ssd_workspace<T> w) {
@@ -798,7 +808,8 @@ __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
         __syncthreads();
 
         // y = e^{a_t}·(C·H) + M·x for the warp's rows and its half of the columns; H[n][p] is bs[p][n].
-        const int p0 = half * g.padded_dim / 2, tiles = g.padded_dim / 16;
+        const int p0 = half * g.padded_dim / 2;
+        constexpr tile_count<YTiles> tiles;  // padded_dim / 16
         float acc[YTiles][4] = {};
         warp_product<Split>(acc, tiles, cs + t0 * c_ld, c_ld, 1, bs + p0 * c_ld, 1, c_ld, g.padded_state);
         const float decay_low = math::exp(aj[t0 + lane() / 4]), decay_high = math::exp(aj[t0 + lane() / 4 + 8]);
@@ -871,6 +882,7 @@ template <class Ssm, class T>
 ssd_shape ssd_shape_of(const ssd& how, const Ssm& model, const scan_problem<T>& p, index_t length) {
     const scan_shape& s = p.shape;
     auto padded = [](index_t v) { return int((v + 15) / 16 * 16); };
+    auto padded_head = [](index_t v) { return v <= 64 ? 64 : 128; };
     const index_t head_dim = model.transition.head_dim;
     detail::require(head_dim <= ssd_max_head_dim, "selective_scan: ssd supports head_dim up to ", ssd_max_head_dim,
                     ", got ", head_dim);
@@ -883,7 +895,7 @@ ssd_shape ssd_shape_of(const ssd& how, const Ssm& model, const scan_problem<T>& 
     ssd_shape g{int(head_dim),
                 int(s.state),
                 int(heads_per_group),
-                padded(head_dim),
+                padded_head(head_dim),
                 padded(s.state),
                 chunks,
                 ssd_heads_per_block<T>(how, heads_per_group, chunks * s.batch * s.delta_channels,
@@ -915,7 +927,7 @@ void run_ssd_window(const cuda_exec& exec, const Ssm& model, const scan_problem<
     auto state_kernel = g.span == 1   ? ssd_chunk_state_kernel<split, 1, Ssm, T>
                         : g.span == 2 ? ssd_chunk_state_kernel<split, 2, Ssm, T>
                                       : ssd_chunk_state_kernel<split, 4, Ssm, T>;
-    auto output_kernel = g.padded_dim <= 64 ? ssd_chunk_output_kernel<split, 4, Ssm, T>
+    auto output_kernel = g.padded_dim == 64 ? ssd_chunk_output_kernel<split, 4, Ssm, T>
                                             : ssd_chunk_output_kernel<split, 8, Ssm, T>;
     check(cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(chunk_state_bytes)),
           "selective_scan: ssd shared memory");
