@@ -151,11 +151,11 @@ struct fixed_tile {
     static constexpr int slices = Slices, channels = Channels, tokens = Tokens, width = Width, row = Row;
     static constexpr int channels_per_thread = ChannelsPerThread;
     static constexpr int blocks_per_multiprocessor = 4;  // fits 128 registers a thread without spilling
-    // A loader thread moves four adjacent float channels of a token with one 16-byte access, where
-    // u, Δ, z and y allow it (fixed_tile_accesses_fit). 16-bit types keep one channel an access: four
-    // in 8 bytes left the threads waiting on their loads (0.34 against 0.28 ms at (8, 2048), bf16).
+    // A loader thread moves adjacent channels of a token with one access, where u, Δ, z and y allow
+    // it (fixed_tile_accesses_fit): four floats in 16 bytes, two 16-bit values in 4 (held as words,
+    // packed_lanes; four in 8 bytes were as fast at the long shapes, slower at (8, 2048)).
     template <class T>
-    static constexpr int lanes = sizeof(T) == 4 ? 4 : 1;
+    static constexpr int lanes = sizeof(T) == 4 ? 4 : 2;
     // Whether a problem's run-time geometry has this tile's states (host side only).
     static bool holds_states_of(const tile_shape& t) { return t.slices == Slices && t.width == Width && t.row == Row; }
     SSM_HOST_DEVICE static constexpr int threads() { return Slices * Channels / ChannelsPerThread; }
@@ -228,13 +228,33 @@ __device__ void store_lanes(T* to, const lanes_of<N, T>& values) {
     *reinterpret_cast<lanes_of<N, T>*>(to) = values;
 }
 
+// N adjacent values of a 16-bit type T as they lie in memory, in 32-bit words, unpacked where they
+// are used: loaded as a vector of 16-bit values, an access was split into its 16-bit registers on
+// arrival, and the thread waited for its load right there.
+template <int N, class T>
+struct alignas(N * sizeof(T)) packed_lanes {
+    std::uint32_t w[N * sizeof(T) / 4];
+};
+template <int N, class T>
+__device__ float lane_value(const lanes_of<N, T>& l, int i) {
+    return to_float(l.v[i]);
+}
+template <int N, class T>
+__device__ float lane_value(const packed_lanes<N, T>& l, int i) {
+    return to_float(T{std::uint16_t(l.w[i / 2] >> (16 * (i % 2)))});
+}
+// How a thread holds N values of T between their load and their use.
+template <int N, class T>
+using held_lanes = std::conditional_t<sizeof(T) == 2 && N % 2 == 0, packed_lanes<N, T>, lanes_of<N, T>>;
+
 // A thread's share of the next tile, held in registers while the current tile computes, `Lanes`
-// channels of x, Δ and z an access. The values stay in their storage type until staged: converting
-// them on arrival would make the thread wait for its loads before it computes the current tile
-// (which is what made 16-bit inputs slower).
+// channels of x, Δ and z an access. The values stay as they were loaded until staged: converting
+// or unpacking them on arrival would make the thread wait for its loads before it computes the
+// current tile.
 template <class T, int Lanes>
 struct tile_registers {
-    lanes_of<Lanes, T> x[tile_loads / Lanes], delta[tile_loads / Lanes], z[tile_loads / Lanes];
+    using held = held_lanes<Lanes, T>;
+    held x[tile_loads / Lanes], delta[tile_loads / Lanes], z[tile_loads / Lanes];
     T b[tile_loads], c[tile_loads];
 };
 
@@ -297,12 +317,13 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
         const T* u = u_row + (first + load_token) * in.u.stride(1);
         const T* delta = delta_row + (first + load_token) * in.delta.stride(1);
         const T* z = gated ? z_row + (first + load_token) * in.z.stride(1) : nullptr;
+        using held = typename tile_registers<T, lanes>::held;
 #pragma unroll
         for (int j = 0; j < token_loads; ++j) {
             const bool ok = load_token + j * token_step < count && loads_channel;
-            r.x[j] = ok ? load_lanes<lanes>(u) : lanes_of<lanes, T>{};
-            r.delta[j] = ok ? load_lanes<lanes>(delta) : lanes_of<lanes, T>{};
-            r.z[j] = ok && gated ? load_lanes<lanes>(z) : lanes_of<lanes, T>{};
+            r.x[j] = ok ? *reinterpret_cast<const held*>(u) : held{};
+            r.delta[j] = ok ? *reinterpret_cast<const held*>(delta) : held{};
+            r.z[j] = ok && gated ? *reinterpret_cast<const held*>(z) : held{};
             u += token_step * in.u.stride(1);
             delta += token_step * in.delta.stride(1);
             z += gated ? token_step * in.z.stride(1) : 0;
@@ -335,10 +356,10 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
             lanes_of<lanes, float> gate;
 #pragma unroll
             for (int i = 0; i < lanes; ++i) {
-                float dt = to_float(r.delta[j].v[i]) + load_bias[i];
+                float dt = lane_value(r.delta[j], i) + load_bias[i];
                 dt = in.delta_softplus ? math::softplus(dt) : dt;
-                dx.v[i] = {model.modulation.delta(dt, load_dc[i]), to_float(r.x[j].v[i])};
-                gate.v[i] = to_float(r.z[j].v[i]);
+                dx.v[i] = {model.modulation.delta(dt, load_dc[i]), lane_value(r.x[j], i)};
+                gate.v[i] = lane_value(r.z[j], i);
             }
             store_lanes(dxs + t * W + load_channel, dx);
             store_lanes(zs + t * W + load_channel, gate);
