@@ -379,15 +379,52 @@ struct unscaled {
 // Rows of a matrix of T into a shared-memory tile: row t (< rows) from base + t·row_stride, `cols` (a
 // multiple of 16) a row, `step` apart, zero beyond `count` rows and `valid` columns, times factor(t)
 // unless unscaled, as operand_value<T, Round>. A warp a row, its lanes along the columns, 16 bytes a
-// lane where the rows allow; each thread issues the loads for 8 rows before storing any, so that their
-// latencies overlap. (Asynchronous copies, cp.async, took more instructions and time here.)
-template <bool Round, class T, class Factor = unscaled>
+// lane where the rows allow; with Across (and a row's pieces of 16 bytes a power of two) the block's
+// threads along the pieces of all rows instead, which takes fewer instructions and issues more rows'
+// loads at once, but more registers. Each thread issues the loads for 8 rows (or pieces) before
+// storing any, so that their latencies overlap. (Asynchronous copies, cp.async, took more
+// instructions and time here.)
+template <bool Round, bool Across = false, class T, class Factor = unscaled>
 __device__ void stage_rows(T* to, int ld, int rows, int cols, int count, int valid, const T* base,
                            index_t row_stride, index_t step, Factor factor = {}) {
     constexpr int n = 16 / sizeof(T), batch = ssd_chunk / ssd_warps;
     constexpr bool as_they_are = std::same_as<Factor, unscaled> && (!Round || !std::same_as<T, float>);
     const bool vectors = step == 1 && valid % n == 0 && reinterpret_cast<std::uintptr_t>(base) % 16 == 0 &&
                          row_stride * index_t(sizeof(T)) % 16 == 0;
+    const int per_row = cols / n;
+    if (Across && vectors && (per_row & (per_row - 1)) == 0) {
+        const int shift = __ffs(per_row) - 1, pieces = rows << shift;
+        auto place = [&](int i, int& t, int& col) { t = i >> shift, col = (i & (per_row - 1)) * n; };
+        for (int first = int(threadIdx.x); first < pieces; first += batch * ssd_threads) {
+            uint4 raw[batch];
+#pragma unroll
+            for (int r = 0; r < batch; ++r) {
+                int t, col;
+                place(first + r * ssd_threads, t, col);
+                raw[r] = first + r * ssd_threads < pieces && t < count && col < valid
+                             ? *reinterpret_cast<const uint4*>(base + t * row_stride + col)
+                             : uint4{0, 0, 0, 0};
+            }
+#pragma unroll
+            for (int r = 0; r < batch; ++r) {
+                if (first + r * ssd_threads >= pieces) break;
+                int t, col;
+                place(first + r * ssd_threads, t, col);
+                uint4* const row = reinterpret_cast<uint4*>(to + t * ld + col);
+                if constexpr (as_they_are) {
+                    *row = raw[r];
+                } else {
+                    float v[n];
+                    unpack<T>(raw[r], v);
+                    const float f = factor(t);
+#pragma unroll
+                    for (int j = 0; j < n; ++j) v[j] *= f;
+                    *row = pack<T, Round>(v);
+                }
+            }
+        }
+        return;
+    }
     const index_t jump = ssd_warps * row_stride;  // from one of a warp's rows to its next
     for (int first = warp(); first < rows; first += batch * ssd_warps) {
         if (vectors) {
@@ -456,19 +493,24 @@ inline __device__ block_place place(const scan_shape& s, const ssd_shape& g, int
     return at_chunk(at, s, blockIdx.x / head_blocks * chunks_a_block);
 }
 
-template <class T>
-__device__ void stage_bc(const tensor_view<const T, 4>& v, const block_place& at, const ssd_shape& g, T* to, int ld) {
+// B or C [t][n] of `chunks` chunks from at's (their rows one after the other, zero past the sequence).
+// B or C [t][n] of the `rows` rows from at's first token, `count` of them in the sequence.
+template <bool Across = false, class T>
+__device__ void stage_bc(const tensor_view<const T, 4>& v, const block_place& at, const ssd_shape& g, T* to, int ld,
+                         int rows = ssd_chunk, int count = -1) {
     const T* const base = v.data() + at.b * v.stride(0) + at.t0 * v.stride(1) + at.group * v.stride(2);
-    stage_rows<false>(to, ld, ssd_chunk, g.padded_state, at.count, g.state, base, v.stride(1), v.stride(3));
+    stage_rows<false, Across>(to, ld, rows, g.padded_state, count < 0 ? at.count : count, g.state, base, v.stride(1),
+                      v.stride(3));
 }
 
-// A head's x [t][p], each row t times factor(t) unless unscaled.
-template <class T, class Factor = unscaled>
+// A head's x [t][p] of the `rows` rows from at's first token (`count` of them in the sequence), each
+// row t times factor(t) unless unscaled.
+template <bool Across = false, class T, class Factor = unscaled>
 __device__ void stage_x(const tensor_view<const T, 3>& v, const block_place& at, index_t head, const ssd_shape& g,
-                        T* to, Factor factor = {}) {
+                        T* to, Factor factor = {}, int rows = ssd_chunk, int count = -1) {
     const T* const base = v.data() + at.b * v.stride(0) + at.t0 * v.stride(1) + head * g.head_dim * v.stride(2);
-    stage_rows<false>(to, g.b_ld(g.padded_dim), ssd_chunk, g.padded_dim, at.count, g.head_dim, base, v.stride(1),
-                      v.stride(2), factor);
+    stage_rows<false, Across>(to, g.b_ld(g.padded_dim), rows, g.padded_dim, count < 0 ? at.count : count, g.head_dim, base,
+                      v.stride(1), v.stride(2), factor);
 }
 
 // Where a head of the block's chunk keeps its prefix state and decay in the workspace; where its
@@ -631,11 +673,12 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
     const block_place at = place(p.shape, g, Span);
     const int chunks = int(g.chunks - at.k < Span ? g.chunks - at.k : Span);
     block_decays(model, p, at, chunks, Span, g, a, coef);
-#pragma unroll
-    for (int i = 0; i < Span; ++i) {
-        if (i >= chunks) break;
-        stage_bc(p.in.B, at_chunk(at, p.shape, at.k + i), g, bs + i * ssd_chunk * b_ld, b_ld);
-    }
+    // The span's chunks are staged as one matrix of rows (their tiles are consecutive): a thread's loads
+    // of all of them in flight at once.
+    const int rows = chunks * ssd_chunk, tokens = int(p.shape.length - at.t0 < rows ? p.shape.length - at.t0 : rows);
+    constexpr bool across = Span > 1;  // registers to spare (spans of one chunk run at 64)
+    if constexpr (across) stage_bc<true>(p.in.B, at, g, bs, b_ld, rows, tokens);
+    else stage_bc(p.in.B, at, g, bs, b_ld);
     __syncthreads();  // the decays
     // A warp's task: 16 state rows n × 64 columns p of Bᵀ·(weighted x); (Bᵀ)[n][s] is bs[s][n].
     const int strips = g.padded_state / 16, tasks = strips * (g.padded_dim / 64);
@@ -645,14 +688,15 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
         const float* const aj = a + j * Span * ssd_chunk;
         const float* const coefj = coef + j * Span * ssd_chunk;
         if (j > 0) __syncthreads();  // every warp is done with the last head's x
-#pragma unroll
-        for (int i = 0; i < Span; ++i) {
-            if (i >= chunks) break;
-            const float* const ai = aj + i * ssd_chunk;
-            const float* const coefi = coefj + i * ssd_chunk;
-            const float total = ai[ssd_chunk - 1];  // later tokens of a short last chunk add nothing
-            stage_x(p.in.u, at_chunk(at, p.shape, at.k + i), head, g, xs + i * ssd_chunk * x_ld,
-                    [&](int t) { return math::exp(total - ai[t]) * coefi[t]; });
+        // Row r is token r % ssd_chunk of chunk r / ssd_chunk, weighted by its decay to its chunk's end,
+        // a[r | (ssd_chunk - 1)] (a power of two; later tokens of a short last chunk add nothing).
+        if constexpr (across) {
+            stage_x<true>(
+                p.in.u, at, head, g, xs, [&](int r) { return math::exp(aj[r | (ssd_chunk - 1)] - aj[r]) * coefj[r]; },
+                rows, tokens);
+        } else {
+            const float total = aj[ssd_chunk - 1];
+            stage_x(p.in.u, at, head, g, xs, [&](int t) { return math::exp(total - aj[t]) * coefj[t]; });
         }
         __syncthreads();
         const index_t slot = workspace_slot(at, g, heads, head);  // of the span's first chunk
