@@ -391,6 +391,20 @@ __device__ void stage_rows(T* to, int ld, int rows, int cols, int count, int val
     constexpr bool as_they_are = std::same_as<Factor, unscaled> && (!Round || !std::same_as<T, float>);
     const bool vectors = step == 1 && valid % n == 0 && reinterpret_cast<std::uintptr_t>(base) % 16 == 0 &&
                          row_stride * index_t(sizeof(T)) % 16 == 0;
+    // A 16-byte piece of row t, column col, into the tile.
+    const auto put = [&](uint4 raw, int t, int col) {
+        uint4* const row = reinterpret_cast<uint4*>(to + t * ld + col);
+        if constexpr (as_they_are) {
+            *row = raw;
+        } else {
+            float v[n];
+            unpack<T>(raw, v);
+            const float f = factor(t);
+#pragma unroll
+            for (int j = 0; j < n; ++j) v[j] *= f;
+            *row = pack<T, Round>(v);
+        }
+    };
     const int per_row = cols / n;
     if (Across && vectors && (per_row & (per_row - 1)) == 0) {
         const int shift = __ffs(per_row) - 1, pieces = rows << shift;
@@ -410,17 +424,7 @@ __device__ void stage_rows(T* to, int ld, int rows, int cols, int count, int val
                 if (first + r * ssd_threads >= pieces) break;
                 int t, col;
                 place(first + r * ssd_threads, t, col);
-                uint4* const row = reinterpret_cast<uint4*>(to + t * ld + col);
-                if constexpr (as_they_are) {
-                    *row = raw[r];
-                } else {
-                    float v[n];
-                    unpack<T>(raw[r], v);
-                    const float f = factor(t);
-#pragma unroll
-                    for (int j = 0; j < n; ++j) v[j] *= f;
-                    *row = pack<T, Round>(v);
-                }
+                put(raw[r], t, col);
             }
         }
         return;
@@ -440,17 +444,7 @@ __device__ void stage_rows(T* to, int ld, int rows, int cols, int count, int val
                 for (int r = 0; r < batch; ++r) {
                     const int t = first + r * ssd_warps;
                     if (t >= rows) break;
-                    uint4* const row = reinterpret_cast<uint4*>(to + t * ld + col);
-                    if constexpr (as_they_are) {
-                        *row = raw[r];
-                    } else {
-                        float v[n];
-                        unpack<T>(raw[r], v);
-                        const float f = factor(t);
-#pragma unroll
-                        for (int j = 0; j < n; ++j) v[j] *= f;
-                        *row = pack<T, Round>(v);
-                    }
+                    put(raw[r], t, col);
                 }
             }
         } else {
