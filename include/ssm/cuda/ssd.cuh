@@ -487,24 +487,24 @@ inline __device__ block_place place(const scan_shape& s, const ssd_shape& g, int
     return at_chunk(at, s, blockIdx.x / head_blocks * chunks_a_block);
 }
 
-// B or C [t][n] of `chunks` chunks from at's (their rows one after the other, zero past the sequence).
-// B or C [t][n] of the `rows` rows from at's first token, `count` of them in the sequence.
+// B or C [t][n] of the `rows` rows from at's first token (`count` of them in the sequence: at's chunk
+// unless given).
 template <bool Across = false, class T>
 __device__ void stage_bc(const tensor_view<const T, 4>& v, const block_place& at, const ssd_shape& g, T* to, int ld,
                          int rows = ssd_chunk, int count = -1) {
     const T* const base = v.data() + at.b * v.stride(0) + at.t0 * v.stride(1) + at.group * v.stride(2);
-    stage_rows<false, Across>(to, ld, rows, g.padded_state, count < 0 ? at.count : count, g.state, base, v.stride(1),
-                      v.stride(3));
+    stage_rows<false, Across>(to, ld, rows, g.padded_state, count < 0 ? at.count : count, g.state, base,
+                              v.stride(1), v.stride(3));
 }
 
-// A head's x [t][p] of the `rows` rows from at's first token (`count` of them in the sequence), each
-// row t times factor(t) unless unscaled.
+// A head's x [t][p] of the `rows` rows from at's first token (`count` of them in the sequence: at's
+// chunk unless given), each row t times factor(t) unless unscaled.
 template <bool Across = false, class T, class Factor = unscaled>
 __device__ void stage_x(const tensor_view<const T, 3>& v, const block_place& at, index_t head, const ssd_shape& g,
                         T* to, Factor factor = {}, int rows = ssd_chunk, int count = -1) {
     const T* const base = v.data() + at.b * v.stride(0) + at.t0 * v.stride(1) + head * g.head_dim * v.stride(2);
-    stage_rows<false, Across>(to, g.b_ld(g.padded_dim), rows, g.padded_dim, count < 0 ? at.count : count, g.head_dim, base,
-                      v.stride(1), v.stride(2), factor);
+    stage_rows<false, Across>(to, g.b_ld(g.padded_dim), rows, g.padded_dim, count < 0 ? at.count : count,
+                              g.head_dim, base, v.stride(1), v.stride(2), factor);
 }
 
 // Where a head of the block's chunk keeps its prefix state and decay in the workspace; where its
@@ -667,10 +667,11 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
     const block_place at = place(p.shape, g, Span);
     const int chunks = int(g.chunks - at.k < Span ? g.chunks - at.k : Span);
     block_decays(model, p, at, chunks, Span, g, a, coef);
-    // The span's chunks are staged as one matrix of rows (their tiles are consecutive): a thread's loads
-    // of all of them in flight at once.
+    // Longer spans stage their chunks' rows as one matrix (their tiles are consecutive), the block's
+    // threads across all of them: a thread's loads for the whole span in flight at once. Spans of one
+    // chunk (64 registers) have no registers to spare for it.
     const int rows = chunks * ssd_chunk, tokens = int(p.shape.length - at.t0 < rows ? p.shape.length - at.t0 : rows);
-    constexpr bool across = Span > 1;  // registers to spare (spans of one chunk run at 64)
+    constexpr bool across = Span > 1;
     if constexpr (across) stage_bc<true>(p.in.B, at, g, bs, b_ld, rows, tokens);
     else stage_bc(p.in.B, at, g, bs, b_ld);
     __syncthreads();  // the decays
