@@ -89,7 +89,8 @@ struct ssd_shape {
                std::size_t(span) * ssd_chunk * (b_ld(padded_state) + b_ld(padded_dim)) * sizeof(T);
     }
     // chunk_output: a, coef; x [t][p]; C [t][n]; then B [t][n] (then H [p][n]) and the masked C·Bᵀ
-    // [t][s], where y [t][p] (floats) goes once a head's products are done.
+    // [t][s], where y [t][p] (floats) goes once a head's products are done; for 16-bit operands last
+    // C·Bᵀ itself (chunk_output_cb_bytes).
     template <class T>
     SSM_HOST_DEVICE std::size_t chunk_output_c_offset() const {
         return decays_bytes(1) + std::size_t(ssd_chunk) * b_ld(padded_dim) * sizeof(T);
@@ -103,7 +104,14 @@ struct ssd_shape {
         const std::size_t products =
             (std::size_t(square()) * a_ld<T>(padded_state) + std::size_t(ssd_chunk) * a_ld<T>(ssd_chunk)) * sizeof(T);
         const std::size_t y = std::size_t(ssd_chunk) * y_ld() * sizeof(float);
-        return chunk_output_products_offset<T>() + (products > y ? products : y);
+        return chunk_output_products_offset<T>() + (products > y ? products : y) + chunk_output_cb_bytes<T>();
+    }
+    // C·Bᵀ in floats [t][s], rows ≡ 8 floats (mod 32) as y's, for 16-bit operands: kept in shared memory
+    // rather than in registers from head to head, which the kernel's three blocks a multiprocessor lack.
+    static constexpr int cb_ld = ssd_chunk + 8;
+    template <class T>
+    static SSM_HOST_DEVICE constexpr std::size_t chunk_output_cb_bytes() {
+        return sizeof(T) == 2 ? std::size_t(ssd_chunk) * cb_ld * sizeof(float) : 0;
     }
     // y's rows: ≡ 8 floats (mod 32), so that a warp's pairs of accumulators (8 rows, 4 pairs a row)
     // fill the 32 banks once a half-warp.
@@ -771,8 +779,9 @@ __global__ void __launch_bounds__(256) ssd_state_pass_kernel(scan_problem<T> p, 
 }
 
 // y of one chunk: (mask ⊙ decays ⊙ C·Bᵀ)·x + (e^{a} ⊙ C)·H, then scale, skip and gate. One block a
-// (chunk, heads of one group, batch row): C and B staged once, C·Bᵀ computed once and kept in the
-// warps' registers, each head then masked and decayed in its own way. A warp's y takes YTiles tiles
+// (chunk, heads of one group, batch row): C and B staged once, C·Bᵀ computed once and kept (in the
+// warps' registers for float operands, in shared memory for 16-bit ones), each head then masked and
+// decayed in its own way. A warp's y takes YTiles tiles
 // of 8 columns, half of the padded head_dim (64 or 128).
 template <bool Split, int YTiles, class Ssm, class T>
 __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
@@ -821,6 +830,13 @@ __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
     float cb[4][4] = {};
     if (cb_tiles > 0)  // (Bᵀ)[n][s] is bs[s][n]
         warp_product<Split>(cb, cb_tiles, cs + t0 * c_ld, c_ld, 1, bs + s0 * c_ld, 1, c_ld, g.padded_state);
+    constexpr bool cb_shared = ssd_shape::chunk_output_cb_bytes<T>() > 0;
+    float* const cbs = reinterpret_cast<float*>(reinterpret_cast<char*>(ssd_shared) + g.chunk_output_bytes<T>() -
+                                                ssd_shape::chunk_output_cb_bytes<T>());
+    if constexpr (cb_shared)  // each warp reads back only what it wrote
+        for_each_pair<4>(cb_tiles, [&](int jt, int e, int row, int col) {
+            *reinterpret_cast<float2*>(cbs + (t0 + row) * ssd_shape::cb_ld + s0 + col) = {cb[jt][e], cb[jt][e + 1]};
+        });
     for (int j = 0; j < g.heads_per_block; ++j) {
         const index_t head = at.head + j;
         const float* const aj = a + j * ssd_chunk;
@@ -840,8 +856,10 @@ __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
         for_each_pair<4>(cb_tiles, [&](int jt, int e, int row, int col) {
             const int t = t0 + row, s = s0 + col;
             const float decay = aj[t];
-            const float m0 = s <= t ? cb[jt][e] * math::exp(decay - aj[s]) * coefj[s] : 0.0f;
-            const float m1 = s + 1 <= t ? cb[jt][e + 1] * math::exp(decay - aj[s + 1]) * coefj[s + 1] : 0.0f;
+            float2 c{cb[jt][e], cb[jt][e + 1]};
+            if constexpr (cb_shared) c = *reinterpret_cast<const float2*>(cbs + t * ssd_shape::cb_ld + s);
+            const float m0 = s <= t ? c.x * math::exp(decay - aj[s]) * coefj[s] : 0.0f;
+            const float m1 = s + 1 <= t ? c.y * math::exp(decay - aj[s + 1]) * coefj[s + 1] : 0.0f;
             store_pair<T, !Split>(ms + t * m_ld + s, m0, m1);
         });
         __syncthreads();
