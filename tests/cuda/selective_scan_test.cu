@@ -16,10 +16,9 @@ TEST_CASE("device scans match the float64 reference", "[cuda]") {
             // 16 real states: the tile geometries the kernels fix at compile time (cuda::fixed_tile), with
             // channels a multiple of four (float: four channels an access; 16-bit types: two) and not (130
             // channels: float takes the run-time geometry, 16-bit types the fixed tiles; 1 and 5: both
-            // take the run-time geometry). The wide tile (two channels
-            // a thread) runs chunked scans of several chunks, and look_back{1} at 1000 tokens and 130
-            // channels (6,000 blocks of it: four waves on devices of up to 375 multiprocessors); the
-            // others, the narrow one.
+            // take the run-time geometry). The wide tile (two channels a thread) runs chunked scans of
+            // several chunks, and look_back{1} at 1000 tokens and 130 channels (6,000 blocks of it: four
+            // waves on devices of up to 375 multiprocessors); the others, the narrow one.
             ref::shape sixteen = s;
             sixteen.state = 16;
             check_structure<ssm::diagonal_real>(rng, sixteen);
@@ -34,11 +33,11 @@ TEST_CASE("device scans match the float64 reference", "[cuda]") {
 // above checks).
 TEST_CASE("fixed-tile accesses fit only where every row of u, delta, z and y is aligned to them", "[cuda]") {
     alignas(16) static float memory[2 * 8 * 16];
-    const auto problem = [](float* base, ssm::index_t channels, ssm::index_t row, ssm::index_t groups = 1) {
-        ssm::scan_problem<float> p{};
+    const auto problem = []<class T>(T* base, ssm::index_t channels, ssm::index_t row, ssm::index_t groups = 1) {
+        ssm::scan_problem<T> p{};
         p.shape.channels = channels;
         p.shape.groups = groups;
-        const ssm::tensor_view<float, 3> rows(base, {2, 8, channels}, {8 * row, row, 1});
+        const ssm::tensor_view<T, 3> rows(base, {2, 8, channels}, {8 * row, row, 1});
         p.in.u = p.in.delta = p.in.z = rows;
         p.out.y = rows;
         return p;
@@ -58,19 +57,10 @@ TEST_CASE("fixed-tile accesses fit only where every row of u, delta, z and y is 
     CHECK_FALSE(fixed_tile_accesses_fit(per_head));
 
     alignas(16) static ssm::bfloat16 halves[2 * 8 * 16];
-    const auto halves_problem = [](ssm::bfloat16* base, ssm::index_t channels, ssm::index_t row) {
-        ssm::scan_problem<ssm::bfloat16> p{};
-        p.shape.channels = channels;
-        p.shape.groups = 1;
-        const ssm::tensor_view<ssm::bfloat16, 3> rows(base, {2, 8, channels}, {8 * row, row, 1});
-        p.in.u = p.in.delta = p.in.z = rows;
-        p.out.y = rows;
-        return p;
-    };
-    CHECK(fixed_tile_accesses_fit(halves_problem(halves, 6, 6)));
-    CHECK_FALSE(fixed_tile_accesses_fit(halves_problem(halves + 1, 6, 6)));  // rows start misaligned
-    CHECK_FALSE(fixed_tile_accesses_fit(halves_problem(halves, 6, 7)));      // rows 7 values apart
-    CHECK_FALSE(fixed_tile_accesses_fit(halves_problem(halves, 5, 6)));      // 5 channels
+    CHECK(fixed_tile_accesses_fit(problem(halves, 6, 6)));
+    CHECK_FALSE(fixed_tile_accesses_fit(problem(halves + 1, 6, 6)));  // rows start misaligned
+    CHECK_FALSE(fixed_tile_accesses_fit(problem(halves, 6, 7)));      // rows 7 values apart
+    CHECK_FALSE(fixed_tile_accesses_fit(problem(halves, 5, 6)));      // 5 channels
 }
 
 TEST_CASE("device scans carry state over a million tokens", "[cuda]") {

@@ -27,13 +27,13 @@ namespace ssm {
 // free up to what fits in shared memory, zero-padded (head_dim to 64 or 128, the state to a
 // multiple of 16): head_dim <= 128, state <= 256 on an H100 for the usual head_dim 64 (a smaller
 // head_dim costs what 64 does). fp16 inputs multiply in fp16: the states and the decayed C·Bᵀ must
-// stay within its range (±65504). The states in the workspace take, a state
-// element, 6 bytes (16-bit inputs) or 8 (float) a span and 2 or 4 a chunk of spans longer than one
-// chunk — several times the bytes of x at head_dim 64 and state 128: a call whose spans would need
-// more than `workspace` bytes runs its tokens in windows of whole spans (at least one a window), the
-// state carried from one to the next, so that memory stays bounded however long the sequence. A
-// block runs `heads_per_block` heads of one group (0: chosen by the launcher), which share its staged
-// B and C and their product C·Bᵀ; it must divide the heads of a group, at most 8.
+// stay within its range (±65504). The states in the workspace take, a state element, 6 bytes (16-bit
+// inputs) or 8 (float) a span and 2 or 4 a chunk of spans longer than one chunk — several times the
+// bytes of x at head_dim 64 and state 128: a call whose spans would need more than `workspace` bytes
+// runs its tokens in windows of whole spans (at least one a window), the state carried from one to
+// the next, so that memory stays bounded however long the sequence. A block runs `heads_per_block`
+// heads of one group (0: chosen by the launcher), which share its staged B and C and their product
+// C·Bᵀ; it must divide the heads of a group, at most 8.
 // The state pass chains spans of `chunks_per_span` chunks (1, 2 or 4; 0: chosen by the launcher).
 struct ssd {
     std::size_t workspace = std::size_t(2) << 30;
@@ -100,11 +100,15 @@ struct ssd_shape {
         return chunk_output_c_offset<T>() + std::size_t(ssd_chunk) * a_ld<T>(padded_state) * sizeof(T);
     }
     template <class T>
-    SSM_HOST_DEVICE std::size_t chunk_output_bytes() const {
+    SSM_HOST_DEVICE std::size_t chunk_output_cb_offset() const {
         const std::size_t products =
             (std::size_t(square()) * a_ld<T>(padded_state) + std::size_t(ssd_chunk) * a_ld<T>(ssd_chunk)) * sizeof(T);
         const std::size_t y = std::size_t(ssd_chunk) * y_ld() * sizeof(float);
-        return chunk_output_products_offset<T>() + (products > y ? products : y) + chunk_output_cb_bytes<T>();
+        return chunk_output_products_offset<T>() + (products > y ? products : y);
+    }
+    template <class T>
+    SSM_HOST_DEVICE std::size_t chunk_output_bytes() const {
+        return chunk_output_cb_offset<T>() + chunk_output_cb_bytes<T>();
     }
     // C·Bᵀ in floats [t][s], rows ≡ 8 floats (mod 32) as y's, for 16-bit operands: kept in shared memory
     // rather than in registers from head to head, which the kernel's three blocks a multiprocessor lack.
@@ -831,8 +835,7 @@ __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
     if (cb_tiles > 0)  // (Bᵀ)[n][s] is bs[s][n]
         warp_product<Split>(cb, cb_tiles, cs + t0 * c_ld, c_ld, 1, bs + s0 * c_ld, 1, c_ld, g.padded_state);
     constexpr bool cb_shared = ssd_shape::chunk_output_cb_bytes<T>() > 0;
-    float* const cbs = reinterpret_cast<float*>(reinterpret_cast<char*>(ssd_shared) + g.chunk_output_bytes<T>() -
-                                                ssd_shape::chunk_output_cb_bytes<T>());
+    float* const cbs = reinterpret_cast<float*>(reinterpret_cast<char*>(ssd_shared) + g.chunk_output_cb_offset<T>());
     if constexpr (cb_shared)  // each warp reads back only what it wrote
         for_each_pair<4>(cb_tiles, [&](int jt, int e, int row, int col) {
             *reinterpret_cast<float2*>(cbs + (t0 + row) * ssd_shape::cb_ld + s0 + col) = {cb[jt][e], cb[jt][e + 1]};
