@@ -78,12 +78,13 @@ double copy_bandwidth() {
 
 enum class variant { mamba1, mamba2 };
 
-// state.range: batch, length; the channel layout comes from the variant.
+// state.range: batch, length; the channel layout comes from the variant (Mamba-2: 1536 channels in
+// heads of head_dim).
 template <variant Kind, class T, class Strategy>
-void bench_scan(benchmark::State& state, Strategy strategy) {
+void bench_scan(benchmark::State& state, Strategy strategy, ssm::index_t head_dim = 64) {
     const ssm::index_t batch = state.range(0), length = state.range(1);
     const bool mamba1 = Kind == variant::mamba1;
-    const ssm::index_t heads = 24, head_dim = 64;
+    const ssm::index_t heads = 1536 / head_dim;
     const ssm::index_t channels = mamba1 ? 1536 : heads * head_dim, N = mamba1 ? 16 : 128;
     const ssm::index_t delta_channels = mamba1 ? channels : heads;
     const std::size_t tokens = std::size_t(batch * length);
@@ -174,6 +175,10 @@ int main(int argc, char** argv) {
     }
     add("mamba2/f32/ssd", [](benchmark::State& s) { bench_scan<variant::mamba2, float>(s, ssm::ssd{}); });
     add("mamba2/bf16/ssd", [](benchmark::State& s) { bench_scan<variant::mamba2, ssm::bfloat16>(s, ssm::ssd{}); });
+    // SSD with heads of 128 channels (12 of them).
+    add("mamba2/f32/ssd/head_dim:128", [](benchmark::State& s) { bench_scan<variant::mamba2, float>(s, ssm::ssd{}, 128); });
+    add("mamba2/bf16/ssd/head_dim:128",
+        [](benchmark::State& s) { bench_scan<variant::mamba2, ssm::bfloat16>(s, ssm::ssd{}, 128); });
     // SSD in windows of whole chunks: workspaces of 64 and 256 MiB, and of 1 TiB (one window).
     for (const int mib : {64, 256, 1 << 20}) {
         const ssm::ssd how{.workspace = std::size_t(mib) << 20};

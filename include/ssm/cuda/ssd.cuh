@@ -349,9 +349,9 @@ __device__ uint4 pack(const float (&v)[16 / sizeof(T)]) {
 }
 
 // A head's per-token terms in a chunk, by the calling warp: a[t] = a_1 + … + a_t (log decays summed
-// from the chunk's start) and coef[t] (B̄'s factor), for t < count; later tokens add nothing (a
-// stays, coef is 0).
-template <class Ssm, class T>
+// from the chunk's start) and coef[t] (B̄'s factor; with ToEnd times e^{a_Q - a_t}, its decay to the
+// chunk's end), for t < count; later tokens add nothing (a stays, coef is 0).
+template <bool ToEnd, class Ssm, class T>
 __device__ void chunk_decays(const Ssm& model, const scan_problem<T>& p, index_t b, index_t t0, int count,
                              index_t head, float* a, float* coef) {
     const float lambda = model.modulation.eigenvalue(model.transition.eigenvalue(head * model.transition.head_dim, 0), head);
@@ -362,25 +362,27 @@ __device__ void chunk_decays(const Ssm& model, const scan_problem<T>& p, index_t
         const int t = 32 * h + lane();
         raw[h] = t < count ? to_float(p.in.delta(b, t0 + t, head)) : 0.0f;
     }
-    float carry = 0.0f;
+    float carry = 0.0f, at[ssd_chunk / 32], c[ssd_chunk / 32];
 #pragma unroll
     for (int h = 0; h < ssd_chunk / 32; ++h) {
         const int t = 32 * h + lane();
-        float log_decay = 0.0f, c = 0.0f;
+        float log_decay = 0.0f;
+        c[h] = 0.0f;
         if (t < count) {
             const float dt = raw[h] + bias;
             const float delta = model.modulation.delta(p.in.delta_softplus ? math::softplus(dt) : dt, head);
             log_decay = lambda * delta;  // Ā = e^{λΔ} for both zoh rules
-            c = Ssm::discretization_type::apply(lambda, delta).input;
+            c[h] = Ssm::discretization_type::apply(lambda, delta).input;
         }
         for (int offset = 1; offset < 32; offset *= 2) {
             const float v = __shfl_up_sync(0xffffffffu, log_decay, offset);
             if (lane() >= offset) log_decay += v;
         }
-        a[t] = carry + log_decay;
-        coef[t] = c;
+        a[t] = at[h] = carry + log_decay;
         carry += __shfl_sync(0xffffffffu, log_decay, 31);
     }
+#pragma unroll
+    for (int h = 0; h < ssd_chunk / 32; ++h) coef[32 * h + lane()] = ToEnd ? c[h] * math::exp(carry - at[h]) : c[h];
 }
 
 // The rows of a tile taken as they are (stage_rows).
@@ -419,24 +421,21 @@ __device__ void stage_rows(T* to, int ld, int rows, int cols, int count, int val
     };
     const int per_row = cols / n;
     if (Across && vectors && (per_row & (per_row - 1)) == 0) {
-        const int shift = __ffs(per_row) - 1, pieces = rows << shift;
-        auto place = [&](int i, int& t, int& col) { t = i >> shift, col = (i & (per_row - 1)) * n; };
-        for (int first = int(threadIdx.x); first < pieces; first += batch * ssd_threads) {
+        // A thread's pieces share a column, their rows `down` apart; its loads step a pointer.
+        const int shift = __ffs(per_row) - 1, down = ssd_threads >> shift;
+        const int col = (int(threadIdx.x) & (per_row - 1)) * n;
+        const index_t jump = down * row_stride;
+        for (int first = int(threadIdx.x) >> shift; first < rows; first += batch * down) {
+            const T* from = base + first * row_stride + col;
             uint4 raw[batch];
 #pragma unroll
-            for (int r = 0; r < batch; ++r) {
-                int t, col;
-                place(first + r * ssd_threads, t, col);
-                raw[r] = first + r * ssd_threads < pieces && t < count && col < valid
-                             ? *reinterpret_cast<const uint4*>(base + t * row_stride + col)
-                             : uint4{0, 0, 0, 0};
-            }
+            for (int r = 0; r < batch; ++r, from += jump)
+                raw[r] = first + r * down < count && col < valid ? *reinterpret_cast<const uint4*>(from)
+                                                                 : uint4{0, 0, 0, 0};
 #pragma unroll
             for (int r = 0; r < batch; ++r) {
-                if (first + r * ssd_threads >= pieces) break;
-                int t, col;
-                place(first + r * ssd_threads, t, col);
-                put(raw[r], t, col);
+                if (first + r * down >= rows) break;
+                put(raw[r], first + r * down, col);
             }
         }
         return;
@@ -528,15 +527,15 @@ inline __device__ index_t span_slot(const block_place& at, const ssd_shape& g, i
     return (at.b * g.spans() + at.k / g.span) * heads + head;
 }
 
-// The decays (chunk_decays) of the block's heads in its `chunks` chunks from at.k, a warp a (head,
-// chunk): a and coef as [head][chunk][t], `stride` chunks a head.
-template <class Ssm, class T>
+// The decays (chunk_decays<ToEnd>) of the block's heads in its `chunks` chunks from at.k, a warp a
+// (head, chunk): a and coef as [head][chunk][t], `stride` chunks a head.
+template <bool ToEnd, class Ssm, class T>
 __device__ void block_decays(const Ssm& model, const scan_problem<T>& p, const block_place& at, int chunks,
                              int stride, const ssd_shape& g, float* a, float* coef) {
     for (int j = warp(); j < g.heads_per_block * chunks; j += ssd_warps) {
         const block_place c = at_chunk(at, p.shape, at.k + j % chunks);
         const int at_j = (j / chunks * stride + j % chunks) * ssd_chunk;
-        chunk_decays(model, p, c.b, c.t0, c.count, at.head + j / chunks, a + at_j, coef + at_j);
+        chunk_decays<ToEnd>(model, p, c.b, c.t0, c.count, at.head + j / chunks, a + at_j, coef + at_j);
     }
 }
 
@@ -567,20 +566,6 @@ __device__ void stage_entering(T* to, int ld, const ssd_shape& g, const T* enter
             for (int j = 0; j < n; ++j) ev[j] = factor * ev[j] + qv[j];
             store_shared_16(to + i / per_row * ld + i % per_row * n, pack<T, Round>(ev));
         }
-    }
-}
-
-// Calls f(value, offset) for the elements of a warp's Bᵀ·x product acc (see warp_product: row n0 + row,
-// column p0 + col) as part of a state [p][n] of `ld` columns.
-template <class F>
-__device__ void for_each_state_element(int ld, int n0, int p0, const float (&acc)[8][4], F f) {
-    int at = (p0 + 2 * (lane() % 4)) * ld + n0 + lane() / 4;
-#pragma unroll
-    for (int j = 0; j < 8; ++j, at += 8 * ld) {
-        f(acc[j][0], at);
-        f(acc[j][1], at + ld);
-        f(acc[j][2], at + 8);
-        f(acc[j][3], at + ld + 8);
     }
 }
 
@@ -659,13 +644,13 @@ __device__ void store_y(const scan_problem<T>& p, const block_place& at, index_t
 // The states a span adds: one block a (span, heads of one group, batch row) stages B of all of the
 // span's chunks (Span at the most) once for its heads and, head by head, x of all of them, weighted
 // within each chunk; then each warp takes its part of P ← e^{a_1+…+a_Q}·P + Σ_s e^{a_{s+1}+…+a_Q}·
-// coef_s·B_s x_sᵀ through the chunks from P = 0 in its registers, writing P after every chunk but the
-// last as the next chunk's prefix state, after the last as the span's added state; and each chunk's log
-// decay summed from the span's start. Spans of one chunk run four blocks a multiprocessor (64
+// coef_s·x_s B_sᵀ (P as [p][n]) through the chunks from P = 0 in its registers, writing P after every
+// chunk but the last as the next chunk's prefix state, after the last as the span's added state; and
+// each chunk's log decay summed from the span's start. Spans of one chunk run four blocks a multiprocessor (64
 // registers; left to itself ptxas takes 80 and admits three, slower); longer spans two, as their shared
 // memory allows at head_dim 64 and state 128 in bf16, with the registers (up to 128) that keep P from
 // spilling, which made them 29% slower at 64.
-template <bool Split, int Span, class Ssm, class T>
+template <bool Split, int Span, int NT, class Ssm, class T>
 __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
     ssd_chunk_state_kernel(Ssm model, scan_problem<T> p, ssd_shape g, ssd_workspace<T> w) {
     using namespace ssd_detail;
@@ -678,7 +663,7 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
     const index_t heads = p.shape.delta_channels;
     const block_place at = place(p.shape, g, Span);
     const int chunks = int(g.chunks - at.k < Span ? g.chunks - at.k : Span);
-    block_decays(model, p, at, chunks, Span, g, a, coef);
+    block_decays<true>(model, p, at, chunks, Span, g, a, coef);  // x weighted by its decay to its chunk's end
     // Longer spans stage their chunks' rows as one matrix (their tiles are consecutive), the block's
     // threads across all of them: a thread's loads for the whole span in flight at once. Spans of one
     // chunk (64 registers) have no registers to spare for it.
@@ -687,24 +672,19 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
     if constexpr (across) stage_bc<true>(p.in.B, at, g, bs, b_ld, rows, tokens);
     else stage_bc(p.in.B, at, g, bs, b_ld);
     __syncthreads();  // the decays
-    // A warp's task: 16 state rows n × 64 columns p of Bᵀ·(weighted x); (Bᵀ)[n][s] is bs[s][n].
-    const int strips = g.padded_state / 16, tasks = strips * (g.padded_dim / 64);
-    constexpr tile_count<8> tiles;
+    // A warp's task: 16 rows p × 8·NT columns n of (weighted x)ᵀ·B, the state [p][n] itself, so that
+    // a lane stores adjacent values in pairs; (xᵀ)[p][s] is xs[s][p].
+    constexpr tile_count<NT> tiles;
+    const int strips = g.padded_dim / 16, tasks = strips * (g.padded_state / (8 * NT));
     for (int j = 0; j < g.heads_per_block; ++j) {
         const index_t head = at.head + j;
         const float* const aj = a + j * Span * ssd_chunk;
         const float* const coefj = coef + j * Span * ssd_chunk;
         if (j > 0) __syncthreads();  // every warp is done with the last head's x
-        // Row r is token r % ssd_chunk of chunk r / ssd_chunk, weighted by its decay to its chunk's end,
-        // a[r | (ssd_chunk - 1)] (a power of two; later tokens of a short last chunk add nothing).
-        if constexpr (across) {
-            stage_x<true>(
-                p.in.u, at, head, g, xs, [&](int r) { return math::exp(aj[r | (ssd_chunk - 1)] - aj[r]) * coefj[r]; },
-                rows, tokens);
-        } else {
-            const float total = aj[ssd_chunk - 1];
-            stage_x(p.in.u, at, head, g, xs, [&](int t) { return math::exp(total - aj[t]) * coefj[t]; });
-        }
+        // Row r is token r % ssd_chunk of chunk r / ssd_chunk, times coef_r·e^{a_Q - a_r}.
+        const auto weight = [&](int r) { return coefj[r]; };
+        if constexpr (across) stage_x<true>(p.in.u, at, head, g, xs, weight, rows, tokens);
+        else stage_x(p.in.u, at, head, g, xs, weight);
         __syncthreads();
         const index_t slot = workspace_slot(at, g, heads, head);  // of the span's first chunk
         if (threadIdx.x == 0) {
@@ -713,25 +693,34 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
                 w.decays[slot + i * heads] = decay += aj[i * ssd_chunk + ssd_chunk - 1];
         }
         for (int task = warp(); task < tasks; task += ssd_warps) {
-            const int n0 = task % strips * 16, p0 = task / strips * 64;
-            float acc[8][4] = {};
+            const int p0 = task % strips * 16, n0 = task / strips * 8 * NT;
+            // The lane's first element of a state (see warp_product), its second row 8 rows on.
+            const int first = (p0 + lane() / 4) * g.padded_state + n0 + 2 * (lane() % 4), down = 8 * g.padded_state;
+            float acc[NT][4] = {};
 #pragma unroll
             for (int i = 0; i < Span; ++i) {
                 if (i >= chunks) break;
                 if (i > 0) {
                     const float carried = math::exp(aj[i * ssd_chunk + ssd_chunk - 1]);
-                    for_each_element<8>(tiles, [&](int jt, int e, int, int) { acc[jt][e] *= carried; });
+                    for_each_element<NT>(tiles, [&](int jt, int e, int, int) { acc[jt][e] *= carried; });
                 }
-                warp_product<Split>(acc, tiles, bs + i * ssd_chunk * b_ld + n0, 1, b_ld,
-                                    xs + i * ssd_chunk * x_ld + p0, x_ld, 1, ssd_chunk);
+                warp_product<Split>(acc, tiles, xs + i * ssd_chunk * x_ld + p0, 1, x_ld,
+                                    bs + i * ssd_chunk * b_ld + n0, b_ld, 1, ssd_chunk);
                 if (Span > 1 && i + 1 < chunks) {  // the next chunk's prefix
-                    T* const prefix = w.prefix + (slot + (i + 1) * heads) * g.state_floats();
-                    for_each_state_element(g.padded_state, n0, p0, acc,
-                                           [&](float v, int e) { prefix[e] = from_float<T>(v); });
+                    T* const prefix = w.prefix + (slot + (i + 1) * heads) * g.state_floats() + first;
+#pragma unroll
+                    for (int jt = 0; jt < NT; ++jt) {
+                        store_pair<T, false>(prefix + 8 * jt, acc[jt][0], acc[jt][1]);
+                        store_pair<T, false>(prefix + down + 8 * jt, acc[jt][2], acc[jt][3]);
+                    }
                 }
             }
-            float* const added = w.added + span_slot(at, g, heads, head) * g.state_floats();
-            for_each_state_element(g.padded_state, n0, p0, acc, [&](float v, int e) { added[e] = v; });
+            float* const added = w.added + span_slot(at, g, heads, head) * g.state_floats() + first;
+#pragma unroll
+            for (int jt = 0; jt < NT; ++jt) {
+                *reinterpret_cast<float2*>(added + 8 * jt) = {acc[jt][0], acc[jt][1]};
+                *reinterpret_cast<float2*>(added + down + 8 * jt) = {acc[jt][2], acc[jt][3]};
+            }
         }
     }
 }
@@ -821,7 +810,7 @@ __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
         }
     };
     prefetch(at.head);
-    block_decays(model, p, at, 1, 1, g, a, coef);
+    block_decays<false>(model, p, at, 1, 1, g, a, coef);
     stage_bc(p.in.C, at, g, cs, c_ld);
     stage_bc(p.in.B, at, g, bs, c_ld);
     stage_x(p.in.u, at, at.head, g, xs);
@@ -984,9 +973,13 @@ void run_ssd_window(const cuda_exec& exec, const Ssm& model, const scan_problem<
     constexpr bool split = std::same_as<T, float>;
     const std::size_t chunk_state_bytes = g.chunk_state_bytes<T>();
     const std::size_t chunk_output_bytes = g.chunk_output_bytes<T>();
-    auto state_kernel = g.span == 1   ? ssd_chunk_state_kernel<split, 1, Ssm, T>
-                        : g.span == 2 ? ssd_chunk_state_kernel<split, 2, Ssm, T>
-                                      : ssd_chunk_state_kernel<split, 4, Ssm, T>;
+    // chunk_state's tasks take 8 column tiles of a state where it has a multiple of 64, else 2.
+    const auto state_kernel_of = [&]<int NT>(ssd_detail::tile_count<NT>) {
+        return g.span == 1   ? ssd_chunk_state_kernel<split, 1, NT, Ssm, T>
+               : g.span == 2 ? ssd_chunk_state_kernel<split, 2, NT, Ssm, T>
+                             : ssd_chunk_state_kernel<split, 4, NT, Ssm, T>;
+    };
+    auto state_kernel = g.padded_state % 64 == 0 ? state_kernel_of(ssd_detail::tile_count<8>{}) : state_kernel_of(ssd_detail::tile_count<2>{});
     auto output_kernel = g.padded_dim == 64 ? ssd_chunk_output_kernel<split, 4, Ssm, T>
                                             : ssd_chunk_output_kernel<split, 8, Ssm, T>;
     check(cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(chunk_state_bytes)),
