@@ -686,6 +686,10 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
         if constexpr (across) stage_x<true>(p.in.u, at, head, g, xs, weight, rows, tokens);
         else stage_x(p.in.u, at, head, g, xs, weight);
         __syncthreads();
+        // The next head's x into L2 while this one's products run.
+        if (j + 1 < g.heads_per_block)
+            prefetch_rows_l2(&p.in.u(at.b, at.t0, (head + 1) * g.head_dim), across ? tokens : at.count,
+                             p.in.u.stride(1) * index_t(sizeof(T)), int(g.head_dim * p.in.u.stride(2) * sizeof(T)));
         const index_t slot = workspace_slot(at, g, heads, head);  // of the span's first chunk
         if (threadIdx.x == 0) {
             float decay = 0.0f;
@@ -979,7 +983,8 @@ void run_ssd_window(const cuda_exec& exec, const Ssm& model, const scan_problem<
                : g.span == 2 ? ssd_chunk_state_kernel<split, 2, NT, Ssm, T>
                              : ssd_chunk_state_kernel<split, 4, NT, Ssm, T>;
     };
-    auto state_kernel = g.padded_state % 64 == 0 ? state_kernel_of(ssd_detail::tile_count<8>{}) : state_kernel_of(ssd_detail::tile_count<2>{});
+    auto state_kernel = g.padded_state % 64 == 0 ? state_kernel_of(ssd_detail::tile_count<8>{})
+                                                 : state_kernel_of(ssd_detail::tile_count<2>{});
     auto output_kernel = g.padded_dim == 64 ? ssd_chunk_output_kernel<split, 4, Ssm, T>
                                             : ssd_chunk_output_kernel<split, 8, Ssm, T>;
     check(cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(chunk_state_bytes)),
