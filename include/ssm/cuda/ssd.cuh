@@ -667,10 +667,12 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
     // Longer spans stage their chunks' rows as one matrix (their tiles are consecutive), the block's
     // threads across all of them: a thread's loads for the whole span in flight at once. Spans of one
     // chunk (64 registers) have no registers to spare for it.
-    const int rows = chunks * ssd_chunk, tokens = int(p.shape.length - at.t0 < rows ? p.shape.length - at.t0 : rows);
     constexpr bool across = Span > 1;
-    if constexpr (across) stage_bc<true>(p.in.B, at, g, bs, b_ld, rows, tokens);
-    else stage_bc(p.in.B, at, g, bs, b_ld);
+    // The rows staged and how many of them the sequence has (a span of one chunk's in terms the
+    // compiler sees as its chunk's: left to the general form, ptxas spilled 40 bytes more there).
+    const int rows = across ? chunks * ssd_chunk : ssd_chunk,
+              tokens = across ? int(p.shape.length - at.t0 < rows ? p.shape.length - at.t0 : rows) : at.count;
+    stage_bc<across>(p.in.B, at, g, bs, b_ld, rows, tokens);
     __syncthreads();  // the decays
     // A warp's task: 16 rows p × 8·NT columns n of (weighted x)ᵀ·B, the state [p][n] itself, so that
     // a lane stores adjacent values in pairs; (xᵀ)[p][s] is xs[s][p].
@@ -682,14 +684,12 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
         const float* const coefj = coef + j * Span * ssd_chunk;
         if (j > 0) __syncthreads();  // every warp is done with the last head's x
         // Row r is token r % ssd_chunk of chunk r / ssd_chunk, times coef_r·e^{a_Q - a_r}.
-        const auto weight = [&](int r) { return coefj[r]; };
-        if constexpr (across) stage_x<true>(p.in.u, at, head, g, xs, weight, rows, tokens);
-        else stage_x(p.in.u, at, head, g, xs, weight);
+        stage_x<across>(p.in.u, at, head, g, xs, [&](int r) { return coefj[r]; }, rows, tokens);
         __syncthreads();
         // The next head's x into L2 while this one's products run.
         if (j + 1 < g.heads_per_block)
-            prefetch_rows_l2(&p.in.u(at.b, at.t0, (head + 1) * g.head_dim), across ? tokens : at.count,
-                             p.in.u.stride(1) * index_t(sizeof(T)), int(g.head_dim * p.in.u.stride(2) * sizeof(T)));
+            prefetch_rows_l2(&p.in.u(at.b, at.t0, (head + 1) * g.head_dim), tokens, p.in.u.stride(1) * index_t(sizeof(T)),
+                             int(g.head_dim * p.in.u.stride(2) * sizeof(T)));
         const index_t slot = workspace_slot(at, g, heads, head);  // of the span's first chunk
         if (threadIdx.x == 0) {
             float decay = 0.0f;
