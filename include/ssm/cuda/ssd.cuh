@@ -712,10 +712,28 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
                                     bs + i * ssd_chunk * b_ld + n0, b_ld, 1, ssd_chunk);
                 if (Span > 1 && i + 1 < chunks) {  // the next chunk's prefix
                     T* const prefix = w.prefix + (slot + (i + 1) * heads) * g.state_floats() + first;
+                    if constexpr (sizeof(T) == 2) {
+                        // Lanes 2u and 2u + 1 swap a pair so that each stores four adjacent values at
+                        // once: the even lane those of tile jt, the odd one those of tile jt + 1 (half
+                        // the stores, which had queued in the load-store unit).
+                        const bool odd = lane() % 2;
+                        T* const pairs = prefix + (odd ? 6 : 0);  // odd: tile jt + 1, two columns back
 #pragma unroll
-                    for (int jt = 0; jt < NT; ++jt) {
-                        store_pair<T, false>(prefix + 8 * jt, acc[jt][0], acc[jt][1]);
-                        store_pair<T, false>(prefix + down + 8 * jt, acc[jt][2], acc[jt][3]);
+                        for (int jt = 0; jt < NT; jt += 2)
+#pragma unroll
+                            for (int e = 0; e < 4; e += 2) {
+                                const unsigned here = pack_pair<T>(acc[jt][e], acc[jt][e + 1]),
+                                               next = pack_pair<T>(acc[jt + 1][e], acc[jt + 1][e + 1]);
+                                const unsigned got = __shfl_xor_sync(0xffffffffu, odd ? here : next, 1);
+                                *reinterpret_cast<uint2*>(pairs + (e ? down : 0) + 8 * jt) =
+                                    odd ? uint2{got, next} : uint2{here, got};
+                            }
+                    } else {
+#pragma unroll
+                        for (int jt = 0; jt < NT; ++jt) {
+                            store_pair<T, false>(prefix + 8 * jt, acc[jt][0], acc[jt][1]);
+                            store_pair<T, false>(prefix + down + 8 * jt, acc[jt][2], acc[jt][3]);
+                        }
                     }
                 }
             }
