@@ -716,6 +716,7 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
                         // Lanes 2u and 2u + 1 swap a pair so that each stores four adjacent values at
                         // once: the even lane those of tile jt, the odd one those of tile jt + 1 (half
                         // the stores, which had queued in the load-store unit).
+                        static_assert(NT % 2 == 0);
                         const bool odd = lane() % 2;
                         T* const pairs = prefix + (odd ? 6 : 0);  // odd: tile jt + 1, two columns back
 #pragma unroll
@@ -920,8 +921,8 @@ int ssd_heads_per_block(const ssd& how, index_t heads_per_group, index_t blocks_
 // Chunks a span: how.chunks_per_span, or the most of 2 and 4 that leaves chunk_state a full wave of blocks
 // (the ssd_state_blocks(span) a multiprocessor its launch bounds count on) and shared memory
 // (`bytes_of(span)` of the `limit` a multiprocessor has) for them, else 1; `blocks_a_chunk` is its blocks
-// for one chunk. (Asking for as many blocks as spans of one chunk keep resident, twice as many, had kept
-// spans at (8, 2048) a step too short: 4–7% slower.)
+// for one chunk. (Asking instead for a full wave of spans of one chunk, four blocks a multiprocessor, had
+// kept spans at (8, 2048) a step short: 4–7% slower.)
 template <class Bytes>
 int ssd_chunks_per_span(const ssd& how, index_t chunks, index_t blocks_a_chunk, int multiprocessors,
                         std::size_t limit, Bytes bytes_of) {
