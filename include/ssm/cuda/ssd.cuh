@@ -328,6 +328,35 @@ __device__ void store_pair(T* to, float v0, float v1) {
     else *reinterpret_cast<unsigned*>(to) = pack_pair<T>(v0, v1);
 }
 
+// Stores a warp's accumulator tiles (see warp_product) as values of T (operand_value, not rounded to
+// TF32): `to` is the lane's first element, its second row `down` elements on. A float lane stores its
+// pairs; for 16-bit T lanes 2u and 2u + 1 swap a pair so that each stores four adjacent values at once,
+// the even lane those of tile j, the odd one those of tile j + 1 (half the stores, which had queued in the
+// load-store unit).
+template <class T, int NT>
+__device__ void store_state(T* to, int down, const float (&acc)[NT][4]) {
+    if constexpr (sizeof(T) == 2) {
+        static_assert(NT % 2 == 0);
+        const bool odd = lane() % 2;
+        T* const quads = to + (odd ? 6 : 0);  // odd: tile j + 1, two columns back
+#pragma unroll
+        for (int j = 0; j < NT; j += 2)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const unsigned here = pack_pair<T>(acc[j][e], acc[j][e + 1]),
+                               next = pack_pair<T>(acc[j + 1][e], acc[j + 1][e + 1]);
+                const unsigned got = __shfl_xor_sync(0xffffffffu, odd ? here : next, 1);
+                *reinterpret_cast<uint2*>(quads + (e ? down : 0) + 8 * j) = odd ? uint2{got, next} : uint2{here, got};
+            }
+    } else {
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            store_pair<T, false>(to + 8 * j, acc[j][0], acc[j][1]);
+            store_pair<T, false>(to + down + 8 * j, acc[j][2], acc[j][3]);
+        }
+    }
+}
+
 // 16 bytes into shared memory with one instruction: left to itself the compiler split such a store into
 // four of 4 bytes, each a four-way bank conflict, where the address was computed.
 __device__ inline void store_shared_16(void* to, const uint4& v) {
@@ -710,40 +739,10 @@ __global__ void __launch_bounds__(ssd_threads, ssd_state_blocks(Span))
                 }
                 warp_product<Split>(acc, tiles, xs + i * ssd_chunk * x_ld + p0, 1, x_ld,
                                     bs + i * ssd_chunk * b_ld + n0, b_ld, 1, ssd_chunk);
-                if (Span > 1 && i + 1 < chunks) {  // the next chunk's prefix
-                    T* const prefix = w.prefix + (slot + (i + 1) * heads) * g.state_floats() + first;
-                    if constexpr (sizeof(T) == 2) {
-                        // Lanes 2u and 2u + 1 swap a pair so that each stores four adjacent values at
-                        // once: the even lane those of tile jt, the odd one those of tile jt + 1 (half
-                        // the stores, which had queued in the load-store unit).
-                        static_assert(NT % 2 == 0);
-                        const bool odd = lane() % 2;
-                        T* const pairs = prefix + (odd ? 6 : 0);  // odd: tile jt + 1, two columns back
-#pragma unroll
-                        for (int jt = 0; jt < NT; jt += 2)
-#pragma unroll
-                            for (int e = 0; e < 4; e += 2) {
-                                const unsigned here = pack_pair<T>(acc[jt][e], acc[jt][e + 1]),
-                                               next = pack_pair<T>(acc[jt + 1][e], acc[jt + 1][e + 1]);
-                                const unsigned got = __shfl_xor_sync(0xffffffffu, odd ? here : next, 1);
-                                *reinterpret_cast<uint2*>(pairs + (e ? down : 0) + 8 * jt) =
-                                    odd ? uint2{got, next} : uint2{here, got};
-                            }
-                    } else {
-#pragma unroll
-                        for (int jt = 0; jt < NT; ++jt) {
-                            store_pair<T, false>(prefix + 8 * jt, acc[jt][0], acc[jt][1]);
-                            store_pair<T, false>(prefix + down + 8 * jt, acc[jt][2], acc[jt][3]);
-                        }
-                    }
-                }
+                if (Span > 1 && i + 1 < chunks)  // the next chunk's prefix
+                    store_state(w.prefix + (slot + (i + 1) * heads) * g.state_floats() + first, down, acc);
             }
-            float* const added = w.added + span_slot(at, g, heads, head) * g.state_floats() + first;
-#pragma unroll
-            for (int jt = 0; jt < NT; ++jt) {
-                *reinterpret_cast<float2*>(added + 8 * jt) = {acc[jt][0], acc[jt][1]};
-                *reinterpret_cast<float2*>(added + down + 8 * jt) = {acc[jt][2], acc[jt][3]};
-            }
+            store_state(w.added + span_slot(at, g, heads, head) * g.state_floats() + first, down, acc);
         }
     }
 }
