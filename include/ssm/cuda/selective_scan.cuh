@@ -223,10 +223,6 @@ template <int N, class T>
 __device__ lanes_of<N, T> load_lanes(const T* from) {
     return *reinterpret_cast<const lanes_of<N, T>*>(from);
 }
-template <int N, class T>
-__device__ void store_lanes(T* to, const lanes_of<N, T>& values) {
-    *reinterpret_cast<lanes_of<N, T>*>(to) = values;
-}
 
 // N adjacent values of a 16-bit type T as they lie in memory, in 32-bit words, unpacked where they
 // are used: loaded as a vector of 16-bit values, an access was split into its 16-bit registers on
@@ -235,6 +231,20 @@ template <int N, class T>
 struct alignas(N * sizeof(T)) packed_lanes {
     std::uint32_t w[N * sizeof(T) / 4];
 };
+// 16-bit values are stored as packed_lanes words: stored as they are, their accesses were split into
+// 16-bit stores.
+template <int N, class T>
+__device__ void store_lanes(T* to, const lanes_of<N, T>& values) {
+    if constexpr (sizeof(T) == 2 && N % 2 == 0) {
+        packed_lanes<N, T> words;
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i)
+            words.w[i] = std::uint32_t(values.v[2 * i].bits) | std::uint32_t(values.v[2 * i + 1].bits) << 16;
+        *reinterpret_cast<packed_lanes<N, T>*>(to) = words;
+    } else {
+        *reinterpret_cast<lanes_of<N, T>*>(to) = values;
+    }
+}
 template <int N, class T>
 __device__ float lane_value(const lanes_of<N, T>& l, int i) {
     return to_float(l.v[i]);
