@@ -823,8 +823,8 @@ __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
     const index_t heads = p.shape.delta_channels;
     const block_place at = place(p.shape, g, 1);
     const bool spans_first = at.k % g.span == 0;  // else H adds the chunk's prefix to the span's state
-    // A head's entering state and gate are read after its products: their fetches start early, the
-    // states (whole 128-byte lines) a line a thread, the gate a row a thread.
+    // A head's entering state is read after the previous head's products: its fetch starts early, a
+    // 128-byte line a thread. (Its gate or x prefetched as well moved more bytes from DRAM, for no gain.)
     auto prefetch = [&](index_t head) {
         const auto lines = [](const T* state, int bytes) {
             for (int i = int(threadIdx.x) * 128; i < bytes; i += ssd_threads * 128)
@@ -833,11 +833,6 @@ __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
         const int bytes = int(g.state_floats() * sizeof(T));
         lines(w.entering + span_slot(at, g, heads, head) * g.state_floats(), bytes);
         if (!spans_first) lines(w.prefix + workspace_slot(at, g, heads, head) * g.state_floats(), bytes);
-        if (p.in.z.data() && p.in.z.stride(2) == 1 && int(threadIdx.x) < at.count) {
-            const T* const row = &p.in.z(at.b, at.t0 + threadIdx.x, head * g.head_dim);
-            const char* line = reinterpret_cast<const char*>(row) - reinterpret_cast<std::uintptr_t>(row) % 128;
-            for (; line < reinterpret_cast<const char*>(row + g.head_dim); line += 128) prefetch_l2(line);
-        }
     };
     prefetch(at.head);
     block_decays<false>(model, p, at, 1, 1, g, a, coef);
