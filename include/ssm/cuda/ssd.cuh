@@ -823,8 +823,9 @@ __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
     const index_t heads = p.shape.delta_channels;
     const block_place at = place(p.shape, g, 1);
     const bool spans_first = at.k % g.span == 0;  // else H adds the chunk's prefix to the span's state
-    // A head's entering state is read after the previous head's products: its fetch starts early, a
-    // 128-byte line a thread. (Its gate or x prefetched as well moved more bytes from DRAM, for no gain.)
+    // A head's entering and prefix states are read after the previous head's products: their fetches
+    // start early, a 128-byte line a thread. (Its gate or x prefetched as well moved more bytes from
+    // DRAM, for no gain.)
     auto prefetch = [&](index_t head) {
         const auto lines = [](const T* state, int bytes) {
             for (int i = int(threadIdx.x) * 128; i < bytes; i += ssd_threads * 128)
