@@ -609,8 +609,8 @@ __device__ void stage_entering(T* to, int ld, const ssd_shape& g, const T* enter
 // A head's y for the chunk's tokens, (scale·ys + D·x)·SiLU(z), from its products ys [t][p] (floats)
 // and x [t][p] in shared memory. Where rows allow (g.rows_in_vectors) a thread moves 16 bytes of a
 // row a step, always the same columns, z loaded and y stored with streaming hints (`__ldcs`, `__stcs`:
-// touched once, they then leave L2 to the states, 1–3% faster); else a lane a channel. Either way each
-// thread issues its gate loads for all of its rows before the first store.
+// touched once, they then leave L2 to the states); else a lane a channel. Either way each thread
+// issues its gate loads for all of its rows before the first store.
 template <class T>
 __device__ void store_y(const scan_problem<T>& p, const block_place& at, index_t head, const ssd_shape& g,
                         float scale, const float* ys, const T* xs) {
