@@ -584,6 +584,8 @@ template <bool Round, class T>
 __device__ void stage_entering(T* to, int ld, const ssd_shape& g, const T* entering, float factor, const T* prefix) {
     constexpr int n = 16 / sizeof(T), batch = 4;
     const int per_row = g.padded_state / n, pieces = g.padded_dim * per_row;
+    // i / per_row as one multiply: exact for i·per_row < 2³², and per_row >= 2 (16 / n at least).
+    const unsigned row_magic = 0xffffffffu / unsigned(per_row) + 1;
     for (int first = int(threadIdx.x); first < pieces; first += batch * ssd_threads) {
         uint4 e[batch], q[batch];
 #pragma unroll
@@ -601,7 +603,8 @@ __device__ void stage_entering(T* to, int ld, const ssd_shape& g, const T* enter
             unpack<T>(q[r], qv);
 #pragma unroll
             for (int j = 0; j < n; ++j) ev[j] = factor * ev[j] + qv[j];
-            store_shared_16(to + i / per_row * ld + i % per_row * n, pack<T, Round>(ev));
+            const int row = int(__umulhi(unsigned(i), row_magic));
+            store_shared_16(to + row * ld + (i - row * per_row) * n, pack<T, Round>(ev));
         }
     }
 }
@@ -611,47 +614,68 @@ __device__ void stage_entering(T* to, int ld, const ssd_shape& g, const T* enter
 // row a step, always the same columns, z loaded and y stored with streaming hints (`__ldcs`, `__stcs`:
 // touched once, they then leave L2 to the states); else a lane a channel. Either way each thread
 // issues its gate loads for all of its rows before the first store.
-template <class T>
+template <int PaddedDim, class T>
 __device__ void store_y(const scan_problem<T>& p, const block_place& at, index_t head, const ssd_shape& g,
                         float scale, const float* ys, const T* xs) {
     const index_t d0 = head * g.head_dim;
     const int x_ld = g.b_ld(g.padded_dim);
     const bool gated = p.in.z.data() != nullptr;
     if (g.rows_in_vectors) {
-        constexpr int n = 16 / sizeof(T), most = ssd_chunk * (ssd_max_head_dim / n) / ssd_threads;  // rows a thread, at most
-        const int pieces = g.head_dim / n, col = int(threadIdx.x) % pieces * n;
-        const int first = int(threadIdx.x) / pieces, step = ssd_threads / pieces;
-        float skip[n];
-#pragma unroll
-        for (int j = 0; j < n; ++j) skip[j] = p.in.D.data() ? p.in.D(d0 + col + j) : 0.0f;
-        uint4 gate[most];
-#pragma unroll
-        for (int r = 0; r < most; ++r) {
-            const int t = first + r * step;
-            gate[r] = gated && t < at.count
-                          ? __ldcs(reinterpret_cast<const uint4*>(&p.in.z(at.b, at.t0 + t, d0 + col)))
-                          : uint4{0, 0, 0, 0};
-        }
-#pragma unroll
-        for (int r = 0; r < most; ++r) {
-            const int t = first + r * step;
-            if (t >= at.count) break;
-            float z[n], x[n], y[n];
-            unpack<T>(gate[r], z);
-            unpack<T>(*reinterpret_cast<const uint4*>(xs + t * x_ld + col), x);
-            const float4* const yt = reinterpret_cast<const float4*>(ys + t * g.y_ld() + col);
+        constexpr int n = 16 / sizeof(T), most = ssd_chunk * (PaddedDim / n) / ssd_threads;  // rows a thread, at most
+        // pieces divides ssd_threads, a power of two: so is it, and shifts divide by it.
+        // The thread's index read here (volatile) rather than hoisted out of the heads' loop with what
+        // follows from it, which had cost registers the products need.
+        int thread;
+        asm volatile("mov.u32 %0, %%tid.x;" : "=r"(thread));
+        const int pieces = g.head_dim / n, shift = __ffs(pieces) - 1;
+        const int col = (thread & (pieces - 1)) * n, first = thread >> shift, step = ssd_threads >> shift;
+        float skip[n] = {};
+        if (p.in.D.data())  // contiguous and aligned (rows_in_vectors)
 #pragma unroll
             for (int j = 0; j < n / 4; ++j) {
-                const float4 v = yt[j];
-                y[4 * j] = v.x, y[4 * j + 1] = v.y, y[4 * j + 2] = v.z, y[4 * j + 3] = v.w;
+                const float4 v = reinterpret_cast<const float4*>(p.in.D.data() + d0 + col)[j];
+                skip[4 * j] = v.x, skip[4 * j + 1] = v.y, skip[4 * j + 2] = v.z, skip[4 * j + 3] = v.w;
+            }
+        // Rows by pointers stepped from the thread's first, not indexed one by one.
+        const T* const z0 = gated ? &p.in.z(at.b, at.t0 + first, d0 + col) : nullptr;
+        const index_t z_step = gated ? step * p.in.z.stride(1) : 0;
+        T* const y0 = &p.out.y(at.b, at.t0 + first, d0 + col);
+        const index_t y_step = step * p.out.y.stride(1);
+        const auto rows = [&]<bool Gated>() {
+            uint4 gate[most];
+            if constexpr (Gated) {
+#pragma unroll
+                for (int r = 0; r < most; ++r)
+                    gate[r] = first + r * step < at.count ? __ldcs(reinterpret_cast<const uint4*>(z0 + r * z_step))
+                                                           : uint4{0, 0, 0, 0};
             }
 #pragma unroll
-            for (int j = 0; j < n; ++j) {
-                y[j] = scale * y[j] + skip[j] * x[j];
-                if (gated) y[j] *= math::silu(z[j]);
+            for (int r = 0; r < most; ++r) {
+                const int t = first + r * step;
+                if (t >= at.count) break;
+                float x[n], y[n];
+                unpack<T>(*reinterpret_cast<const uint4*>(xs + t * x_ld + col), x);
+                const float4* const yt = reinterpret_cast<const float4*>(ys + t * g.y_ld() + col);
+#pragma unroll
+                for (int j = 0; j < n / 4; ++j) {
+                    const float4 v = yt[j];
+                    y[4 * j] = v.x, y[4 * j + 1] = v.y, y[4 * j + 2] = v.z, y[4 * j + 3] = v.w;
+                }
+#pragma unroll
+                for (int j = 0; j < n; ++j) y[j] = scale * y[j] + skip[j] * x[j];
+                if constexpr (Gated) {
+                    float z[n];
+                    unpack<T>(gate[r], z);
+#pragma unroll
+                    for (int j = 0; j < n; ++j) y[j] *= math::silu(z[j]);
+                }
+                __stcs(reinterpret_cast<uint4*>(y0 + r * y_step), pack<T>(y));
             }
-            __stcs(reinterpret_cast<uint4*>(&p.out.y(at.b, at.t0 + t, d0 + col)), pack<T>(y));
-        }
+        };
+        if (gated)
+            rows.template operator()<true>();
+        else
+            rows.template operator()<false>();
         return;
     }
     // A lane a channel, the gates of `ahead` rows in flight; rows by offsets from the chunk's first.
@@ -897,7 +921,7 @@ __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
             *reinterpret_cast<float2*>(ys + (t0 + row) * g.y_ld() + p0 + col) = {acc[jt][e], acc[jt][e + 1]};
         });
         __syncthreads();
-        store_y(p, at, head, g, model.transition.output_scale(), ys, xs);
+        store_y<16 * YTiles>(p, at, head, g, model.transition.output_scale(), ys, xs);
     }
 }
 
