@@ -102,15 +102,19 @@ Structure device_structure(const ref::problem& p, const device_buffer<float>& A)
     else return {view(A, p.channels, p.state, ssm::index_t(2)), p.conjugate_pairs};
 }
 
+// D is read from `d_offset` floats into its buffer, after NaN: an offset of 1 leaves it unaligned for
+// vector loads.
 template <class Structure, class Rule, class T, class Modulation = ssm::no_modulation>
 void check_device_scan(ref::problem p, const std::vector<device_strategy>& strategies = device_strategies(),
-                       const Modulation& modulation = {}) {
+                       const Modulation& modulation = {}, ssm::index_t d_offset = 0) {
     INFO("storage " << ssm::storage_name<T>);
     ref::round_to_storage<T>(p);
     const ref::result want = ref::scan(p);
     for (const auto& how : strategies) {
         INFO("strategy " << describe(how));
-        const device_buffer<float> A(stored<float>(p.A)), D(stored<float>(p.D)), bias(stored<float>(p.delta_bias)),
+        std::vector<float> d_values = stored<float>(p.D);
+        if (!d_values.empty()) d_values.insert(d_values.begin(), std::size_t(d_offset), ref::poison<float>());
+        const device_buffer<float> A(stored<float>(p.A)), D(d_values), bias(stored<float>(p.delta_bias)),
             initial(stored<float>(p.initial_state));
         const device_buffer<T> u(stored<T>(p.u)), delta(stored<T>(p.delta)), B(stored<T>(p.B)), C(stored<T>(p.C)),
             z(stored<T>(p.z));
@@ -126,7 +130,8 @@ void check_device_scan(ref::problem p, const std::vector<device_strategy>& strat
                                      .B = view(B, p.batch, p.length, p.groups, p.width()),
                                      .C = view(C, p.batch, p.length, p.groups, p.width()),
                                      .z = view(z, p.batch, p.length, p.channels),
-                                     .D = view(D, p.channels),
+                                     .D = D.empty() ? ssm::tensor_view<const float, 1>{}
+                                                    : ssm::tensor_view<const float, 1>{D.data() + d_offset, p.channels},
                                      .delta_bias = view(bias, p.delta_channels()),
                                      .delta_softplus = p.delta_softplus,
                                      .initial_state = view(initial, p.batch, p.channels, p.width())};

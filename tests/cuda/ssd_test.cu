@@ -52,6 +52,18 @@ TEST_CASE("device SSD matches the float64 reference", "[cuda][ssd]") {
     }
 }
 
+// y's epilogue reads D in 16-byte vectors where D allows; one float into its buffer it must not.
+TEST_CASE("device SSD reads a D not aligned for vector loads", "[cuda][ssd]") {
+    SSM_SEEDED_RANDOM(rng);
+    const auto p = ref::random_problem(rng, ref::structure::scalar_identity, ref::rule::zoh_euler,
+                                       {.batch = 2, .length = 129, .channels = 4 * 64, .head_dim = 64, .state = 128,
+                                        .groups = 2, .z = true, .D = true, .delta_bias = true, .softplus = true,
+                                        .initial_state = true});
+    const std::vector<device_strategy> ways{ssm::ssd{}};
+    check_device_scan<ssm::scalar_identity, ssm::zoh_euler, float>(p, ways, {}, 1);
+    check_device_scan<ssm::scalar_identity, ssm::zoh_euler, ssm::bfloat16>(p, ways, {}, 1);
+}
+
 TEST_CASE("device SSD carries state over a million tokens", "[cuda][ssd]") {
     SSM_SEEDED_RANDOM(rng);
     auto p = ref::random_problem(rng, ref::structure::scalar_identity, ref::rule::zoh_euler,

@@ -615,7 +615,9 @@ __device__ void stage_entering(T* to, int ld, const ssd_shape& g, const T* enter
 // and x [t][p] in shared memory. Where rows allow (g.rows_in_vectors) a thread moves 16 bytes of a
 // row a step, always the same columns, z loaded and y stored with streaming hints (`__ldcs`, `__stcs`:
 // touched once, they then leave L2 to the states); else a lane a channel. Either way each thread
-// issues its gate loads for all of its rows before the first store.
+// issues its gate loads for all of its rows before the first store. PaddedDim bounds the rows a
+// thread takes; the gate's presence is a template argument of the row loop, where a test an element
+// had cost a branch each.
 template <int PaddedDim, class T>
 __device__ void store_y(const scan_problem<T>& p, const block_place& at, index_t head, const ssd_shape& g,
                         float scale, const float* ys, const T* xs) {
@@ -971,7 +973,7 @@ int ssd_chunks_per_span(const ssd& how, index_t chunks, index_t blocks_a_chunk, 
 }
 
 // Whether every head's rows of y and z (if any) are whole 16-byte pieces, aligned, and few enough that
-// a block's threads take the same columns at every step (store_y).
+// a block's threads take the same columns at every step, and D (if any) is contiguous and aligned (store_y).
 template <class T>
 bool rows_in_vectors(const scan_problem<T>& p, index_t head_dim) {
     constexpr index_t n = 16 / sizeof(T);
@@ -979,7 +981,9 @@ bool rows_in_vectors(const scan_problem<T>& p, index_t head_dim) {
         return v.empty() || (v.stride(2) == 1 && v.stride(1) % n == 0 && v.stride(0) % n == 0 &&
                              reinterpret_cast<std::uintptr_t>(v.data()) % 16 == 0);
     };
-    return head_dim % n == 0 && ssd_threads % (head_dim / n) == 0 && fits(p.in.z) && fits(p.out.y);
+    const bool skip_fits = p.in.D.empty() ||
+                           (p.in.D.stride(0) == 1 && reinterpret_cast<std::uintptr_t>(p.in.D.data()) % 16 == 0);
+    return head_dim % n == 0 && ssd_threads % (head_dim / n) == 0 && fits(p.in.z) && fits(p.out.y) && skip_fits;
 }
 
 // The SSD kernels' view of a problem of `length` tokens; throws where they cannot run it.
