@@ -629,9 +629,9 @@ __device__ void store_y(const scan_problem<T>& p, const block_place& at, index_t
     const bool gated = p.in.z.data() != nullptr;
     if (g.rows_in_vectors) {
         constexpr int n = 16 / sizeof(T), most = ssd_chunk * (PaddedDim / n) / ssd_threads;  // rows a thread, at most
-        // pieces divides ssd_threads, a power of two: so is it, and shifts divide by it.
-        // The thread's index read here (volatile) rather than hoisted out of the heads' loop with what
-        // follows from it, which had cost registers the products need.
+        // pieces divides ssd_threads, a power of two, so shifts divide by it; the thread's index is read
+        // here (volatile), as from threadIdx.x the compiler hoisted what follows from it out of the
+        // heads' loop, into registers the products need.
         int thread;
         asm volatile("mov.u32 %0, %%tid.x;" : "=r"(thread));
         const int pieces = g.head_dim / n, shift = __ffs(pieces) - 1;
