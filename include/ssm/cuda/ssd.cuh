@@ -389,9 +389,8 @@ __device__ uint4 pack(const float (&v)[16 / sizeof(T)]) {
 }
 
 // A head's per-token terms in a chunk, by the calling warp: a[t] = a_1 + … + a_t (log decays summed
-// from the chunk's start; without ToEnd in base 2, times log₂e, for exp2) and coef[t] (B̄'s factor;
-// with ToEnd times e^{a_Q - a_t}, its decay to the chunk's end), for t < count; later tokens add
-// nothing (a stays, coef is 0).
+// from the chunk's start) and coef[t] (B̄'s factor; with ToEnd times e^{a_Q - a_t}, its decay to the
+// chunk's end), for t < count; later tokens add nothing (a stays, coef is 0).
 template <bool ToEnd, class Ssm, class T>
 __device__ void chunk_decays(const Ssm& model, const scan_problem<T>& p, index_t b, index_t t0, int count,
                              index_t head, float* a, float* coef) {
@@ -419,8 +418,7 @@ __device__ void chunk_decays(const Ssm& model, const scan_problem<T>& p, index_t
             const float v = __shfl_up_sync(0xffffffffu, log_decay, offset);
             if (lane() >= offset) log_decay += v;
         }
-        at[h] = carry + log_decay;
-        a[t] = ToEnd ? at[h] : at[h] * math::log2e;
+        a[t] = at[h] = carry + log_decay;
         carry += __shfl_sync(0xffffffffu, log_decay, 31);
     }
 #pragma unroll
@@ -847,7 +845,7 @@ __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
     using namespace ssd_detail;
     extern __shared__ float4 ssd_shared[];
     const int c_ld = g.a_ld<T>(g.padded_state), x_ld = g.b_ld(g.padded_dim), m_ld = g.a_ld<T>(ssd_chunk);
-    float* const a = reinterpret_cast<float*>(ssd_shared);  // [head][t], in base 2 (chunk_decays)
+    float* const a = reinterpret_cast<float*>(ssd_shared);  // [head][t]
     float* const coef = a + g.heads_per_block * ssd_chunk;
     T* const xs = reinterpret_cast<T*>(coef + g.heads_per_block * ssd_chunk);  // [t][p]
     T* const cs = reinterpret_cast<T*>(reinterpret_cast<char*>(ssd_shared) + g.chunk_output_c_offset<T>());  // [t][n]
@@ -911,8 +909,8 @@ __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
             const float decay = aj[t];
             float2 c{cb[jt][e], cb[jt][e + 1]};
             if constexpr (cb_shared) c = *reinterpret_cast<const float2*>(cbs + t * ssd_shape::cb_ld + s);
-            const float m0 = s <= t ? c.x * math::exp2(decay - aj[s]) * coefj[s] : 0.0f;
-            const float m1 = s + 1 <= t ? c.y * math::exp2(decay - aj[s + 1]) * coefj[s + 1] : 0.0f;
+            const float m0 = s <= t ? c.x * math::exp(decay - aj[s]) * coefj[s] : 0.0f;
+            const float m1 = s + 1 <= t ? c.y * math::exp(decay - aj[s + 1]) * coefj[s + 1] : 0.0f;
             store_pair<T, !Split>(ms + t * m_ld + s, m0, m1);
         });
         __syncthreads();
@@ -922,7 +920,7 @@ __global__ void __launch_bounds__(ssd_threads, ssd_output_blocks<T>)
         constexpr tile_count<YTiles> tiles;  // padded_dim / 16
         float acc[YTiles][4] = {};
         warp_product<Split>(acc, tiles, cs + t0 * c_ld, c_ld, 1, bs + p0 * c_ld, 1, c_ld, g.padded_state);
-        const float decay_low = math::exp2(aj[t0 + lane() / 4]), decay_high = math::exp2(aj[t0 + lane() / 4 + 8]);
+        const float decay_low = math::exp(aj[t0 + lane() / 4]), decay_high = math::exp(aj[t0 + lane() / 4 + 8]);
         for_each_element<YTiles>(tiles, [&](int jt, int e, int, int) { acc[jt][e] *= e < 2 ? decay_low : decay_high; });
         warp_product<Split>(acc, tiles, ms + t0 * m_ld, m_ld, 1, xs + p0, x_ld, 1, t0 + 16);
         __syncthreads();  // every warp is done with H and C·Bᵀ: y takes their place
