@@ -14,7 +14,6 @@
 
 #include <ssm/cuda/selective_scan.cuh>
 #include <ssm/cuda/ssd.cuh>
-#include <ssm/cuda/warp_scan.cuh>
 
 namespace {
 
@@ -174,10 +173,6 @@ int main(int argc, char** argv) {
         add(("mamba1/bf16/look_back/" + suffix).c_str(),
             [chunk](benchmark::State& s) { bench_scan<variant::mamba1, ssm::bfloat16>(s, ssm::look_back{chunk}); });
     }
-    // Warp scan: a warp a channel through the whole sequence, its lanes along time.
-    add("mamba1/f32/warp_scan", [](benchmark::State& s) { bench_scan<variant::mamba1, float>(s, ssm::warp_scan{}); });
-    add("mamba1/bf16/warp_scan",
-        [](benchmark::State& s) { bench_scan<variant::mamba1, ssm::bfloat16>(s, ssm::warp_scan{}); });
     add("mamba2/f32/ssd", [](benchmark::State& s) { bench_scan<variant::mamba2, float>(s, ssm::ssd{}); });
     add("mamba2/bf16/ssd", [](benchmark::State& s) { bench_scan<variant::mamba2, ssm::bfloat16>(s, ssm::ssd{}); });
     // SSD with heads of 128 channels (12 of them).

@@ -13,7 +13,6 @@
 
 #include <ssm/cuda/selective_scan.cuh>
 #include <ssm/cuda/ssd.cuh>
-#include <ssm/cuda/warp_scan.cuh>
 
 #include "reference.hpp"
 
@@ -75,25 +74,20 @@ std::vector<double> written(const device_buffer<E>& b, const char* what) {
     return out;
 }
 
-using device_strategy = std::variant<ssm::sequential, ssm::chunked, ssm::look_back, ssm::warp_scan, ssm::ssd>;
+using device_strategy = std::variant<ssm::sequential, ssm::chunked, ssm::look_back, ssm::ssd>;
 
-// The device strategies every test of a structure runs: one thread per channel, the chunked scan as one
-// pass and with chunks of 1, 7 and 64 tokens, the look-back scan with chunks of 1, 7 and 64 tokens, and
-// for real states the warp scan.
-template <class Structure>
-std::vector<device_strategy> device_strategies() {
-    std::vector<device_strategy> all{ssm::sequential{},          ssm::chunked{.chunk = ssm::index_t(1) << 40},
-                                     ssm::chunked{.chunk = 1},   ssm::chunked{.chunk = 7},
-                                     ssm::chunked{.chunk = 64},  ssm::look_back{.chunk = 1},
-                                     ssm::look_back{.chunk = 7}, ssm::look_back{.chunk = 64}};
-    if constexpr (std::is_same_v<typename Structure::value_type, float>) all.push_back(ssm::warp_scan{});
-    return all;
+// The device strategies every test runs: one thread per channel, the chunked scan as one pass and
+// with chunks of 1, 7 and 64 tokens, and the look-back scan with chunks of 1, 7 and 64 tokens.
+inline std::vector<device_strategy> device_strategies() {
+    return {ssm::sequential{},          ssm::chunked{.chunk = ssm::index_t(1) << 40},
+            ssm::chunked{.chunk = 1},   ssm::chunked{.chunk = 7},
+            ssm::chunked{.chunk = 64},  ssm::look_back{.chunk = 1},
+            ssm::look_back{.chunk = 7}, ssm::look_back{.chunk = 64}};
 }
 
 inline std::string describe(const device_strategy& s) {
     if (const auto* c = std::get_if<ssm::chunked>(&s)) return "chunked{" + std::to_string(c->chunk) + "}";
     if (const auto* c = std::get_if<ssm::look_back>(&s)) return "look_back{" + std::to_string(c->chunk) + "}";
-    if (std::holds_alternative<ssm::warp_scan>(s)) return "warp_scan";
     if (const auto* c = std::get_if<ssm::ssd>(&s))
         return "ssd{workspace " + std::to_string(c->workspace) + ", heads_per_block " +
                std::to_string(c->heads_per_block) + ", chunks_per_span " + std::to_string(c->chunks_per_span) + "}";
@@ -111,7 +105,7 @@ Structure device_structure(const ref::problem& p, const device_buffer<float>& A)
 // D is read from `d_offset` floats into its buffer, after NaN: an offset of 1 leaves it unaligned for
 // vector loads.
 template <class Structure, class Rule, class T, class Modulation = ssm::no_modulation>
-void check_device_scan(ref::problem p, const std::vector<device_strategy>& strategies = device_strategies<Structure>(),
+void check_device_scan(ref::problem p, const std::vector<device_strategy>& strategies = device_strategies(),
                        const Modulation& modulation = {}, ssm::index_t d_offset = 0) {
     INFO("storage " << ssm::storage_name<T>);
     ref::round_to_storage<T>(p);

@@ -70,12 +70,11 @@ TEST_CASE("device scans carry state over a million tokens", "[cuda]") {
                                   .z = true, .D = true, .softplus = true});
     for (auto& a : p.A) a *= 0.01;  // slow decay: the state remembers across the whole sequence
     check_device_scan<ssm::diagonal_real, ssm::zoh_euler, float>(
-        p, {ssm::sequential{}, ssm::chunked{.chunk = 4096}, ssm::look_back{.chunk = 4096}, ssm::warp_scan{}});
+        p, {ssm::sequential{}, ssm::chunked{.chunk = 4096}, ssm::look_back{.chunk = 4096}});
     // 1,049 chunks chained by look-back, most of them waiting on predecessors still running (the
     // narrow fixed tile); 4,096 chunks of 256 (the wide one, on devices of up to 256 multiprocessors).
     check_device_scan<ssm::diagonal_real, ssm::zoh_euler, ssm::bfloat16>(
-        p, {ssm::chunked{.chunk = 1000}, ssm::look_back{.chunk = 1000}, ssm::look_back{.chunk = 256},
-            ssm::warp_scan{}});
+        p, {ssm::chunked{.chunk = 1000}, ssm::look_back{.chunk = 1000}, ssm::look_back{.chunk = 256}});
 }
 
 TEST_CASE("device scans reject bad shapes before launching", "[cuda]") {
