@@ -304,13 +304,12 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
                       Tile::tokens <= tile_loads / lanes * (Tile::threads() * lanes / Tile::channels));
     const bool loads_channel = load_channel < valid;  // all of its lanes or none (fixed_tile_accesses_fit)
     const index_t load_d = at.d0 + (loads_channel ? load_channel : 0);
-    float load_bias[lanes], skip[lanes];
+    float load_bias[lanes];
     index_t load_dc[lanes];
 #pragma unroll
     for (int i = 0; i < lanes; ++i) {
         load_dc[i] = model.transition.delta_channel(load_d + i);
         load_bias[i] = in.delta_bias.data() ? in.delta_bias(load_dc[i]) : 0.0f;
-        skip[i] = in.D.data() ? in.D(load_d + i) : 0.0f;
     }
     const float scale = model.transition.output_scale();
     const T* const u_row = in.u.data() + b * in.u.stride(0) + load_d * in.u.stride(2);
@@ -379,14 +378,17 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
         for (int j = 0; j < tile_loads && j < state_loads; ++j) {
             if (token < TT) {
                 bs[token * tile.row + col] = to_float(r.b[j]);
-                cs[token * tile.row + col] = to_float(r.c[j]);
+                cs[token * tile.row + col] = scale * to_float(r.c[j]);
             }
             token += step_tokens;
             col += step_cols;
             if (step_cols != 0 && col >= tile.width) col -= tile.width, ++token;
         }
     };
-    // y = (scale·Σ_slices C·h + D·x)·SiLU(z), from the slices' partial sums of the tile.
+    // y = (scale·Σ_slices C·h + D·x)·SiLU(z) from the slices' partial sums of the tile, which hold the
+    // scale (C is staged times it) and D·x (slice 0 adds it): the outputs then read nothing of x, whose
+    // loads here, strided across four tokens a warp, had been a fifth of the kernel's shared-memory
+    // wavefronts at the Mamba-1 shape (8, 2048) in fp32, where that pipe bound it.
     T* const y_row = p.out.y.data() + b * p.out.y.stride(0) + load_d * p.out.y.stride(2);
     auto store_outputs = [&](index_t first) {
         if (!loads_channel) return;
@@ -403,12 +405,11 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
 #pragma unroll
                 for (int i = 0; i < lanes; ++i) acc.v[i] += more.v[i];
             }
-            const lanes_of<lanes, float2> dx = load_lanes<lanes>(dxs + t * W + load_channel);
             const lanes_of<lanes, float> gate = load_lanes<lanes>(zs + t * W + load_channel);
             lanes_of<lanes, T> out;
 #pragma unroll
             for (int i = 0; i < lanes; ++i) {
-                float value = scale * acc.v[i] + skip[i] * dx.v[i].y;
+                float value = acc.v[i];
                 if (gated) value *= math::silu(gate.v[i]);
                 out.v[i] = from_float<T>(value);
             }
@@ -434,6 +435,11 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
                         : V{};
         if constexpr (base2) lambda[i] = lambda[i] * math::log2e;
     }
+    // D of the thread's channels where it is slice 0 (see store_outputs), else 0.
+    float skip[CT];
+#pragma unroll
+    for (int k = 0; k < CT; ++k)
+        skip[k] = !Summary && s == 0 && mine.has_channel(k * S) && in.D.data() ? in.D(mine.d(k * S)) : 0.0f;
     // A thread's S states of a B or C row in float4 loads: rows are whole slices of S·comps floats
     // (a multiple of 4), and every array of the tile starts at a multiple of 4 floats.
     static_assert(S * comps % 4 == 0);
@@ -477,10 +483,11 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
             float bv[S * comps], cv[S * comps];
             load_states(bs + t * tile.row, bv);
             if constexpr (!Summary) load_states(cs + t * tile.row, cv);
-            lanes_of<CT, float> acc{};
+            lanes_of<CT, float> acc;
 #pragma unroll
             for (int k = 0; k < CT; ++k) {
                 const float dt = dx.v[k].x, x = dx.v[k].y;
+                acc.v[k] = skip[k] * x;
                 discretized<V> shared_q{};
                 if constexpr (Ssm::structure_type::state_invariant_decay) shared_q = Rule::apply(lambda[k * S], dt);
                 if constexpr (Summary && base2) delta_sum[k] += dt;
