@@ -386,9 +386,9 @@ __device__ void chunk_pass(const Ssm& model, const scan_problem<T>& p, const Til
         }
     };
     // y = (scale·Σ_slices C·h + D·x)·SiLU(z) from the slices' partial sums of the tile, which hold the
-    // scale (C is staged times it) and D·x (slice 0 adds it): the outputs then read nothing of x, whose
-    // loads here, strided across four tokens a warp, had been a fifth of the kernel's shared-memory
-    // wavefronts at the Mamba-1 shape (8, 2048) in fp32, where that pipe bound it.
+    // scale (C is staged times it) and D·x (slice 0 adds it), so that the outputs read no x: its reads
+    // here, eight-way bank conflicts, had been an eighth of the shared-memory traffic that bounds the
+    // one-pass kernel (docs/performance.md).
     T* const y_row = p.out.y.data() + b * p.out.y.stride(0) + load_d * p.out.y.stride(2);
     auto store_outputs = [&](index_t first) {
         if (!loads_channel) return;
